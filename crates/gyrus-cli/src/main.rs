@@ -1,0 +1,702 @@
+//! The `gyrus` command. Every user command is a thin client of the daemon's HTTP API; `daemon`
+//! runs the control plane in the foreground and the hidden `replica` runs one replica process.
+
+mod archive;
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use gyrus_daemon::api::{ApiInfo, DeployResponse};
+
+use crate::client::DaemonClient;
+use crate::output::{age, print_table};
+
+/// gyrus serves Cortex projects (cortex.yaml + predictor.py) as HTTP APIs on this machine.
+///
+/// A daemon (started by `gyrus deploy` when none runs) keeps every API's replicas alive and
+/// routes requests on GYRUS_ADDR (default 127.0.0.1:8888). State lives in GYRUS_HOME
+/// (default ~/.gyrus).
+#[derive(Parser)]
+#[command(name = "gyrus", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum SpecOutput {
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deploy the APIs of a project (its cortex.yaml) and wait until they are live.
+    ///
+    /// The project folder is snapshotted: later edits change nothing until the next deploy.
+    /// Left out: *.pyc/*.pyo/*.pyd, names starting with '.', the config file, and whatever
+    /// .cortexignore excludes. .env sets environment variables; requirements.txt is installed
+    /// into a cached Python environment.
+    Deploy {
+        /// Project folder (default: the current folder).
+        dir: Option<PathBuf>,
+        /// Config file (default: cortex.yaml, else gyrus.yaml, in DIR).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Return as soon as the daemon accepted the deploy.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long (e.g. 90s, 10m).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show deployed APIs: status, replicas ready/requested, URL, last update, error.
+    Get {
+        /// Only this API.
+        api: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show one API in detail, with the state of each replica.
+    Describe {
+        api: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Print an API's logs: its replicas, Python workers and deploy events.
+    Logs {
+        api: String,
+        /// Keep printing new lines as they are written (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Delete APIs: stop their replicas and forget them.
+    Delete {
+        #[arg(required = true)]
+        apis: Vec<String>,
+    },
+    /// Restart an API's replicas (a new generation replaces the old once ready).
+    Refresh {
+        api: String,
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Send one request to an API and print the answer.
+    Predict {
+        api: String,
+        /// The request body: JSON text, or @FILE to send a file's content.
+        payload: String,
+        /// Content-Type of the body.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Ask the API to log the payload and the prediction (?debug=true).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Check a project's config and print the resolved spec with every default filled in.
+    Validate {
+        /// Project folder (default: the current folder).
+        dir: Option<PathBuf>,
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t = SpecOutput::Yaml)]
+        output: SpecOutput,
+    },
+    /// Run the daemon in the foreground (logs to stderr), or stop/inspect a running one.
+    Daemon {
+        #[command(subcommand)]
+        action: Option<DaemonAction>,
+    },
+    /// Print the version of this CLI and of the running daemon.
+    Version {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Print a shell completion script (e.g. `gyrus completion bash > ~/.gyrus-completion`).
+    Completion { shell: clap_complete::Shell },
+    #[command(hide = true)]
+    Replica {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        project: PathBuf,
+        #[arg(long)]
+        python: PathBuf,
+        #[arg(long)]
+        lib_dir: PathBuf,
+        #[arg(long)]
+        model_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DaemonAction {
+    /// Stop the running daemon (its APIs come back at the next start).
+    Stop,
+    /// Show whether a daemon is running, and where.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Deploy {
+            dir,
+            file,
+            no_wait,
+            timeout,
+            output,
+        } => deploy(dir, file, no_wait, timeout, output).await,
+        Command::Get { api, output } => get(api, output).await,
+        Command::Describe { api, output } => describe(&api, output).await,
+        Command::Logs { api, follow, tail } => logs(&api, follow, tail).await,
+        Command::Delete { apis } => delete(&apis).await,
+        Command::Refresh {
+            api,
+            no_wait,
+            timeout,
+        } => refresh(&api, no_wait, timeout).await,
+        Command::Predict {
+            api,
+            payload,
+            content_type,
+            debug,
+        } => predict(&api, &payload, &content_type, debug).await,
+        Command::Validate { dir, file, output } => validate(dir, file, output),
+        Command::Daemon { action } => daemon(action).await,
+        Command::Version { output } => version(output).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "gyrus", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Replica {
+            id,
+            project,
+            python,
+            lib_dir,
+            model_path,
+        } => replica(id, project, python, lib_dir, model_path).await,
+    }
+}
+
+/// Where the config is and what the project folder is.
+struct ProjectConfig {
+    dir: PathBuf,
+    path: PathBuf,
+    /// The config's path relative to the project folder (its name in the archive and errors).
+    name: String,
+}
+
+fn find_config(dir: Option<PathBuf>, file: Option<PathBuf>) -> Result<ProjectConfig> {
+    let dir_given = dir.is_some();
+    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+    if !dir.is_dir() {
+        bail!("{} is not a folder", dir.display());
+    }
+    let path = match file {
+        Some(f) if f.is_absolute() || f.exists() && !dir_given => f,
+        Some(f) => {
+            let in_dir = dir.join(&f);
+            if in_dir.exists() {
+                in_dir
+            } else if f.exists() {
+                f
+            } else {
+                bail!("config file {} not found", in_dir.display());
+            }
+        }
+        None => ["cortex.yaml", "gyrus.yaml"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                anyhow!(
+                    "no cortex.yaml or gyrus.yaml in {} (use -f FILE to name another config)",
+                    std::path::absolute(&dir).unwrap_or(dir.clone()).display()
+                )
+            })?,
+    };
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let name = path
+        .strip_prefix(&dir)
+        .ok()
+        .map(|p| p.display().to_string())
+        .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "cortex.yaml".into());
+    Ok(ProjectConfig { dir, path, name })
+}
+
+fn load_spec(cfg: &ProjectConfig) -> Result<gyrus_spec::ParsedConfig> {
+    let text = std::fs::read_to_string(&cfg.path)
+        .with_context(|| format!("reading {}", cfg.path.display()))?;
+    gyrus_spec::load(&cfg.name, &text, Some(&cfg.dir)).map_err(|e| anyhow!("{e}"))
+}
+
+fn validate(dir: Option<PathBuf>, file: Option<PathBuf>, output: SpecOutput) -> Result<()> {
+    let cfg = find_config(dir, file)?;
+    let parsed = load_spec(&cfg)?;
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
+    let value = serde_json::to_value(&parsed.apis).context("serialising the spec")?;
+    match output {
+        SpecOutput::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        SpecOutput::Yaml => print!("{}", gyrus_spec::to_yaml(&value)),
+    }
+    Ok(())
+}
+
+async fn deploy(
+    dir: Option<PathBuf>,
+    file: Option<PathBuf>,
+    no_wait: bool,
+    timeout: Duration,
+    output: Output,
+) -> Result<()> {
+    let cfg = find_config(dir, file)?;
+    // Validate here too, so a typo is reported before anything starts.
+    let parsed = load_spec(&cfg)?;
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
+    let packed = archive::pack(&cfg.dir, &cfg.path, &cfg.name)?;
+    let client = DaemonClient::from_env()?;
+    client.ensure_daemon().await?;
+    let resp = client
+        .http()
+        .post(client.url("/deploy"))
+        .query(&[("config_file", &cfg.name)])
+        .header("content-type", "application/gzip")
+        .body(packed.archive)
+        .send()
+        .await
+        .map_err(|e| client.unreachable(e))?;
+    let deployed: DeployResponse = client::decode(resp).await?;
+    if output == Output::Table {
+        eprintln!(
+            "packed {} file(s), {} from {}",
+            packed.files,
+            output::bytes(packed.bytes),
+            cfg.dir.display()
+        );
+        for api in &deployed.apis {
+            eprintln!("{}: {}", api.name, api.result);
+        }
+    }
+    let names: Vec<String> = deployed.apis.iter().map(|a| a.name.clone()).collect();
+    if no_wait {
+        if output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&deployed)?);
+        }
+        return Ok(());
+    }
+    let infos = wait_for(&client, &names, timeout, output == Output::Table).await?;
+    report_outcome(&infos, output)
+}
+
+/// Polls until every API is live or failed (or the timeout), showing progress.
+async fn wait_for(
+    client: &DaemonClient,
+    names: &[String],
+    timeout: Duration,
+    progress: bool,
+) -> Result<Vec<ApiInfo>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    // Give the daemon a moment to mark the new generation as updating.
+    loop {
+        let mut infos = Vec::new();
+        for n in names {
+            infos.push(client.get_json::<ApiInfo>(&format!("/apis/{n}")).await?);
+        }
+        let pending: Vec<&ApiInfo> = infos.iter().filter(|i| i.status == "updating").collect();
+        if pending.is_empty() {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            return Ok(infos);
+        }
+        if let Some(b) = &bar {
+            let msg: Vec<String> = pending
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}: {} ({}/{} replicas ready)",
+                        i.name,
+                        i.message.as_deref().unwrap_or("updating"),
+                        i.replicas.ready,
+                        i.replicas.requested
+                    )
+                })
+                .collect();
+            b.set_message(msg.join("; "));
+        }
+        if std::time::Instant::now() > deadline {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            bail!(
+                "gave up waiting after {}: {} still updating (see `gyrus get` and `gyrus logs`)",
+                humantime::format_duration(timeout),
+                pending
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn report_outcome(infos: &[ApiInfo], output: Output) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(infos)?);
+    }
+    let mut failed = Vec::new();
+    for i in infos {
+        if i.status == "live" {
+            if output == Output::Table {
+                println!("{} is live at {}", i.name, i.url);
+            }
+        } else {
+            failed.push(format!(
+                "{} failed: {}\n(run `gyrus logs {}` for the full output)",
+                i.name,
+                i.error.as_deref().unwrap_or(&i.status),
+                i.name
+            ));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failed.join("\n"))
+    }
+}
+
+async fn get(api: Option<String>, output: Output) -> Result<()> {
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    let infos: Vec<ApiInfo> = match &api {
+        Some(name) => vec![client.get_json(&format!("/apis/{name}")).await?],
+        None => client.get_json("/apis").await?,
+    };
+    if output == Output::Json {
+        match api {
+            Some(_) => println!("{}", serde_json::to_string_pretty(&infos[0])?),
+            None => println!("{}", serde_json::to_string_pretty(&infos)?),
+        }
+        return Ok(());
+    }
+    if infos.is_empty() {
+        println!("no APIs are deployed (deploy one with `gyrus deploy`)");
+        return Ok(());
+    }
+    let rows = infos
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                i.status.clone(),
+                format!("{}/{}", i.replicas.ready, i.replicas.requested),
+                i.url.clone(),
+                age(&i.updated_at),
+            ]
+        })
+        .collect();
+    print_table(&["API", "STATUS", "READY/REQUESTED", "URL", "LAST UPDATE"], rows);
+    for i in &infos {
+        if let Some(e) = &i.error {
+            println!("\n{} error: {e}", i.name);
+        }
+    }
+    Ok(())
+}
+
+async fn describe(api: &str, output: Output) -> Result<()> {
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    let info: ApiInfo = client.get_json(&format!("/apis/{api}")).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("name:        {}", info.name);
+    println!("kind:        {} ({} predictor)", info.kind, info.predictor_type);
+    println!("status:      {}", info.status);
+    if let Some(m) = &info.message {
+        println!("doing:       {m}");
+    }
+    println!("url:         {}", info.url);
+    println!(
+        "replicas:    {} ready of {} requested",
+        info.replicas.ready, info.replicas.requested
+    );
+    println!("generation:  {}", info.generation);
+    println!("created:     {}", info.created_at);
+    println!("updated:     {} ({} ago)", info.updated_at, age(&info.updated_at));
+    if let Some(e) = &info.error {
+        println!("error:       {e}");
+    }
+    println!();
+    let rows = info
+        .replica_details
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.state.clone(),
+                r.generation.to_string(),
+                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                r.in_flight.to_string(),
+                r.restarts.to_string(),
+                age(&r.started_at),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "REPLICA", "STATE", "GEN", "PID", "PORT", "IN-FLIGHT", "RESTARTS", "AGE",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+async fn logs(api: &str, follow: bool, tail: Option<usize>) -> Result<()> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    let mut req = client
+        .http()
+        .get(client.url(&format!("/apis/{api}/logs")))
+        .query(&[("follow", follow.to_string())]);
+    if let Some(n) = tail {
+        req = req.query(&[("tail", n.to_string())]);
+    }
+    let resp = req.send().await.map_err(|e| client.unreachable(e))?;
+    if !resp.status().is_success() {
+        return client::decode::<serde_json::Value>(resp).await.map(|_| ());
+    }
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("reading logs")?;
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+async fn delete(apis: &[String]) -> Result<()> {
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    for api in apis {
+        client
+            .delete_json::<serde_json::Value>(&format!("/apis/{api}"))
+            .await?;
+        println!("deleted {api}");
+    }
+    Ok(())
+}
+
+async fn refresh(api: &str, no_wait: bool, timeout: Duration) -> Result<()> {
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    client
+        .post_json::<serde_json::Value>(&format!("/apis/{api}/refresh"))
+        .await?;
+    eprintln!("{api}: restarting replicas");
+    if no_wait {
+        return Ok(());
+    }
+    let infos = wait_for(&client, &[api.to_owned()], timeout, true).await?;
+    report_outcome(&infos, Output::Table)
+}
+
+async fn predict(api: &str, payload: &str, content_type: &str, debug: bool) -> Result<()> {
+    use std::io::Write;
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    let info: ApiInfo = client.get_json(&format!("/apis/{api}")).await?;
+    let body = match payload.strip_prefix('@') {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        None => payload.as_bytes().to_vec(),
+    };
+    let mut req = client
+        .http()
+        .post(&info.url)
+        .header("content-type", content_type)
+        .body(body);
+    if debug {
+        req = req.query(&[("debug", "true")]);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("sending the request to {}", info.url))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.context("reading the answer")?;
+    if !status.is_success() {
+        bail!(
+            "{api} answered {status}: {}",
+            String::from_utf8_lossy(&bytes).trim_end()
+        );
+    }
+    let mut out = std::io::stdout();
+    out.write_all(&bytes)?;
+    if !bytes.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+async fn daemon(action: Option<DaemonAction>) -> Result<()> {
+    match action {
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("GYRUS_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            gyrus_daemon::run(gyrus_daemon::DaemonOptions {
+                home: gyrus_daemon::GyrusHome::from_env(),
+                addr: gyrus_daemon::addr_from_env(),
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))
+        }
+        Some(DaemonAction::Stop) => {
+            let client = DaemonClient::from_env()?;
+            let Some(h) = client.health().await else {
+                println!("no gyrus daemon is running at {}", client.addr);
+                return Ok(());
+            };
+            client.post_json::<serde_json::Value>("/shutdown").await?;
+            // Wait until it is gone, so a following start does not race it.
+            for _ in 0..400 {
+                if client.health().await.is_none() && !pid_alive(h.pid) {
+                    println!("stopped the gyrus daemon (pid {})", h.pid);
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bail!("the daemon (pid {}) did not stop within 40s", h.pid)
+        }
+        Some(DaemonAction::Status { output }) => {
+            let client = DaemonClient::from_env()?;
+            let h = client.health().await;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+                return Ok(());
+            }
+            match h {
+                Some(h) => println!(
+                    "running: pid {} at http://{} (GYRUS_HOME={}, version {})",
+                    h.pid, h.addr, h.home, h.version
+                ),
+                None => println!("not running (GYRUS_ADDR={})", client.addr),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+async fn version(output: Output) -> Result<()> {
+    let client = DaemonClient::from_env()?;
+    let daemon = client.health().await.map(|h| h.version);
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({"cli": env!("CARGO_PKG_VERSION"), "daemon": daemon})
+        );
+    } else {
+        println!("cli:    {}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "daemon: {}",
+            daemon.unwrap_or_else(|| format!("not running at {}", client.addr))
+        );
+    }
+    Ok(())
+}
+
+async fn replica(
+    id: String,
+    project: PathBuf,
+    python: PathBuf,
+    lib_dir: PathBuf,
+    model_path: Option<PathBuf>,
+) -> Result<()> {
+    // The supervisor sends the spec as the first line of stdin.
+    let spec_json = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .context("reading the spec")?
+    .context("reading the spec from stdin")?;
+    gyrus_replica::run(gyrus_replica::ReplicaOptions {
+        id,
+        spec_json,
+        project_dir: project,
+        python,
+        lib_dir,
+        model_path,
+    })
+    .await
+    .map_err(|e| anyhow!("{e}"))
+}
+

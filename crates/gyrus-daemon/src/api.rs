@@ -1,0 +1,73 @@
+//! The JSON shapes of the daemon's HTTP API (`/_gyrus/v1`), shared by the daemon and the CLI.
+
+use serde::{Deserialize, Serialize};
+
+/// Path prefix of the control API. Endpoints under it are reserved (the spec rejects them).
+pub const API_PREFIX: &str = "/_gyrus/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub pid: u32,
+    pub home: String,
+    pub addr: String,
+}
+
+/// One API as `gyrus get` and `gyrus describe` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiInfo {
+    pub name: String,
+    pub kind: String,
+    pub predictor_type: String,
+    pub endpoint: String,
+    pub url: String,
+    /// `updating`, `live` or `error`.
+    pub status: String,
+    /// What the API is doing now, e.g. "installing requirements.txt".
+    pub message: Option<String>,
+    pub error: Option<String>,
+    pub replicas: ReplicaCounts,
+    pub generation: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub replica_details: Vec<ReplicaInfo>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
+pub struct ReplicaCounts {
+    pub requested: u32,
+    pub ready: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub generation: u64,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// `starting`, `ready`, `stopping`, `failed`, `restarting`.
+    pub state: String,
+    pub in_flight: usize,
+    pub started_at: String,
+    pub restarts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub apis: Vec<DeployedApi>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployedApi {
+    pub name: String,
+    pub endpoint: String,
+    /// `created`, `updated` or `up to date`.
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

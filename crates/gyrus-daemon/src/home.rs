@@ -1,0 +1,72 @@
+//! The layout of `GYRUS_HOME`: every path the daemon writes lives here.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct GyrusHome {
+    root: PathBuf,
+}
+
+impl GyrusHome {
+    /// `GYRUS_HOME`, else `~/.gyrus`.
+    pub fn from_env() -> Self {
+        let root = std::env::var_os("GYRUS_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+                home.join(".gyrus")
+            });
+        Self::new(root)
+    }
+
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root: PathBuf = root.into();
+        // Replicas and workers run with other working directories: keep paths absolute.
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Self { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn state_db(&self) -> PathBuf {
+        self.root.join("state.db")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("daemon.lock")
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.root.join("daemon.log")
+    }
+    pub fn projects(&self) -> PathBuf {
+        self.root.join("projects")
+    }
+    pub fn envs(&self) -> PathBuf {
+        self.root.join("envs")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn api_log(&self, api: &str) -> PathBuf {
+        self.logs().join(format!("{api}.log"))
+    }
+    pub fn lib(&self) -> PathBuf {
+        self.root.join("lib")
+    }
+
+    pub fn create_dirs(&self) -> std::io::Result<()> {
+        for dir in [self.root.clone(), self.projects(), self.envs(), self.logs(), self.lib()] {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// `GYRUS_ADDR`, else `127.0.0.1:8888`.
+pub fn addr_from_env() -> String {
+    std::env::var("GYRUS_ADDR")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "127.0.0.1:8888".to_owned())
+}

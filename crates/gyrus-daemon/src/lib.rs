@@ -1,0 +1,138 @@
+//! The gyrus control plane: the local daemon. It owns the daemon's HTTP API, the durable state
+//! in SQLite under `GYRUS_HOME`, project snapshots, Python environments and the replica
+//! supervisor, and it hosts the gateway (from `gyrus-gateway`) on the same address.
+
+pub mod api;
+pub mod error;
+pub mod home;
+pub mod project;
+pub mod pyenv;
+pub mod server;
+pub mod state;
+pub mod supervisor;
+
+use std::sync::Arc;
+
+use gyrus_gateway::{Gateway, RouteTable};
+
+pub use error::DaemonError;
+pub use home::{addr_from_env, GyrusHome};
+
+use crate::server::AppState;
+use crate::state::StateStore;
+use crate::supervisor::Supervisor;
+
+pub struct DaemonOptions {
+    pub home: GyrusHome,
+    pub addr: String,
+}
+
+/// Runs the daemon until SIGINT, SIGTERM or `POST /_gyrus/v1/shutdown`, then stops every
+/// replica. Deployed APIs stay in the state database and come back at the next start.
+pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let home = opts.home;
+    home.create_dirs()
+        .map_err(|e| DaemonError::io(format!("creating {}", home.root().display()), e))?;
+    let _lock = DaemonLock::acquire(&home)?;
+
+    let listener = tokio::net::TcpListener::bind(&opts.addr).await.map_err(|e| {
+        DaemonError::io(
+            format!(
+                "cannot listen on {} (is another gyrus daemon running there? set GYRUS_ADDR to use another address)",
+                opts.addr
+            ),
+            e,
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| DaemonError::io("reading the listening address", e))?;
+
+    let state = Arc::new(StateStore::open(&home.state_db())?);
+    let envs = Arc::new(pyenv::PythonEnvs::discover(home.clone()).await);
+    let routes = RouteTable::new();
+    let supervisor = Supervisor::new(home.clone(), routes.clone(), envs, format!("http://{local}"));
+
+    // Bring back every API deployed before the last stop or crash.
+    for stored in state.list()? {
+        match serde_json::from_str::<gyrus_spec::ApiSpec>(&stored.spec_json) {
+            Ok(spec) => {
+                tracing::info!("restoring api {} (generation {})", stored.name, stored.generation);
+                supervisor.apply(stored, spec);
+            }
+            Err(e) => tracing::error!("cannot restore api {}: stored spec unreadable: {e}", stored.name),
+        }
+    }
+
+    let app = Arc::new(AppState {
+        home: home.clone(),
+        addr: local.to_string(),
+        state,
+        supervisor: supervisor.clone(),
+        gateway: Gateway::new(routes),
+        shutdown: tokio::sync::Notify::new(),
+    });
+    tracing::info!("gyrus daemon listening on http://{local} (GYRUS_HOME={})", home.root().display());
+    let stop = {
+        let app = app.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                app.shutdown.notified().await;
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = app.shutdown.notified() => {}
+            }
+            tracing::info!("shutting down: stopping replicas");
+        }
+    };
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, server::router(app))
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| DaemonError::io("serving", e))?;
+    supervisor.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// An exclusive `flock` on `GYRUS_HOME/daemon.lock`: one daemon per home. The kernel drops it
+/// when the process dies, so a crash never leaves a stale lock.
+struct DaemonLock {
+    _file: std::fs::File,
+}
+
+impl DaemonLock {
+    fn acquire(home: &GyrusHome) -> Result<Self, DaemonError> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let path = home.lock_file();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| DaemonError::io(format!("opening {}", path.display()), e))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(DaemonError::Internal(format!(
+                "another gyrus daemon (pid {}) is already running with GYRUS_HOME={}",
+                pid.trim(),
+                home.root().display()
+            )));
+        }
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(Self { _file: file })
+    }
+}

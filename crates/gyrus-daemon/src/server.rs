@@ -1,0 +1,318 @@
+//! The daemon's HTTP surface on `GYRUS_ADDR`: the control API under `/_gyrus/v1` (what the CLI
+//! calls) and, for every other path, the gateway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gyrus_gateway::Gateway;
+use gyrus_spec::{ApiKind, PredictorType};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::{DeployResponse, DeployedApi, Health, API_PREFIX};
+use crate::error::DaemonError;
+use crate::home::GyrusHome;
+use crate::project;
+use crate::state::{StateStore, StoredApi};
+use crate::supervisor::{now, Supervisor};
+
+pub struct AppState {
+    pub home: GyrusHome,
+    pub addr: String,
+    pub state: Arc<StateStore>,
+    pub supervisor: Arc<Supervisor>,
+    pub gateway: Gateway,
+    pub shutdown: tokio::sync::Notify,
+}
+
+pub fn router(app: Arc<AppState>) -> Router {
+    let control = Router::new()
+        .route("/health", get(health))
+        .route("/deploy", post(deploy))
+        .route("/apis", get(list_apis))
+        .route("/apis/{name}", get(get_api).delete(delete_api))
+        .route("/apis/{name}/refresh", post(refresh_api))
+        .route("/apis/{name}/logs", get(logs))
+        .route("/shutdown", post(shutdown))
+        .layer(axum::extract::DefaultBodyLimit::max(project::MAX_ARCHIVE_BYTES));
+    Router::new()
+        .nest(API_PREFIX, control)
+        .fallback(gateway)
+        .with_state(app)
+}
+
+async fn gateway(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    app.gateway.handle(req).await.map(Body::new)
+}
+
+async fn health(State(app): State<Arc<AppState>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        home: app.home.root().display().to_string(),
+        addr: app.addr.clone(),
+    })
+}
+
+async fn shutdown(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    app.shutdown.notify_one();
+    Json(serde_json::json!({"status": "shutting down"}))
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    config_file: Option<String>,
+}
+
+async fn deploy(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<DeployQuery>,
+    body: Bytes,
+) -> Result<Json<DeployResponse>, DaemonError> {
+    let config_name = q.config_file.unwrap_or_else(|| "cortex.yaml".into());
+    let home = app.home.clone();
+    let name_for_task = config_name.clone();
+    let extracted =
+        tokio::task::spawn_blocking(move || project::extract(&home, &body, &name_for_task))
+            .await
+            .map_err(|e| DaemonError::Internal(format!("extracting the project: {e}")))??;
+
+    let parsed = gyrus_spec::load(&config_name, &extracted.config_text, Some(&extracted.dir))
+        .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+    let dotenv = match &extracted.dotenv_text {
+        Some(text) => project::parse_dotenv(text).map_err(DaemonError::BadRequest)?,
+        None => Vec::new(),
+    };
+    let dotenv_json = serde_json::to_string(&dotenv).map_err(|e| DaemonError::Internal(e.to_string()))?;
+
+    // Check everything before deploying anything: a file deploys whole or not at all.
+    for api in &parsed.apis {
+        if api.kind == ApiKind::BatchAPI {
+            return Err(DaemonError::BadRequest(format!(
+                "api {:?}: kind BatchAPI is accepted by `gyrus validate` but batch APIs cannot be deployed yet",
+                api.name
+            )));
+        }
+        if api.predictor.kind != PredictorType::Python {
+            return Err(DaemonError::BadRequest(format!(
+                "api {:?}: predictor.type {} cannot be deployed yet; python predictors can",
+                api.name,
+                serde_json::to_value(api.predictor.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            )));
+        }
+        if let Some(m) = api.predictor.model.as_deref().filter(|m| m.contains("://")) {
+            return Err(DaemonError::BadRequest(format!(
+                "api {:?}: predictor.model {m:?}: model URLs are not supported yet; use a path inside the project",
+                api.name
+            )));
+        }
+        for other in app.state.list()? {
+            if other.name == api.name {
+                continue;
+            }
+            let other_endpoint = serde_json::from_str::<gyrus_spec::ApiSpec>(&other.spec_json)
+                .map(|s| s.endpoint)
+                .unwrap_or_default();
+            if other_endpoint == api.endpoint {
+                return Err(DaemonError::BadRequest(format!(
+                    "api {:?}: endpoint {} is already used by api {:?}; choose another endpoint or delete that api",
+                    api.name, api.endpoint, other.name
+                )));
+            }
+        }
+    }
+
+    let mut deployed = Vec::new();
+    for api in parsed.apis {
+        let spec_json = serde_json::to_string(&api).map_err(|e| DaemonError::Internal(e.to_string()))?;
+        let mut h = Sha256::new();
+        h.update(spec_json.as_bytes());
+        h.update(extracted.hash.as_bytes());
+        h.update(dotenv_json.as_bytes());
+        let deploy_hash = hex::encode(h.finalize());
+        let previous = app.state.get(&api.name)?;
+        if previous.as_ref().is_some_and(|p| p.deploy_hash == deploy_hash)
+            && app.supervisor.is_up_to_date(&api.name, &deploy_hash)
+        {
+            deployed.push(DeployedApi {
+                name: api.name.clone(),
+                endpoint: api.endpoint.clone(),
+                result: "up to date".into(),
+            });
+            continue;
+        }
+        let ts = now();
+        let stored = StoredApi {
+            name: api.name.clone(),
+            spec_json,
+            project_dir: extracted.dir.display().to_string(),
+            dotenv_json: dotenv_json.clone(),
+            deploy_hash,
+            generation: previous.as_ref().map(|p| p.generation + 1).unwrap_or(1),
+            created_at: previous.as_ref().map(|p| p.created_at.clone()).unwrap_or_else(|| ts.clone()),
+            updated_at: ts,
+        };
+        app.state.upsert(&stored)?;
+        deployed.push(DeployedApi {
+            name: api.name.clone(),
+            endpoint: api.endpoint.clone(),
+            result: if previous.is_some() { "updated" } else { "created" }.into(),
+        });
+        app.supervisor.apply(stored, api);
+    }
+    Ok(Json(DeployResponse {
+        apis: deployed,
+        warnings: parsed.warnings.iter().map(|w| w.to_string()).collect(),
+    }))
+}
+
+async fn list_apis(State(app): State<Arc<AppState>>) -> Json<Vec<crate::api::ApiInfo>> {
+    Json(
+        app.supervisor
+            .names()
+            .iter()
+            .filter_map(|n| app.supervisor.info(n))
+            .collect(),
+    )
+}
+
+async fn get_api(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::api::ApiInfo>, DaemonError> {
+    app.supervisor
+        .info(&name)
+        .map(Json)
+        .ok_or(DaemonError::ApiNotFound(name))
+}
+
+async fn delete_api(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, DaemonError> {
+    let existed = app.state.delete(&name)?;
+    let running = app.supervisor.remove(&name).await;
+    if !existed && !running {
+        return Err(DaemonError::ApiNotFound(name));
+    }
+    Ok(Json(serde_json::json!({"deleted": name})))
+}
+
+async fn refresh_api(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, DaemonError> {
+    let mut stored = app
+        .state
+        .get(&name)?
+        .ok_or_else(|| DaemonError::ApiNotFound(name.clone()))?;
+    let spec: gyrus_spec::ApiSpec = serde_json::from_str(&stored.spec_json)
+        .map_err(|e| DaemonError::Internal(format!("stored spec of {name}: {e}")))?;
+    stored.generation += 1;
+    stored.updated_at = now();
+    app.state.upsert(&stored)?;
+    let generation = stored.generation;
+    app.supervisor.apply(stored, spec);
+    Ok(Json(serde_json::json!({"refreshed": name, "generation": generation})))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, DaemonError> {
+    let path = app.home.api_log(&name);
+    if app.state.get(&name)?.is_none() && !path.exists() {
+        return Err(DaemonError::ApiNotFound(name));
+    }
+    let content = tokio::fs::read(&path).await.unwrap_or_default();
+    let start = match q.tail {
+        Some(n) => tail_start(&content, n),
+        None => 0,
+    };
+    let initial = Bytes::copy_from_slice(&content[start..]);
+    if !q.follow {
+        return Ok(([("content-type", "text/plain; charset=utf-8")], initial).into_response());
+    }
+    let offset = content.len() as u64;
+    let stream = futures_util::stream::unfold(
+        (Some(initial), path, offset),
+        |(first, path, mut offset)| async move {
+            if let Some(b) = first {
+                return Some((Ok::<_, std::io::Error>(b), (None, path, offset)));
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Ok(meta) = tokio::fs::metadata(&path).await else {
+                    continue;
+                };
+                if meta.len() < offset {
+                    offset = 0; // truncated or recreated
+                }
+                if meta.len() > offset {
+                    let chunk = read_from(&path, offset).await.unwrap_or_default();
+                    offset += chunk.len() as u64;
+                    return Some((Ok(Bytes::from(chunk)), (None, path, offset)));
+                }
+            }
+        },
+    );
+    Ok((
+        [("content-type", "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Byte offset where the last `n` lines of `content` begin.
+fn tail_start(content: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return content.len();
+    }
+    let body = content.strip_suffix(b"\n").unwrap_or(content);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_start;
+
+    #[test]
+    fn tail_lines() {
+        let c = b"a\nb\nc\n";
+        assert_eq!(&c[tail_start(c, 2)..], b"b\nc\n");
+        assert_eq!(&c[tail_start(c, 10)..], c);
+        assert_eq!(&c[tail_start(c, 0)..], b"");
+    }
+}

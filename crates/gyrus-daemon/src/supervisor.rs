@@ -1,0 +1,772 @@
+//! The replica supervisor: for each API it owns the replica processes, moves the API from one
+//! generation (deployed version) to the next, publishes ready replicas to the gateway's route
+//! table, and restarts replicas that die.
+//!
+//! A deploy of generation `g` starts `init_replicas` replicas of `g`; only when every one is
+//! ready does the route table switch to them and the replicas of older generations drain and
+//! stop. If they fail, the API shows `error` and older replicas (if any) keep serving. A newer
+//! deploy supersedes one still starting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gyrus_gateway::{ApiRoute, ReplicaTarget, RouteTable};
+use gyrus_spec::ApiSpec;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::api::{ApiInfo, ReplicaCounts, ReplicaInfo};
+use crate::home::GyrusHome;
+use crate::pyenv::PythonEnvs;
+use crate::state::StoredApi;
+
+/// How long a stopping replica may drain before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(35);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Updating,
+    Live,
+    Error,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Updating => "updating",
+            Status::Live => "live",
+            Status::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplicaState {
+    Starting,
+    Ready,
+    Stopping,
+    Failed,
+    Exited,
+}
+
+impl ReplicaState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Starting => "starting",
+            ReplicaState::Ready => "ready",
+            ReplicaState::Stopping => "stopping",
+            ReplicaState::Failed => "failed",
+            ReplicaState::Exited => "exited",
+        }
+    }
+}
+
+/// One replica process as the supervisor tracks it.
+struct Replica {
+    id: String,
+    generation: u64,
+    started_at: String,
+    restarts: u32,
+    inner: Mutex<ReplicaInner>,
+    state_changed: tokio::sync::Notify,
+}
+
+struct ReplicaInner {
+    state: ReplicaState,
+    pid: Option<u32>,
+    port: Option<u16>,
+    target: Option<Arc<ReplicaTarget>>,
+    error: Option<String>,
+    /// Dropping it closes the replica's stdin, which the replica takes as "stop".
+    stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl Replica {
+    fn state(&self) -> ReplicaState {
+        self.lock().state
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplicaInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the replica to drain and exit (SIGTERM and closing stdin); kills it if it has not
+    /// exited after the grace period.
+    fn stop(self: &Arc<Self>) {
+        let pid = {
+            let mut g = self.lock();
+            if matches!(g.state, ReplicaState::Exited | ReplicaState::Failed) {
+                return;
+            }
+            g.state = ReplicaState::Stopping;
+            g.stdin = None;
+            g.pid
+        };
+        self.state_changed.notify_waiters();
+        if let Some(pid) = pid {
+            signal(pid, libc::SIGTERM);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                while me.state() == ReplicaState::Stopping {
+                    if tokio::time::Instant::now() >= deadline {
+                        signal(pid, libc::SIGKILL);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    }
+
+    async fn wait_exited(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state_changed.notified();
+            if matches!(self.state(), ReplicaState::Exited | ReplicaState::Failed) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn info(&self) -> ReplicaInfo {
+        let g = self.lock();
+        ReplicaInfo {
+            id: self.id.clone(),
+            generation: self.generation,
+            pid: g.pid,
+            port: g.port,
+            state: g.state.as_str().to_owned(),
+            in_flight: g.target.as_ref().map(|t| t.in_flight()).unwrap_or(0),
+            started_at: self.started_at.clone(),
+            restarts: self.restarts,
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is one of our children.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Everything needed to start replicas of one generation.
+#[derive(Clone)]
+struct LaunchPlan {
+    generation: u64,
+    spec_json: Arc<String>,
+    project_dir: PathBuf,
+    python: PathBuf,
+    env: Vec<(String, String)>,
+    model_path: Option<PathBuf>,
+}
+
+struct ApiRuntime {
+    name: String,
+    /// The newest generation asked for; a deploy that is no longer the newest gives up.
+    latest_generation: AtomicU64,
+    replica_seq: AtomicU32,
+    inner: Mutex<ApiInner>,
+}
+
+struct ApiInner {
+    stored: StoredApi,
+    spec: Arc<ApiSpec>,
+    status: Status,
+    message: Option<String>,
+    error: Option<String>,
+    serving: Option<LaunchPlan>,
+    replicas: Vec<Arc<Replica>>,
+    deleted: bool,
+}
+
+impl ApiRuntime {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ApiInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct Supervisor {
+    home: GyrusHome,
+    routes: Arc<RouteTable>,
+    envs: Arc<PythonEnvs>,
+    gateway_url: String,
+    apis: Mutex<HashMap<String, Arc<ApiRuntime>>>,
+    self_exe: PathBuf,
+}
+
+impl Supervisor {
+    pub fn new(
+        home: GyrusHome,
+        routes: Arc<RouteTable>,
+        envs: Arc<PythonEnvs>,
+        gateway_url: String,
+    ) -> Arc<Self> {
+        let self_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gyrus"));
+        Arc::new(Self {
+            home,
+            routes,
+            envs,
+            gateway_url,
+            apis: Mutex::new(HashMap::new()),
+            self_exe,
+        })
+    }
+
+    fn apis(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ApiRuntime>>> {
+        self.apis.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the API is live with exactly this deployment.
+    pub fn is_up_to_date(&self, name: &str, deploy_hash: &str) -> bool {
+        let Some(rt) = self.apis().get(name).cloned() else {
+            return false;
+        };
+        let g = rt.lock();
+        g.status == Status::Live && g.stored.deploy_hash == deploy_hash
+    }
+
+    /// Starts (or moves to) the deployment in `stored`. Returns at once; progress shows in
+    /// [`Supervisor::info`].
+    pub fn apply(self: &Arc<Self>, stored: StoredApi, spec: ApiSpec) {
+        let spec = Arc::new(spec);
+        let rt = {
+            let mut apis = self.apis();
+            apis.entry(stored.name.clone())
+                .or_insert_with(|| {
+                    Arc::new(ApiRuntime {
+                        name: stored.name.clone(),
+                        latest_generation: AtomicU64::new(0),
+                        replica_seq: AtomicU32::new(0),
+                        inner: Mutex::new(ApiInner {
+                            stored: stored.clone(),
+                            spec: spec.clone(),
+                            status: Status::Updating,
+                            message: None,
+                            error: None,
+                            serving: None,
+                            replicas: Vec::new(),
+                            deleted: false,
+                        }),
+                    })
+                })
+                .clone()
+        };
+        rt.latest_generation
+            .store(stored.generation, Ordering::SeqCst);
+        {
+            let mut g = rt.lock();
+            g.stored = stored.clone();
+            g.spec = spec.clone();
+            g.status = Status::Updating;
+            g.message = Some("preparing".into());
+            g.error = None;
+        }
+        self.publish_routes(&rt);
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.run_deploy(rt, stored, spec).await;
+        });
+    }
+
+    async fn run_deploy(self: Arc<Self>, rt: Arc<ApiRuntime>, stored: StoredApi, spec: Arc<ApiSpec>) {
+        let generation = stored.generation;
+        let log = self.home.api_log(&rt.name);
+        api_log(&log, &format!("deploying generation {generation}"));
+        let superseded = || rt.latest_generation.load(Ordering::SeqCst) != generation;
+
+        let project_dir = PathBuf::from(&stored.project_dir);
+        set_message(&rt, generation, "preparing the python environment");
+        let python = match self.envs.resolve(&project_dir, &log).await {
+            Ok(p) => p,
+            Err(e) => {
+                if !superseded() {
+                    api_log(&log, &format!("error: {e}"));
+                    self.fail(&rt, generation, e.to_string());
+                }
+                return;
+            }
+        };
+        if superseded() {
+            return;
+        }
+        let plan = match launch_plan(&stored, spec.clone(), python, &project_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(&rt, generation, e);
+                return;
+            }
+        };
+
+        let count = spec.autoscaling.init_replicas.max(1);
+        set_message(&rt, generation, &format!("starting {count} replica(s)"));
+        let mut new = Vec::new();
+        for _ in 0..count {
+            match self.spawn_replica(&rt, &plan, 0) {
+                Ok(r) => new.push(r),
+                Err(e) => {
+                    for r in &new {
+                        r.stop();
+                    }
+                    self.fail(&rt, generation, e);
+                    return;
+                }
+            }
+        }
+        {
+            let mut g = rt.lock();
+            g.replicas.extend(new.iter().cloned());
+        }
+
+        // Wait until all are ready, one fails, or a newer deploy supersedes this one.
+        let outcome = loop {
+            let waits: Vec<_> = new.iter().map(|r| r.state_changed.notified()).collect();
+            let states: Vec<ReplicaState> = new.iter().map(|r| r.state()).collect();
+            if superseded() || rt.lock().deleted {
+                break Err(None);
+            }
+            if let Some(i) = states.iter().position(|s| {
+                matches!(s, ReplicaState::Failed | ReplicaState::Exited | ReplicaState::Stopping)
+            }) {
+                let err = new[i]
+                    .lock()
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "replica exited before it was ready".into());
+                break Err(Some(err));
+            }
+            if states.iter().all(|s| *s == ReplicaState::Ready) {
+                break Ok(());
+            }
+            let any = futures_util::future::select_all(waits.into_iter().map(Box::pin));
+            let _ = tokio::time::timeout(Duration::from_millis(200), any).await;
+        };
+
+        match outcome {
+            Ok(()) => {
+                let old: Vec<Arc<Replica>> = {
+                    let mut g = rt.lock();
+                    g.serving = Some(plan);
+                    g.status = Status::Live;
+                    g.message = None;
+                    g.error = None;
+                    g.replicas
+                        .iter()
+                        .filter(|r| r.generation != generation)
+                        .cloned()
+                        .collect()
+                };
+                self.publish_routes(&rt);
+                api_log(&log, &format!("generation {generation} is live ({count} replica(s))"));
+                for r in old {
+                    r.stop();
+                }
+                self.forget_exited(&rt);
+            }
+            Err(err) => {
+                for r in &new {
+                    r.stop();
+                }
+                if let Some(err) = err {
+                    api_log(&log, &format!("error: {err}"));
+                    self.fail(&rt, generation, err);
+                }
+            }
+        }
+    }
+
+    fn fail(&self, rt: &Arc<ApiRuntime>, generation: u64, error: String) {
+        {
+            let mut g = rt.lock();
+            if rt.latest_generation.load(Ordering::SeqCst) != generation || g.deleted {
+                return;
+            }
+            g.status = Status::Error;
+            g.message = None;
+            g.error = Some(error);
+        }
+        self.publish_routes(rt);
+    }
+
+    /// Starts one replica process and the task that watches it.
+    fn spawn_replica(
+        self: &Arc<Self>,
+        rt: &Arc<ApiRuntime>,
+        plan: &LaunchPlan,
+        restarts: u32,
+    ) -> Result<Arc<Replica>, String> {
+        let seq = rt.replica_seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-g{}-r{}", rt.name, plan.generation, seq);
+        let log_path = self.home.api_log(&rt.name);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+
+        let mut cmd = tokio::process::Command::new(&self.self_exe);
+        cmd.arg("replica")
+            .arg("--id")
+            .arg(&id)
+            .arg("--project")
+            .arg(&plan.project_dir)
+            .arg("--python")
+            .arg(&plan.python)
+            .arg("--lib-dir")
+            .arg(self.home.lib());
+        if let Some(m) = &plan.model_path {
+            cmd.arg("--model-path").arg(m);
+        }
+        cmd.current_dir(&plan.project_dir)
+            .envs(plan.env.iter().map(|(k, v)| (k, v)))
+            .env("GYRUS_HOME", self.home.root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(false);
+        // SAFETY: only async-signal-safe calls (setpgid, prctl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Own process group: a Ctrl-C on a foreground daemon reaches the daemon only,
+                // which then stops replicas gracefully.
+                libc::setpgid(0, 0);
+                #[cfg(target_os = "linux")]
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.self_exe.display()))?;
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+
+        let replica = Arc::new(Replica {
+            id: id.clone(),
+            generation: plan.generation,
+            started_at: now(),
+            restarts,
+            inner: Mutex::new(ReplicaInner {
+                state: ReplicaState::Starting,
+                pid,
+                port: None,
+                target: None,
+                error: None,
+                stdin: None,
+            }),
+            state_changed: tokio::sync::Notify::new(),
+        });
+
+        let me = self.clone();
+        let rt = rt.clone();
+        let plan = plan.clone();
+        let r = replica.clone();
+        let spec_line = format!("{}\n", plan.spec_json);
+        tokio::spawn(async move {
+            // The spec travels on stdin so it is not inherited by the predictor's environment.
+            if let Some(mut stdin) = stdin {
+                if stdin.write_all(spec_line.as_bytes()).await.is_ok() {
+                    r.lock().stdin = Some(stdin);
+                }
+            }
+            if let Some(stdout) = stdout {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    me.on_replica_event(&rt, &r, &line);
+                }
+            }
+            let status = child.wait().await;
+            let detail = match &status {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
+            me.on_replica_exit(&rt, &r, &plan, detail).await;
+        });
+        Ok(replica)
+    }
+
+    fn on_replica_event(&self, rt: &Arc<ApiRuntime>, r: &Arc<Replica>, line: &str) {
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
+            return;
+        };
+        match ev.get("event").and_then(|e| e.as_str()) {
+            Some("listening") => {
+                let port = ev.get("port").and_then(|p| p.as_u64()).unwrap_or(0) as u16;
+                let mut g = r.lock();
+                g.port = Some(port);
+                g.target = Some(ReplicaTarget::new(
+                    r.id.clone(),
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                ));
+            }
+            Some("ready") => {
+                {
+                    let mut g = r.lock();
+                    if g.state == ReplicaState::Starting {
+                        g.state = ReplicaState::Ready;
+                    }
+                }
+                r.state_changed.notify_waiters();
+                self.publish_routes(rt);
+            }
+            Some("failed") => {
+                let err = ev
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("replica failed")
+                    .to_owned();
+                r.lock().error = Some(err);
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_replica_exit(
+        self: &Arc<Self>,
+        rt: &Arc<ApiRuntime>,
+        r: &Arc<Replica>,
+        plan: &LaunchPlan,
+        detail: String,
+    ) {
+        let previous = {
+            let mut g = r.lock();
+            let prev = g.state;
+            g.state = if prev == ReplicaState::Starting {
+                if g.error.is_none() {
+                    g.error = Some(format!("replica exited before it was ready ({detail})"));
+                }
+                ReplicaState::Failed
+            } else {
+                ReplicaState::Exited
+            };
+            g.stdin = None;
+            prev
+        };
+        r.state_changed.notify_waiters();
+        self.publish_routes(rt);
+        if previous != ReplicaState::Ready {
+            return;
+        }
+
+        // A ready replica died on its own: self-heal if it still belongs to the serving version.
+        let log = self.home.api_log(&rt.name);
+        let serving_gen = rt.lock().serving.as_ref().map(|p| p.generation);
+        if rt.lock().deleted || serving_gen != Some(plan.generation) {
+            return;
+        }
+        let restarts = r.restarts + 1;
+        let backoff = Duration::from_secs(1u64 << restarts.min(5)).min(MAX_RESTART_BACKOFF);
+        api_log(
+            &log,
+            &format!(
+                "replica {} exited unexpectedly ({detail}); restarting in {}s",
+                r.id,
+                backoff.as_secs()
+            ),
+        );
+        tokio::time::sleep(backoff).await;
+        let still_serving = {
+            let g = rt.lock();
+            !g.deleted && g.serving.as_ref().map(|p| p.generation) == Some(plan.generation)
+        };
+        if !still_serving {
+            return;
+        }
+        match self.spawn_replica(rt, plan, restarts) {
+            Ok(new) => {
+                let mut g = rt.lock();
+                g.replicas.retain(|x| !Arc::ptr_eq(x, r));
+                g.replicas.push(new);
+            }
+            Err(e) => api_log(&log, &format!("error: restarting replica: {e}")),
+        }
+    }
+
+    fn forget_exited(&self, rt: &Arc<ApiRuntime>) {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP_GRACE + Duration::from_secs(1)).await;
+            rt.lock().replicas.retain(|r| {
+                !matches!(r.state(), ReplicaState::Exited | ReplicaState::Failed)
+            });
+        });
+    }
+
+    /// Tells the gateway which replicas of the serving generation are ready.
+    fn publish_routes(&self, rt: &Arc<ApiRuntime>) {
+        let g = rt.lock();
+        if g.deleted {
+            return;
+        }
+        let serving = g.serving.as_ref().map(|p| p.generation);
+        let replicas = g
+            .replicas
+            .iter()
+            .filter(|r| Some(r.generation) == serving)
+            .filter_map(|r| {
+                let i = r.lock();
+                (i.state == ReplicaState::Ready)
+                    .then(|| i.target.clone())
+                    .flatten()
+            })
+            .collect();
+        self.routes.set_api(ApiRoute {
+            api: rt.name.clone(),
+            endpoint: g.spec.endpoint.clone(),
+            status: g.status.as_str().to_owned(),
+            replicas,
+        });
+    }
+
+    /// Stops and forgets an API. Waits (bounded) for its replicas to exit.
+    pub async fn remove(&self, name: &str) -> bool {
+        let Some(rt) = self.apis().remove(name) else {
+            return false;
+        };
+        rt.latest_generation.store(u64::MAX, Ordering::SeqCst);
+        let replicas = {
+            let mut g = rt.lock();
+            g.deleted = true;
+            g.replicas.clone()
+        };
+        self.routes.remove_api(name);
+        for r in &replicas {
+            r.stop();
+        }
+        for r in &replicas {
+            r.wait_exited(STOP_GRACE + Duration::from_secs(2)).await;
+        }
+        api_log(&self.home.api_log(name), "deleted");
+        true
+    }
+
+    /// Stops every replica (daemon shutdown). APIs stay in the state database.
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<ApiRuntime>> = self.apis().values().cloned().collect();
+        let mut replicas = Vec::new();
+        for rt in &all {
+            rt.latest_generation.store(u64::MAX, Ordering::SeqCst);
+            let mut g = rt.lock();
+            g.deleted = true;
+            replicas.extend(g.replicas.iter().cloned());
+        }
+        for r in &replicas {
+            r.stop();
+        }
+        for r in &replicas {
+            r.wait_exited(STOP_GRACE + Duration::from_secs(2)).await;
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.apis().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn info(&self, name: &str) -> Option<ApiInfo> {
+        let rt = self.apis().get(name).cloned()?;
+        let g = rt.lock();
+        let serving = g.serving.as_ref().map(|p| p.generation);
+        let details: Vec<ReplicaInfo> = g.replicas.iter().map(|r| r.info()).collect();
+        let ready = g
+            .replicas
+            .iter()
+            .filter(|r| Some(r.generation) == serving && r.state() == ReplicaState::Ready)
+            .count() as u32;
+        Some(ApiInfo {
+            name: g.spec.name.clone(),
+            kind: format!("{:?}", g.spec.kind),
+            predictor_type: serde_json::to_value(g.spec.predictor.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            endpoint: g.spec.endpoint.clone(),
+            url: format!("{}{}", self.gateway_url, g.spec.endpoint),
+            status: g.status.as_str().to_owned(),
+            message: g.message.clone(),
+            error: g.error.clone(),
+            replicas: ReplicaCounts {
+                requested: g.spec.autoscaling.init_replicas.max(1),
+                ready,
+            },
+            generation: g.stored.generation,
+            created_at: g.stored.created_at.clone(),
+            updated_at: g.stored.updated_at.clone(),
+            replica_details: details,
+        })
+    }
+}
+
+fn set_message(rt: &ApiRuntime, generation: u64, msg: &str) {
+    if rt.latest_generation.load(Ordering::SeqCst) == generation {
+        rt.lock().message = Some(msg.to_owned());
+    }
+}
+
+fn launch_plan(
+    stored: &StoredApi,
+    spec: Arc<ApiSpec>,
+    python: PathBuf,
+    project_dir: &Path,
+) -> Result<LaunchPlan, String> {
+    let dotenv: Vec<(String, String)> =
+        serde_json::from_str(&stored.dotenv_json).map_err(|e| format!("stored .env: {e}"))?;
+    let mut env = dotenv;
+    env.extend(spec.predictor.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // python_path is appended to PYTHONPATH; the project dir is always importable (it is the
+    // worker's working directory and first on sys.path).
+    let python_path = spec
+        .predictor
+        .python_path
+        .as_deref()
+        .map(|p| project_dir.join(p))
+        .unwrap_or_else(|| project_dir.to_path_buf());
+    let mut pythonpath = std::env::var("PYTHONPATH").unwrap_or_default();
+    if let Some((_, v)) = env.iter().find(|(k, _)| k == "PYTHONPATH") {
+        pythonpath = v.clone();
+    }
+    let pythonpath = if pythonpath.is_empty() {
+        python_path.display().to_string()
+    } else {
+        format!("{pythonpath}:{}", python_path.display())
+    };
+    env.retain(|(k, _)| k != "PYTHONPATH");
+    env.push(("PYTHONPATH".into(), pythonpath));
+    let model_path = spec
+        .predictor
+        .model
+        .as_deref()
+        .filter(|m| !m.contains("://"))
+        .map(|m| project_dir.join(m));
+    let spec_json = serde_json::to_string(&*spec).map_err(|e| e.to_string())?;
+    Ok(LaunchPlan {
+        generation: stored.generation,
+        spec_json: Arc::new(spec_json),
+        project_dir: project_dir.to_path_buf(),
+        python,
+        env,
+        model_path,
+    })
+}
+
+/// Appends a line from the daemon to an API's log, where the user reads it with `gyrus logs`.
+pub fn api_log(path: &Path, msg: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "[gyrus {}] {msg}", now());
+    }
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,303 @@
+//! The gateway: the part of the data plane that runs inside the daemon. It owns the route table
+//! (endpoint → the API's ready replicas, each with an in-flight counter) and the proxy that
+//! forwards a request to the ready replica with the fewest requests in flight.
+//!
+//! The control plane writes routes ([`RouteTable::set_api`], [`RouteTable::remove_api`]); the
+//! gateway only reads them, so it knows nothing of processes or SQLite.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+
+/// The body type the gateway answers with: either the replica's streamed body or a small
+/// JSON error of its own.
+pub type GatewayBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// One ready replica that requests can be sent to.
+#[derive(Debug)]
+pub struct ReplicaTarget {
+    pub id: String,
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+}
+
+impl ReplicaTarget {
+    pub fn new(id: impl Into<String>, addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.into(),
+            addr,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Requests the gateway has sent to this replica that have not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the gateway knows about one API.
+#[derive(Debug, Clone)]
+pub struct ApiRoute {
+    pub api: String,
+    pub endpoint: String,
+    /// Status as the control plane reports it, for error messages ("updating", "error", ...).
+    pub status: String,
+    pub replicas: Vec<Arc<ReplicaTarget>>,
+}
+
+/// Endpoint → route. Reads are one short `RwLock` read per request; writes happen only when a
+/// replica becomes ready or goes away.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_endpoint: RwLock<HashMap<String, Arc<ApiRoute>>>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeployedApi<'a> {
+    name: &'a str,
+    endpoint: &'a str,
+    status: &'a str,
+}
+
+impl RouteTable {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Installs or replaces the route of an API. An endpoint that moved is removed first.
+    pub fn set_api(&self, route: ApiRoute) {
+        let mut map = self.write();
+        map.retain(|endpoint, r| r.api != route.api || *endpoint == route.endpoint);
+        map.insert(route.endpoint.clone(), Arc::new(route));
+    }
+
+    pub fn remove_api(&self, api: &str) {
+        self.write().retain(|_, r| r.api != api);
+    }
+
+    /// The route of an API by name, if any.
+    pub fn get_api(&self, api: &str) -> Option<Arc<ApiRoute>> {
+        self.read().values().find(|r| r.api == api).cloned()
+    }
+
+    fn lookup(&self, path: &str) -> Option<Arc<ApiRoute>> {
+        let map = self.read();
+        if let Some(r) = map.get(path) {
+            return Some(r.clone());
+        }
+        // `/iris/` reaches `/iris`, as users type both.
+        let trimmed = path.strip_suffix('/')?;
+        map.get(trimmed).cloned()
+    }
+
+    fn deployed_apis_json(&self) -> serde_json::Value {
+        let map = self.read();
+        let mut apis: Vec<DeployedApi<'_>> = map
+            .values()
+            .map(|r| DeployedApi {
+                name: &r.api,
+                endpoint: &r.endpoint,
+                status: &r.status,
+            })
+            .collect();
+        apis.sort_by(|a, b| a.name.cmp(b.name));
+        serde_json::to_value(apis).unwrap_or(serde_json::Value::Null)
+    }
+
+    // A poisoned lock only means a writer panicked mid-update of a HashMap that is still
+    // structurally sound, so serving from it beats failing every request.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ApiRoute>>> {
+        self.by_endpoint.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ApiRoute>>> {
+        self.by_endpoint.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The proxy. Cheap to clone (everything inside is shared).
+#[derive(Clone)]
+pub struct Gateway {
+    routes: Arc<RouteTable>,
+    client: Client<HttpConnector, GatewayRequestBody>,
+}
+
+/// Request bodies are forwarded as they stream in, without buffering.
+pub type GatewayRequestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Decrements a replica's in-flight counter however the request ends (answer, error, or the
+/// client going away and the future being dropped).
+struct InFlightGuard(Arc<ReplicaTarget>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gateway {
+    pub fn new(routes: Arc<RouteTable>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector);
+        Self { routes, client }
+    }
+
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    /// Forwards one request to the API that owns its path.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path();
+        let Some(route) = self.routes.lookup(path) else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({
+                    "error": format!("no API is deployed at {path}"),
+                    "apis": self.routes.deployed_apis_json(),
+                }),
+            );
+        };
+        let upstream_path = match *req.method() {
+            Method::POST => "/predict",
+            Method::GET | Method::HEAD => "/",
+            _ => {
+                let mut resp = json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    serde_json::json!({
+                        "error": format!("{} is not allowed on {}: use POST to predict, GET for health", req.method(), route.endpoint)
+                    }),
+                );
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                return resp;
+            }
+        };
+        let Some(target) = pick_least_in_flight(&route.replicas) else {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "error": format!("api {} has no ready replica (status: {})", route.api, route.status)
+                }),
+            );
+        };
+
+        let uri = match req.uri().query() {
+            Some(q) => format!("http://{}{}?{}", target.addr, upstream_path, q),
+            None => format!("http://{}{}", target.addr, upstream_path),
+        };
+        let uri: Uri = match uri.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": format!("invalid request URI: {e}")}),
+                )
+            }
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        parts.headers.remove(http::header::HOST);
+        let body: GatewayRequestBody = body.map_err(Into::into).boxed_unsync();
+        let upstream = Request::from_parts(parts, body);
+
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlightGuard(target.clone());
+        let result = self.client.request(upstream).await;
+        drop(guard);
+        match result {
+            Ok(resp) => resp.map(|b| b.boxed_unsync()),
+            Err(e) => json_error(
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({
+                    "error": format!("replica {} of api {} did not answer: {}", target.id, route.api, error_chain(&e))
+                }),
+            ),
+        }
+    }
+}
+
+fn pick_least_in_flight(replicas: &[Arc<ReplicaTarget>]) -> Option<&Arc<ReplicaTarget>> {
+    replicas.iter().min_by_key(|r| r.in_flight())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// A JSON error body in the shape every gyrus component uses: `{"error": "...", ...}`.
+pub fn json_error(status: StatusCode, body: serde_json::Value) -> Response<GatewayBody> {
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let mut resp = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn least_in_flight_wins() {
+        let a = ReplicaTarget::new("a", addr(1));
+        let b = ReplicaTarget::new("b", addr(2));
+        a.in_flight.store(3, Ordering::Relaxed);
+        b.in_flight.store(1, Ordering::Relaxed);
+        let picked = pick_least_in_flight(&[a, b.clone()]).map(|r| r.id.clone());
+        assert_eq!(picked.as_deref(), Some("b"));
+        assert!(pick_least_in_flight(&[]).is_none());
+    }
+
+    #[test]
+    fn routes_replace_and_move() {
+        let t = RouteTable::new();
+        t.set_api(ApiRoute {
+            api: "x".into(),
+            endpoint: "/x".into(),
+            status: "live".into(),
+            replicas: vec![],
+        });
+        t.set_api(ApiRoute {
+            api: "x".into(),
+            endpoint: "/y".into(),
+            status: "live".into(),
+            replicas: vec![],
+        });
+        assert!(t.lookup("/x").is_none());
+        assert_eq!(t.lookup("/y/").map(|r| r.api.clone()).as_deref(), Some("x"));
+        t.remove_api("x");
+        assert!(t.lookup("/y").is_none());
+    }
+}

@@ -1,0 +1,546 @@
+"""gyrus Python worker: runs one user predictor behind the replica's binary protocol.
+
+The replica starts it as ``python3 -u gyrus_worker.py --fd 3`` with fd 3 a connected
+AF_UNIX stream socket and the project snapshot as the working directory. Stdout and stderr
+are the API's log; the protocol lives only on fd 3, so whatever user code prints is harmless.
+
+Frames (little-endian): ``u32 len`` (bytes after this field), ``u8 kind``, ``u64 id``, body.
+
+    1 INIT      replica -> worker  JSON: predictor_path, predictor_type, config, api_spec,
+                                   job_spec, model_path, threads, api_name, worker_index
+    2 REQUEST   replica -> worker  u8 flags (bit 0: debug), u16 ctype_len, u32 query_len,
+                                   u32 headers_len, content type, query, headers JSON, body
+    3 SHUTDOWN  replica -> worker  finish in-flight work and exit 0 (EOF means the same)
+    101 READY       worker -> replica  JSON: style, wants_query_params, wants_headers, pid
+    102 INIT_FAILED worker -> replica  JSON: error, traceback (then exit 1)
+    103 RESPONSE    worker -> replica  u16 status, u16 ctype_len, content type, body
+
+Only the standard library is used. numpy values in a prediction are converted when user
+code has imported numpy; the worker never imports it itself.
+"""
+
+import email.message
+import email.utils
+import importlib.util
+import inspect
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qsl
+
+INIT, REQUEST, SHUTDOWN = 1, 2, 3
+READY, INIT_FAILED, RESPONSE = 101, 102, 103
+
+FRAME = struct.Struct("<IBQ")  # len, kind, id
+REQUEST_HEAD = struct.Struct("<BHII")  # flags, ctype_len, query_len, headers_len
+RESPONSE_HEAD = struct.Struct("<IBQHH")  # frame header, then status, ctype_len
+FLAG_DEBUG = 1
+
+JSON_CT = b"application/json"
+TEXT_CT = b"text/plain; charset=utf-8"
+BYTES_CT = b"application/octet-stream"
+DEBUG_LIMIT = 2000
+SMALL_FRAME = 64 * 1024
+
+CONSTRUCTOR_ARGS = ("config", "api_spec", "job_spec")
+CLASS_PREDICT_ARGS = ("payload", "query_params", "headers")
+FUNCTION_INIT_ARGS = ("model_path", "metadata", "config", "api_spec", "job_spec")
+FUNCTION_PREDICT_ARGS = ("payload", "sample", "query_params", "headers", "metadata")
+CLASS_NAMES = {"python": "PythonPredictor", "onnx": "ONNXPredictor", "tensorflow": "TensorFlowPredictor"}
+
+
+class HTTPError(Exception):
+    """A problem with the request, answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class InitError(Exception):
+    """A problem gyrus found in the predictor itself; it has no useful traceback."""
+
+
+class Headers(dict):
+    """Request headers: names are stored lower case and looked up ignoring case."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, _lower(key))
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, _lower(key), value)
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, _lower(key))
+
+    def __contains__(self, key):
+        return dict.__contains__(self, _lower(key))
+
+    def get(self, key, default=None):
+        return dict.get(self, _lower(key), default)
+
+    def pop(self, key, *default):
+        return dict.pop(self, _lower(key), *default)
+
+    def setdefault(self, key, default=None):
+        return dict.setdefault(self, _lower(key), default)
+
+
+def _lower(key):
+    return key.lower() if isinstance(key, str) else key
+
+
+def _headers_from_pairs(pairs):
+    # Repeated headers are combined the way HTTP defines it, so no value is lost.
+    headers = Headers()
+    for name, value in pairs:
+        name = name.lower()
+        if dict.__contains__(headers, name):
+            value = dict.__getitem__(headers, name) + ", " + value
+        dict.__setitem__(headers, name, value)
+    return headers
+
+
+class FormData(dict):
+    """Form fields and files: ``form[key]`` is the last value, ``getlist`` gives them all."""
+
+    def __init__(self, items=()):
+        self._items = list(items)
+        super().__init__(self._items)
+
+    def getlist(self, key):
+        return [value for name, value in self._items if name == key]
+
+    def multi_items(self):
+        return list(self._items)
+
+    def close(self):
+        for value in self.values():
+            if isinstance(value, UploadFile):
+                value.close()
+
+
+class UploadFile:
+    """A file part of a multipart form; ``file`` is an ``io.BytesIO`` over its content."""
+
+    def __init__(self, filename, content_type, headers, data):
+        self.filename = filename
+        self.content_type = content_type
+        self.headers = headers
+        self.size = len(data)
+        self.file = io.BytesIO(data)
+
+    def read(self, size=-1):
+        return self.file.read(size)
+
+    def seek(self, offset):
+        return self.file.seek(offset)
+
+    def close(self):
+        self.file.close()
+
+    def __repr__(self):
+        return f"UploadFile(filename={self.filename!r}, content_type={self.content_type!r}, size={self.size})"
+
+
+def _params(value, header="content-type"):
+    """A message whose ``header`` is ``value``, to reuse email's parameter parsing."""
+    msg = email.message.Message()
+    msg[header] = value
+    return msg
+
+
+def decode_payload(ctype, body):
+    media = ctype.partition(";")[0].strip().lower()
+    if media == "application/json":
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise HTTPError(400, f"invalid JSON body: {e}") from None
+    if media == "text/plain":
+        charset = _params(ctype).get_content_charset() or "utf-8"
+        try:
+            return body.decode(charset)
+        except LookupError:
+            raise HTTPError(400, f"unknown charset in Content-Type: {charset}") from None
+        except UnicodeDecodeError as e:
+            raise HTTPError(400, f"text/plain body is not valid {charset}: {e}") from None
+    if media == "application/x-www-form-urlencoded":
+        try:
+            return FormData(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise HTTPError(400, f"invalid form body: {e}") from None
+    if media == "multipart/form-data":
+        return _multipart(ctype, body)
+    return body
+
+
+def _multipart(ctype, body):
+    boundary = _params(ctype).get_boundary()
+    if not boundary:
+        raise HTTPError(400, "multipart/form-data Content-Type has no boundary parameter")
+    dash = b"--" + boundary.encode("latin-1", "replace")
+    # Every delimiter but an opening one follows a CRLF, which belongs to the delimiter.
+    if body.startswith(dash):
+        pos = 0
+    else:
+        pos = body.find(b"\r\n" + dash)
+        if pos < 0:
+            raise HTTPError(400, "multipart body does not contain its boundary")
+        pos += 2
+    items = []
+    while True:
+        pos += len(dash)
+        if body.startswith(b"--", pos):
+            return FormData(items)
+        eol = body.find(b"\r\n", pos)
+        end = body.find(b"\r\n" + dash, pos)
+        if eol < 0 or end < 0:
+            raise HTTPError(400, "multipart body is truncated (no closing boundary)")
+        items.append(_multipart_part(body, eol + 2, end))
+        pos = end + 2
+
+
+def _multipart_part(body, start, end):
+    if body.startswith(b"\r\n", start):
+        head_end, data_start = start, start + 2
+    else:
+        head_end = body.find(b"\r\n\r\n", start, end)
+        if head_end < 0:
+            raise HTTPError(400, "multipart part has no blank line after its headers")
+        data_start = head_end + 4
+    pairs = []
+    for line in body[start:head_end].decode("utf-8", "replace").split("\r\n"):
+        if line[:1] in (" ", "\t") and pairs:
+            pairs[-1] = (pairs[-1][0], pairs[-1][1] + " " + line.strip())
+        elif line:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise HTTPError(400, f"malformed multipart part header: {line!r}")
+            pairs.append((name.strip(), value.strip()))
+    headers = _headers_from_pairs(pairs)
+    disposition = _params(headers.get("content-disposition", ""), "content-disposition")
+    name = disposition.get_param("name", header="content-disposition")
+    if name is None:
+        raise HTTPError(400, "multipart part has no name in its Content-Disposition")
+    name = email.utils.collapse_rfc2231_value(name)
+    data = body[data_start:end]
+    filename = disposition.get_filename()
+    if filename is not None:
+        return name, UploadFile(filename, headers.get("content-type"), headers, data)
+    charset = _params(headers.get("content-type", "text/plain")).get_content_charset() or "utf-8"
+    try:
+        return name, data.decode(charset)
+    except (LookupError, UnicodeDecodeError) as e:
+        raise HTTPError(400, f"form field {name!r} is not valid {charset}: {e}") from None
+
+
+def _json_default(value):
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# Compact and strict like Cortex's JSON responses (NaN is not JSON, so it is an error).
+JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default)
+
+
+def encode_result(value):
+    """Returns (status, content type, body) for what predict() returned."""
+    if isinstance(value, (bytes, bytearray)):
+        return 200, BYTES_CT, value
+    if isinstance(value, memoryview):
+        return 200, BYTES_CT, value.cast("B") if value.c_contiguous else value.tobytes()
+    if isinstance(value, str):
+        return 200, TEXT_CT, value.encode("utf-8", "replace")
+    try:
+        return 200, JSON_CT, JSON_ENCODER.encode(value).encode("utf-8", "replace")
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
+        return error_response(500, f"predict() returned a value that is not JSON serialisable: {e}")
+
+
+def error_response(status, message):
+    return status, JSON_CT, json.dumps({"error": message}).encode()
+
+
+def _short_repr(value):
+    text = repr(value)
+    return text if len(text) <= DEBUG_LIMIT else text[:DEBUG_LIMIT] + f"... ({len(text)} chars)"
+
+
+def _user_traceback(exc):
+    """The traceback without the worker's own frames and importlib's, which only add noise."""
+    tb = exc.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename == __file__ or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _plan_call(fn, what, provided):
+    """Which of the ``provided`` names to pass to ``fn``: (positional names, keyword names).
+
+    Cortex passed only the arguments a function names; ``**kwargs`` gets all of them.
+    """
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # e.g. a builtin without a signature: pass nothing
+        return [], []
+    positional, keywords = [], []
+    for p in params:
+        if p.kind is p.VAR_KEYWORD:
+            keywords += [n for n in provided if n not in positional and n not in keywords]
+        elif p.kind is p.VAR_POSITIONAL:
+            continue
+        elif p.name in provided:
+            (positional if p.kind is p.POSITIONAL_ONLY else keywords).append(p.name)
+        elif p.default is p.empty:
+            raise InitError(
+                f"{what} requires a parameter named {p.name!r}, which gyrus does not provide "
+                f"(it provides: {', '.join(provided)})"
+            )
+    return positional, keywords
+
+
+def _call(fn, plan, values):
+    positional, keywords = plan
+    return fn(*[values[n] for n in positional], **{n: values[n] for n in keywords})
+
+
+class Predictor:
+    """The user's predictor, loaded and constructed from the INIT message."""
+
+    def __init__(self, init):
+        self.config = init.get("config") or {}
+        path = os.path.abspath(init["predictor_path"])
+        module = self._load_module(path)
+        class_name = CLASS_NAMES.get(init.get("predictor_type") or "python", "PythonPredictor")
+        cls = getattr(module, class_name, None)
+        if inspect.isclass(cls):
+            self.style = "class"
+            values = {"config": self.config, "api_spec": init.get("api_spec"), "job_spec": init.get("job_spec")}
+            instance = _call(cls, _plan_call(cls, f"{class_name}.__init__()", CONSTRUCTOR_ARGS), values)
+            self.predict_fn = getattr(instance, "predict", None)
+            if not callable(self.predict_fn):
+                raise InitError(f"{class_name} in {init['predictor_path']} has no predict() method")
+            provided = CLASS_PREDICT_ARGS
+            what = f"{class_name}.predict()"
+        elif callable(getattr(module, "predict", None)):
+            self.style = "function"
+            init_fn = getattr(module, "init", None)
+            if callable(init_fn):
+                values = {
+                    "model_path": init.get("model_path"),
+                    "metadata": self.config,
+                    "config": self.config,
+                    "api_spec": init.get("api_spec"),
+                    "job_spec": init.get("job_spec"),
+                }
+                _call(init_fn, _plan_call(init_fn, "init()", FUNCTION_INIT_ARGS), values)
+            self.predict_fn = module.predict
+            provided = FUNCTION_PREDICT_ARGS
+            what = "predict()"
+        else:
+            raise InitError(
+                f"{init['predictor_path']} defines neither a class named {class_name} "
+                f"nor a module-level predict() function"
+            )
+        self.plan = _plan_call(self.predict_fn, what, provided)
+        wanted = set(self.plan[0]) | set(self.plan[1])
+        self.wants_query_params = "query_params" in wanted
+        self.wants_headers = "headers" in wanted
+
+    @staticmethod
+    def _load_module(path):
+        name = os.path.splitext(os.path.basename(path))[0]
+        # A predictor called e.g. json.py must not replace a module the worker itself uses.
+        if name in sys.modules:
+            name = f"_gyrus_predictor_{name}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise InitError(f"cannot load {path} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # so pickle, dataclasses and friends can find it
+        spec.loader.exec_module(module)
+        return module
+
+    def predict(self, payload, query, headers):
+        values = {
+            "payload": payload,
+            "sample": payload,
+            "query_params": dict(parse_qsl(query, keep_blank_values=True)) if self.wants_query_params else None,
+            "headers": headers,
+            "metadata": self.config,
+        }
+        return _call(self.predict_fn, self.plan, values)
+
+
+class Connection:
+    """Frames over the socket: buffered reads on one thread, locked writes from any."""
+
+    def __init__(self, fd):
+        self.sock = socket.socket(fileno=fd)
+        self.rfile = self.sock.makefile("rb", buffering=1 << 16)
+        self.lock = threading.Lock()
+
+    def read_exact(self, n):
+        data = self.rfile.read(n) if n else b""
+        if len(data) != n:
+            raise EOFError
+        return data
+
+    def read_frame_head(self):
+        """(kind, id, body length), or None at EOF."""
+        try:
+            length, kind, rid = FRAME.unpack(self.read_exact(FRAME.size))
+        except EOFError:
+            return None
+        return kind, rid, length - (FRAME.size - 4)
+
+    def send(self, parts):
+        if sum(map(len, parts)) <= SMALL_FRAME:
+            # Joining a small frame is cheaper than building memoryviews for sendmsg.
+            data = b"".join(parts)
+            with self.lock:
+                self.sock.sendall(data)
+            return
+        # sendmsg hands the parts to the kernel without copying the body; loop on short writes.
+        parts = [memoryview(p) for p in parts if len(p)]
+        with self.lock:
+            while parts:
+                sent = self.sock.sendmsg(parts)
+                while parts and sent >= parts[0].nbytes:
+                    sent -= parts.pop(0).nbytes
+                if sent:
+                    parts[0] = parts[0][sent:]
+
+    def send_json(self, kind, rid, value):
+        body = json.dumps(value).encode()
+        self.send([FRAME.pack(len(body) + FRAME.size - 4, kind, rid), body])
+
+    def send_response(self, rid, status, ctype, body):
+        size = RESPONSE_HEAD.size - 4 + len(ctype) + len(body)
+        self.send([RESPONSE_HEAD.pack(size, RESPONSE, rid, status, len(ctype)), ctype, body])
+
+
+class Worker:
+    def __init__(self, conn, predictor, index):
+        self.conn = conn
+        self.predictor = predictor
+        self.index = index
+
+    def handle(self, rid, flags, ctype, query, headers_json, body):
+        # Every request must get exactly one response, whatever user code raises.
+        try:
+            try:
+                payload = decode_payload(ctype, body)
+                headers = None
+                if self.predictor.wants_headers:
+                    headers = json.loads(headers_json or b"{}", object_pairs_hook=_headers_from_pairs)
+                if flags & FLAG_DEBUG:
+                    print(f"debug: payload: {_short_repr(payload)}", file=sys.stderr)
+                result = self.predictor.predict(payload, query, headers)
+                if flags & FLAG_DEBUG:
+                    print(f"debug: prediction: {_short_repr(result)}", file=sys.stderr)
+                status, ct, out = encode_result(result)
+            except HTTPError as e:
+                status, ct, out = error_response(e.status, str(e))
+            except BaseException as e:  # noqa: BLE001 - user code may raise anything
+                sys.stderr.write(f"worker {self.index}: predict() raised an exception:\n{_user_traceback(e)}")
+                message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                status, ct, out = error_response(500, message)
+            self.conn.send_response(rid, status, ct, out)
+        except OSError:
+            pass  # the replica is gone; the read loop sees EOF and ends the worker
+
+    def serve(self, threads):
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="predict") if threads > 1 else None
+        conn = self.conn
+        while True:
+            head = conn.read_frame_head()
+            if head is None or head[0] == SHUTDOWN:
+                break
+            kind, rid, size = head
+            if kind != REQUEST:
+                print(f"worker {self.index}: protocol error: unexpected frame kind {kind}", file=sys.stderr)
+                os._exit(2)
+            try:
+                flags, ctype_len, query_len, headers_len = REQUEST_HEAD.unpack(conn.read_exact(REQUEST_HEAD.size))
+                ctype = conn.read_exact(ctype_len).decode("latin-1")
+                query = conn.read_exact(query_len).decode("utf-8", "replace")
+                headers_json = conn.read_exact(headers_len)
+                body_len = size - REQUEST_HEAD.size - ctype_len - query_len - headers_len
+                if body_len < 0:
+                    raise ValueError(f"REQUEST frame lengths are inconsistent (body length {body_len})")
+                body = conn.read_exact(body_len)
+            except EOFError:
+                break  # a truncated frame means the replica went away mid-write
+            except ValueError as e:
+                print(f"worker {self.index}: protocol error: {e}", file=sys.stderr)
+                os._exit(2)
+            if pool is None:
+                self.handle(rid, flags, ctype, query, headers_json, body)
+            else:
+                pool.submit(self.handle, rid, flags, ctype, query, headers_json, body)
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def main():
+    fd = int(sys.argv[sys.argv.index("--fd") + 1]) if "--fd" in sys.argv else 3
+    # Ctrl-C in the daemon's terminal reaches the whole process group; the replica decides
+    # when workers stop (SHUTDOWN, EOF, or the parent-death signal).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.set_inheritable(fd, False)  # subprocesses of user code must not hold the protocol open
+    # Imports resolve against the project (the cwd), not the directory of this script.
+    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)
+    sys.path.insert(0, os.getcwd())
+
+    conn = Connection(fd)
+    head = conn.read_frame_head()
+    if head is None or head[0] != INIT:
+        print("gyrus worker: expected an INIT frame", file=sys.stderr)
+        sys.exit(2)
+    init = json.loads(conn.read_exact(head[2]))
+    index = init.get("worker_index", 0)
+    try:
+        predictor = Predictor(init)
+    except BaseException as e:  # noqa: BLE001 - report anything the user's code raised
+        if isinstance(e, InitError):
+            error, tb = str(e), f"{e}\n"
+        else:
+            error, tb = f"{type(e).__name__}: {e}", _user_traceback(e)
+        sys.stderr.write(f"worker {index}: failed to initialise the predictor:\n{tb}")
+        sys.stderr.flush()
+        try:
+            conn.send_json(INIT_FAILED, head[1], {"error": error, "traceback": tb})
+        except OSError:
+            pass
+        sys.exit(1)
+    ready = {
+        "style": predictor.style,
+        "wants_query_params": predictor.wants_query_params,
+        "wants_headers": predictor.wants_headers,
+        "pid": os.getpid(),
+    }
+    conn.send_json(READY, head[1], ready)
+    Worker(conn, predictor, index).serve(max(1, int(init.get("threads") or 1)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,705 @@
+//! The worker pool of one replica: `workers` Python processes with `threads` each.
+//!
+//! Each worker has a connection ([`Conn`]) shared by callers, which write request frames
+//! under an async mutex, and by a supervisor task, which reads response frames, resolves the
+//! waiting callers by request id, and restarts the process when it dies.
+//!
+//! Capacity is counted per connection: a request holds one of the worker's `threads` from
+//! the moment it is assigned until its response arrives (or the worker dies), even when the
+//! caller stops waiting, because the Python thread is busy until then either way.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::process::Child;
+use tokio::sync::{oneshot, watch, Notify, OwnedMutexGuard};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::protocol::{self, Frame, FrameReader};
+use crate::{PredictRequest, PredictResponse, RuntimeError, WorkerConfig};
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A worker that stayed up this long is healthy again: its next restart is quick.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How long `shutdown` lets workers finish in-flight requests before killing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After a worker exits, how long to wait for responses it wrote just before.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// After EOF on the socket, how long to wait for the process to finish exiting.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+type Responder = oneshot::Sender<Result<PredictResponse, RuntimeError>>;
+
+/// What a worker says once its predictor is constructed.
+#[derive(Debug, Deserialize)]
+struct Ready {
+    wants_query_params: bool,
+    wants_headers: bool,
+    pid: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct InitFailed {
+    error: String,
+    #[serde(default)]
+    traceback: String,
+}
+
+/// One live worker process as callers see it.
+struct Conn {
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// Requests sent and not yet answered; `None` once the worker is gone, so that nothing
+    /// is registered after its requests were failed.
+    pending: Mutex<Option<HashMap<u64, Responder>>>,
+    /// Threads in use: assigned requests, including those whose frame is still being written.
+    busy: AtomicUsize,
+    /// Set when a write failed half-way: the stream is unusable and the worker is killed.
+    broken: Notify,
+}
+
+impl Conn {
+    fn pending(&self) -> MutexGuard<'_, Option<HashMap<u64, Responder>>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Slot {
+    /// The current process of this worker; `None` while it is down.
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+impl Slot {
+    fn get(&self) -> Option<Arc<Conn>> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, conn: Option<Arc<Conn>>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+}
+
+struct Shared {
+    config: WorkerConfig,
+    threads: usize,
+    slots: Box<[Slot]>,
+    wants_headers: bool,
+    wants_query_params: bool,
+    next_id: AtomicU64,
+    /// Where the search for the least busy worker starts, so ties rotate between workers.
+    next_start: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Signalled when a thread becomes free or a worker comes up.
+    freed: Notify,
+    closing: AtomicBool,
+    /// `Some(deadline)` once shutting down: workers still running then are killed.
+    deadline: watch::Sender<Option<Instant>>,
+}
+
+/// A started and initialised worker process, not yet serving.
+struct Started {
+    child: Child,
+    reader: FrameReader,
+    conn: Arc<Conn>,
+    ready: Ready,
+}
+
+/// The Python workers of one replica. See the module documentation.
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl WorkerPool {
+    /// Starts `workers` processes and resolves when every one has constructed the predictor.
+    /// The first one that fails (INIT_FAILED, or an exit before READY) fails the whole start,
+    /// and the others are killed.
+    pub async fn start(
+        config: WorkerConfig,
+        workers: usize,
+    ) -> Result<Arc<WorkerPool>, RuntimeError> {
+        let workers = workers.max(1);
+        let threads = config.threads.max(1);
+        let mut launches = JoinSet::new();
+        for index in 0..workers {
+            let config = config.clone();
+            launches.spawn(async move { (index, launch(&config, threads, index).await) });
+        }
+        let mut started: Vec<Option<Started>> = (0..workers).map(|_| None).collect();
+        while let Some(joined) = launches.join_next().await {
+            // Dropping `launches` on return aborts the other launches, and dropping their
+            // `Child` kills the process (kill_on_drop).
+            let (index, result) = joined
+                .map_err(|e| RuntimeError::Protocol(format!("worker start task failed: {e}")))?;
+            started[index] = Some(result?);
+        }
+        let started: Vec<Started> = started.into_iter().flatten().collect();
+
+        let shared = Arc::new(Shared {
+            wants_headers: started.iter().any(|s| s.ready.wants_headers),
+            wants_query_params: started.iter().any(|s| s.ready.wants_query_params),
+            config: WorkerConfig { threads, ..config },
+            threads,
+            slots: (0..workers)
+                .map(|_| Slot {
+                    conn: Mutex::new(None),
+                })
+                .collect(),
+            next_id: AtomicU64::new(1),
+            next_start: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            freed: Notify::new(),
+            closing: AtomicBool::new(false),
+            deadline: watch::Sender::new(None),
+        });
+        for (index, s) in started.iter().enumerate() {
+            shared.slots[index].set(Some(s.conn.clone()));
+        }
+        let supervisors = started
+            .into_iter()
+            .enumerate()
+            .map(|(index, s)| tokio::spawn(supervise(shared.clone(), index, s)))
+            .collect();
+        Ok(Arc::new(WorkerPool {
+            shared,
+            supervisors: Mutex::new(supervisors),
+        }))
+    }
+
+    /// Sends one request to the least busy worker with a free thread, waiting for a thread
+    /// if all are busy (or all workers are restarting).
+    pub async fn call(&self, req: PredictRequest) -> Result<PredictResponse, RuntimeError> {
+        let sh = &*self.shared;
+        let _counted = Counted::new(&sh.in_flight);
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let head =
+            protocol::encode_request_head(id, &req, sh.wants_query_params, sh.wants_headers)?;
+        loop {
+            let (index, conn) = self.acquire().await?;
+            let mut busy = Busy {
+                shared: sh,
+                conn: &conn,
+                armed: true,
+            };
+            let writer = conn.writer.clone().lock_owned().await;
+            let (tx, rx) = oneshot::channel();
+            match conn.pending().as_mut() {
+                Some(map) => map.insert(id, tx),
+                // The worker died while we waited for its writer; nothing was sent, so
+                // another worker can take the request.
+                None => continue,
+            };
+            // From here on, whoever removes the pending entry frees the thread.
+            busy.armed = false;
+            if let Err(e) = write_request(&conn, writer, head, req.body) {
+                conn.broken.notify_one();
+                if conn
+                    .pending()
+                    .as_mut()
+                    .and_then(|map| map.remove(&id))
+                    .is_some()
+                {
+                    sh.release(&conn);
+                    return Err(RuntimeError::WorkerExited {
+                        worker: index,
+                        detail: format!("cannot write to the worker: {e}"),
+                    });
+                }
+            }
+            return rx.await.unwrap_or_else(|_| {
+                Err(RuntimeError::WorkerExited {
+                    worker: index,
+                    detail: "the worker went away without answering".into(),
+                })
+            });
+        }
+    }
+
+    /// Whether the predictor's `predict` takes `headers` (the replica may skip collecting them).
+    pub fn wants_headers(&self) -> bool {
+        self.shared.wants_headers
+    }
+
+    /// Whether the predictor's `predict` takes `query_params`.
+    pub fn wants_query_params(&self) -> bool {
+        self.shared.wants_query_params
+    }
+
+    /// Calls currently inside [`WorkerPool::call`]: waiting for a thread or being handled.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Asks every worker to finish its in-flight requests and exit, waits for them up to a
+    /// few seconds, then kills what is left. Calls after this fail with `ShuttingDown`.
+    pub async fn shutdown(&self) {
+        let sh = &self.shared;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        if !sh.closing.swap(true, Ordering::SeqCst) {
+            sh.deadline.send_replace(Some(deadline));
+            sh.freed.notify_waiters();
+            if let Ok(frame) = protocol::encode_frame(protocol::SHUTDOWN, 0, &[]) {
+                for slot in sh.slots.iter() {
+                    if let Some(conn) = slot.get() {
+                        // A writer stuck on a worker that stopped reading is killed at the deadline.
+                        let _ = tokio::time::timeout_at(deadline, async {
+                            conn.writer.lock().await.write_all(&frame).await
+                        })
+                        .await;
+                    }
+                }
+            }
+        }
+        let supervisors =
+            std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in supervisors {
+            let _ = handle.await;
+        }
+    }
+
+    /// Assigns a request to the least busy worker with a free thread, waiting for one.
+    async fn acquire(&self) -> Result<(usize, Arc<Conn>), RuntimeError> {
+        let sh = &*self.shared;
+        loop {
+            // Register interest before looking, so a thread freed in between is not missed.
+            let notified = sh.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if sh.closing.load(Ordering::SeqCst) {
+                return Err(RuntimeError::ShuttingDown);
+            }
+            if let Some(found) = sh.try_acquire() {
+                return Ok(found);
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // Without a shutdown, the supervisors kill their workers at once.
+        self.shared.closing.store(true, Ordering::SeqCst);
+        let now = Instant::now();
+        self.shared
+            .deadline
+            .send_if_modified(|deadline| match *deadline {
+                Some(d) if d <= now => false,
+                _ => {
+                    *deadline = Some(now);
+                    true
+                }
+            });
+        self.shared.freed.notify_waiters();
+    }
+}
+
+impl Shared {
+    fn try_acquire(&self) -> Option<(usize, Arc<Conn>)> {
+        let n = self.slots.len();
+        let start = self.next_start.fetch_add(1, Ordering::Relaxed) % n;
+        // Retry only when another caller took the chosen thread between looking and taking.
+        for _ in 0..8 {
+            let mut best: Option<(usize, usize, Arc<Conn>)> = None;
+            for i in 0..n {
+                let index = (start + i) % n;
+                let Some(conn) = self.slots[index].get() else {
+                    continue;
+                };
+                let busy = conn.busy.load(Ordering::Acquire);
+                if busy < self.threads && best.as_ref().is_none_or(|(b, _, _)| busy < *b) {
+                    best = Some((busy, index, conn));
+                }
+            }
+            let (_, index, conn) = best?;
+            let taken = conn
+                .busy
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    (b < self.threads).then_some(b + 1)
+                });
+            if taken.is_ok() {
+                return Some((index, conn));
+            }
+        }
+        None
+    }
+
+    fn release(&self, conn: &Conn) {
+        conn.busy.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+
+    /// Resolves when shutdown has begun.
+    async fn closing(&self) {
+        let mut rx = self.deadline.subscribe();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// Resolves when shutdown has begun and its grace period is over. The deadline can move
+    /// closer (dropping the pool after a cancelled `shutdown` makes it "now").
+    async fn past_deadline(&self) {
+        let mut rx = self.deadline.subscribe();
+        loop {
+            let deadline = *rx.borrow_and_update();
+            let changed = match deadline {
+                Some(deadline) => tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return,
+                    changed = rx.changed() => changed,
+                },
+                None => rx.changed().await,
+            };
+            if changed.is_err() {
+                // `Shared` owns the sender, so this cannot happen while anyone waits here.
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Handles one frame from a worker that is serving.
+    fn dispatch(&self, conn: &Conn, frame: Frame) -> Result<(), RuntimeError> {
+        if frame.kind != protocol::RESPONSE {
+            return Err(RuntimeError::Protocol(format!(
+                "unexpected frame kind {} from worker",
+                frame.kind
+            )));
+        }
+        let response = protocol::parse_response(frame.body);
+        let Some(tx) = conn
+            .pending()
+            .as_mut()
+            .and_then(|map| map.remove(&frame.id))
+        else {
+            return Err(RuntimeError::Protocol(format!(
+                "response for unknown request id {}",
+                frame.id
+            )));
+        };
+        self.release(conn);
+        match response {
+            Ok(response) => {
+                // The caller may have given up; the worker's thread is free either way.
+                let _ = tx.send(Ok(response));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = tx.send(Err(RuntimeError::Protocol(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Counts a call in `in_flight` for as long as it lasts.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Frees an assigned thread if the call ends before its request was registered.
+struct Busy<'a> {
+    shared: &'a Shared,
+    conn: &'a Conn,
+    armed: bool,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.release(self.conn);
+        }
+    }
+}
+
+/// Writes a request frame without ever leaving half a frame behind: what the socket takes at
+/// once is written here, and if it is full the rest is finished by a task the caller cannot
+/// cancel, still holding the writer lock.
+fn write_request(
+    conn: &Arc<Conn>,
+    writer: OwnedMutexGuard<OwnedWriteHalf>,
+    head: Vec<u8>,
+    body: Bytes,
+) -> std::io::Result<()> {
+    let total = head.len() + body.len();
+    let mut done = 0;
+    while done < total {
+        let result = if done < head.len() {
+            writer.try_write_vectored(&[IoSlice::new(&head[done..]), IoSlice::new(&body)])
+        } else {
+            writer.try_write(&body[done - head.len()..])
+        };
+        match result {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let mut writer = writer;
+                    let result = async {
+                        if done < head.len() {
+                            writer.write_all(&head[done..]).await?;
+                            writer.write_all(&body).await
+                        } else {
+                            writer.write_all(&body[done - head.len()..]).await
+                        }
+                    }
+                    .await;
+                    if result.is_err() {
+                        conn.broken.notify_one();
+                    }
+                });
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn init_body(config: &WorkerConfig, threads: usize, index: usize) -> Result<Vec<u8>, RuntimeError> {
+    let mut init = match &config.init {
+        serde_json::Value::Object(map) => map.clone(),
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => {
+            return Err(RuntimeError::Protocol(format!(
+                "INIT must be a JSON object, not {other}"
+            )))
+        }
+    };
+    init.insert("worker_index".into(), index.into());
+    init.insert("threads".into(), threads.into());
+    serde_json::to_vec(&init)
+        .map_err(|e| RuntimeError::Protocol(format!("cannot encode INIT: {e}")))
+}
+
+/// Starts worker `index` and waits for READY.
+async fn launch(
+    config: &WorkerConfig,
+    threads: usize,
+    index: usize,
+) -> Result<Started, RuntimeError> {
+    let init = protocol::encode_frame(protocol::INIT, 0, &init_body(config, threads, index)?)?;
+    let (mut child, stream) = crate::process::spawn(config).await?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = FrameReader::new(read);
+    // A worker that dies at once closes the socket; the read below then reports how it died.
+    let _ = write.write_all(&init).await;
+
+    let frame = tokio::select! {
+        frame = reader.next() => frame,
+        status = child.wait() => {
+            // It may have answered just before exiting (INIT_FAILED is followed by exit 1).
+            match timeout(DRAIN_AFTER_EXIT, reader.next()).await {
+                Ok(Ok(Some(frame))) => Ok(Some(frame)),
+                _ => {
+                    let detail = match status {
+                        Ok(status) => format!("{status} before it was ready"),
+                        Err(e) => format!("could not be waited for: {e}"),
+                    };
+                    return Err(RuntimeError::WorkerExited { worker: index, detail });
+                }
+            }
+        }
+    };
+    let frame = match frame {
+        Ok(Some(frame)) => frame,
+        Ok(None) | Err(RuntimeError::Io(_)) => {
+            let status = match timeout(EXIT_WAIT, child.wait()).await {
+                Ok(Ok(status)) => status.to_string(),
+                _ => "closed its connection".to_string(),
+            };
+            return Err(RuntimeError::WorkerExited {
+                worker: index,
+                detail: format!("{status} before it was ready"),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    match frame.kind {
+        protocol::READY => {
+            let ready: Ready = serde_json::from_slice(&frame.body).map_err(|e| {
+                RuntimeError::Protocol(format!("invalid READY from worker {index}: {e}"))
+            })?;
+            let conn = Arc::new(Conn {
+                writer: Arc::new(tokio::sync::Mutex::new(write)),
+                pending: Mutex::new(Some(HashMap::with_capacity(threads * 2))),
+                busy: AtomicUsize::new(0),
+                broken: Notify::new(),
+            });
+            Ok(Started {
+                child,
+                reader,
+                conn,
+                ready,
+            })
+        }
+        protocol::INIT_FAILED => {
+            let failed: InitFailed = serde_json::from_slice(&frame.body).map_err(|e| {
+                RuntimeError::Protocol(format!("invalid INIT_FAILED from worker {index}: {e}"))
+            })?;
+            Err(RuntimeError::InitFailed {
+                worker: index,
+                error: failed.error,
+                traceback: failed.traceback,
+            })
+        }
+        kind => Err(RuntimeError::Protocol(format!(
+            "worker {index} sent frame kind {kind} instead of READY"
+        ))),
+    }
+}
+
+/// Why a serving worker stopped.
+enum End {
+    /// The process exited (status known).
+    Exited(std::process::ExitStatus),
+    /// The socket closed, or the stream became unusable; the process must be reaped or killed.
+    Lost(String),
+    /// Shutdown's grace period is over.
+    Deadline,
+}
+
+/// Serves one worker, then restarts it whenever it dies, until shutdown.
+async fn supervise(shared: Arc<Shared>, index: usize, mut started: Started) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let up_since = Instant::now();
+        let Started {
+            mut child,
+            mut reader,
+            conn,
+            ready,
+        } = started;
+        shared.slots[index].set(Some(conn.clone()));
+        shared.freed.notify_waiters();
+
+        let end = serve(&shared, &conn, &mut reader, &mut child).await;
+        shared.slots[index].set(None);
+        let status = match end {
+            End::Exited(status) => status.to_string(),
+            End::Deadline => {
+                let _ = child.kill().await;
+                "killed at the end of shutdown".to_string()
+            }
+            End::Lost(why) => match timeout(EXIT_WAIT, child.wait()).await {
+                Ok(Ok(status)) => status.to_string(),
+                _ => {
+                    let _ = child.kill().await;
+                    format!("{why}; killed")
+                }
+            },
+        };
+        let closing = shared.closing.load(Ordering::SeqCst);
+        let requests = conn.pending().take().unwrap_or_default();
+        for (_, tx) in requests {
+            let _ = tx.send(Err(if closing {
+                RuntimeError::ShuttingDown
+            } else {
+                RuntimeError::WorkerExited {
+                    worker: index,
+                    detail: status.clone(),
+                }
+            }));
+        }
+        if closing {
+            return;
+        }
+        if up_since.elapsed() >= STABLE_AFTER {
+            backoff = FIRST_BACKOFF;
+        }
+        eprintln!(
+            "worker {index} (pid {}) exited ({status}); restarting in {}s",
+            ready.pid,
+            backoff.as_secs()
+        );
+        started = loop {
+            tokio::select! {
+                _ = sleep(backoff) => {}
+                _ = shared.closing() => return,
+            }
+            let delay = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let result = tokio::select! {
+                result = launch(&shared.config, shared.threads, index) => result,
+                _ = shared.closing() => return,
+            };
+            match result {
+                Ok(started) => {
+                    eprintln!("worker {index} restarted (pid {})", started.ready.pid);
+                    break started;
+                }
+                Err(e) => eprintln!(
+                    "worker {index} failed to restart after {}s: {e}; retrying in {}s",
+                    delay.as_secs(),
+                    backoff.as_secs()
+                ),
+            }
+        };
+    }
+}
+
+/// Reads and dispatches responses until the worker goes away.
+async fn serve(shared: &Shared, conn: &Conn, reader: &mut FrameReader, child: &mut Child) -> End {
+    // Created once: these are polled on every wake-up of the loop below.
+    let exited = child.wait();
+    let broken = conn.broken.notified();
+    let deadline = shared.past_deadline();
+    tokio::pin!(exited, broken, deadline);
+    loop {
+        loop {
+            match reader.next_buffered() {
+                Ok(Some(frame)) => {
+                    if let Err(e) = shared.dispatch(conn, frame) {
+                        return End::Lost(e.to_string());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return End::Lost(e.to_string()),
+            }
+        }
+        tokio::select! {
+            biased;
+            read = reader.fill() => match read {
+                Ok(0) => return End::Lost("closed its connection".into()),
+                Ok(_) => {}
+                Err(e) => return End::Lost(format!("read error: {e}")),
+            },
+            status = &mut exited => {
+                // Deliver responses it wrote just before exiting.
+                let _ = timeout(DRAIN_AFTER_EXIT, async {
+                    while let Ok(Some(frame)) = reader.next().await {
+                        if shared.dispatch(conn, frame).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return match status {
+                    Ok(status) => End::Exited(status),
+                    Err(e) => End::Lost(format!("wait failed: {e}")),
+                };
+            }
+            _ = &mut broken => return End::Lost("a request could not be written".into()),
+            _ = &mut deadline => return End::Deadline,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh machine and serves the example iris API:
+# builds gyrus, installs it on PATH, prepares the Python side, trains the example model,
+# and deploys examples/iris-python. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-python.sh
+
+echo "==> building gyrus (release)"
+cargo build --release --locked -p gyrus-cli
+
+bindir="${CARGO_HOME:-$HOME/.cargo}/bin"
+mkdir -p "$bindir"
+install -m 0755 target/release/gyrus "$bindir/gyrus"
+echo "==> installed $bindir/gyrus"
+
+echo "==> training the example model"
+.venv/bin/python examples/iris-python/train.py
+
+# uv builds the API's Python environment from requirements.txt much faster than pip.
+export GYRUS_UV="$PWD/.venv/bin/uv"
+
+echo "==> deploying examples/iris-python"
+"$bindir/gyrus" deploy examples/iris-python
+
+cat <<MSG
+
+The iris API is live. Try it:
+
+  curl -X POST localhost:8888/iris-classifier -H 'Content-Type: application/json' \\
+    -d '{"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.5, "petal_width": 0.3}'
+
+Then: gyrus get · gyrus logs iris-classifier · gyrus delete iris-classifier · gyrus --help
+MSG

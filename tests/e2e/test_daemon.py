@@ -1,0 +1,89 @@
+"""The daemon: status, stop, and APIs that come back when it starts again."""
+
+import json
+
+from e2e_helpers import pid_alive, wait_until
+
+API = "survivor"
+
+PREDICTOR = """
+import os
+
+class PythonPredictor:
+    def __init__(self, config):
+        self.started = os.getpid()
+
+    def predict(self, payload):
+        return {"echo": payload, "pid": os.getpid()}
+"""
+
+
+def test_status_when_not_running(gyrus):
+    proc = gyrus.ok("daemon", "status", "-o", "json")
+    assert json.loads(proc.stdout) is None, gyrus.diag(proc=proc)
+    proc = gyrus.ok("daemon", "status")
+    assert "not running" in proc.stdout, gyrus.diag(proc=proc)
+
+
+def test_stop_when_not_running_is_harmless(gyrus):
+    proc = gyrus.ok("daemon", "stop")
+    assert "no gyrus daemon is running" in proc.stdout, gyrus.diag(proc=proc)
+
+
+def test_daemon_restart_brings_apis_back(gyrus, project):
+    proj = project(API, PREDICTOR)
+    gyrus.deploy_ok(proj, API)
+    r = gyrus.post(f"/{API}", json={"n": 1})
+    assert r.status_code == 200 and r.json()["echo"] == {"n": 1}, gyrus.diag(API, resp=r)
+
+    status = gyrus.json("daemon", "status", "-o", "json")
+    assert status["home"] == str(gyrus.home), status
+    assert status["addr"] == gyrus.addr, status
+    daemon_pid = status["pid"]
+    replica_pids = gyrus.replica_pids(API)
+    assert replica_pids, gyrus.describe(API)
+
+    proc = gyrus.stop_daemon()
+    assert f"pid {daemon_pid}" in proc.stdout, gyrus.diag(proc=proc)
+    assert not pid_alive(daemon_pid), "daemon still alive after `gyrus daemon stop` returned"
+    assert gyrus.json("daemon", "status", "-o", "json") is None
+    # The daemon stops its replicas.
+    wait_until(
+        lambda: not any(pid_alive(p) for p in replica_pids),
+        30,
+        what=lambda: f"replicas {replica_pids} to exit with the daemon\n{gyrus.diag(API)}",
+    )
+    proc = gyrus.run("get", API)
+    assert proc.returncode == 1 and "no gyrus daemon is running" in proc.stderr, gyrus.diag(proc=proc)
+
+    # Start the daemon without deploying: the API comes back by itself.
+    gyrus.start_daemon()
+    info = wait_until(
+        lambda: (lambda i: i if i["status"] == "live" and i["replicas"]["ready"] == 1 else None)(gyrus.get(API)),
+        60,
+        what=lambda: f"{API} to be live again\n{gyrus.diag(API)}",
+    )
+    r = gyrus.post(f"/{API}", json={"n": 2})
+    assert r.status_code == 200 and r.json()["echo"] == {"n": 2}, gyrus.diag(API, resp=r)
+    assert r.json()["pid"] not in replica_pids, "served by a replica that should have stopped"
+    assert info["endpoint"] == f"/{API}"
+
+
+def test_restart_through_deploy_of_another_project(gyrus, project):
+    """`gyrus deploy` starts the daemon when none runs; the earlier API comes back too."""
+    gyrus.stop_daemon()
+    other = project(
+        "other",
+        "class PythonPredictor:\n    def __init__(self, config):\n        pass\n\n"
+        "    def predict(self, payload):\n        return 'other'\n",
+    )
+    gyrus.deploy_ok(other, "other")
+    wait_until(
+        lambda: gyrus.get(API)["status"] == "live",
+        60,
+        what=lambda: f"{API} to be live again\n{gyrus.diag(API)}",
+    )
+    r = gyrus.post(f"/{API}", json={"n": 3})
+    assert r.status_code == 200 and r.json()["echo"] == {"n": 3}, gyrus.diag(API, resp=r)
+    r = gyrus.post("/other", json={})
+    assert r.status_code == 200 and r.text == "other", gyrus.diag("other", resp=r)
