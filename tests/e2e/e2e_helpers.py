@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -321,6 +322,9 @@ class Gyrus:
         )
         log.close()
         self._foreground.append(proc)
+        # Reap it as soon as it exits: `gyrus daemon stop` waits until the pid is gone, and an
+        # unreaped child of this process would stay a zombie that still "exists".
+        threading.Thread(target=proc.wait, daemon=True).start()
         wait_until(
             lambda: proc.poll() is not None or self.health(),
             30,

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from e2e_helpers import EXAMPLES, INVALID_CONFIGS, copy_example
+from e2e_helpers import EXAMPLES, INVALID_CONFIGS, Gyrus, copy_example
 
 # --- gyrus validate: the invalid-configs table ---------------------------------------------
 
@@ -215,3 +215,21 @@ def test_deploy_of_a_folder_without_config(running, tmp_path):
     proc = running.run("deploy", str(tmp_path))
     assert proc.returncode == 1, running.diag(proc=proc)
     assert "no cortex.yaml or gyrus.yaml" in proc.stderr, running.diag(proc=proc)
+
+
+def test_deploy_refuses_a_daemon_of_another_home(running, tmp_path):
+    """Same GYRUS_ADDR, different GYRUS_HOME: deploy must not use the other home's daemon."""
+    other = Gyrus(tmp_path / "other-home", port=running.port)
+    proc = other.run("deploy", str(EXAMPLES / "hello"))
+    assert proc.returncode == 1, other.diag(proc=proc)
+    assert "GYRUS_HOME" in proc.stderr and str(running.home) in proc.stderr, other.diag(proc=proc)
+    assert running.json("get", "-o", "json") == []
+
+
+def test_second_daemon_on_the_same_home_refuses_to_start(running, tmp_path):
+    """One daemon per GYRUS_HOME, even on another address."""
+    other = Gyrus(running.home)  # same home, another free port
+    proc = other.run("daemon", timeout=30)
+    assert proc.returncode == 1, other.diag(proc=proc)
+    assert "already running" in proc.stderr, other.diag(proc=proc)
+    assert running.health() is not None

@@ -7,6 +7,8 @@ import time
 import pytest
 import requests
 
+from e2e_helpers import pid_alive, wait_until
+
 SLEEPER = """
 import os
 import threading
@@ -68,7 +70,7 @@ def apis(gyrus, project):
         project(
             "two-workers",
             SLEEPER,
-            api={"predictor": {"config": {"seconds": 0.3}}, "autoscaling": {"workers_per_replica": 2}},
+            api={"predictor": {"config": {"seconds": 0.5}}, "autoscaling": {"workers_per_replica": 2}},
         ),
         "two-workers",
     )
@@ -110,11 +112,11 @@ def test_two_workers_serve_from_two_processes(apis):
 
 
 def test_two_workers_run_requests_in_parallel(apis):
-    # 2 workers x 1 thread, 0.3 s each: 2 requests take ~0.3 s, not 0.6 s.
+    # 2 workers x 1 thread, 0.5 s each: 2 requests take ~0.5 s, not 1 s.
     results, elapsed = fire(apis, "/two-workers", 2)
     assert all(not isinstance(r, Exception) and r.status_code == 200 for r in results), describe_results(results)
     assert len({r.json()["pid"] for r in results}) == 2, describe_results(results)
-    assert elapsed < 0.55, f"2 requests on 2 workers took {elapsed:.2f}s"
+    assert elapsed < 0.9, f"2 requests on 2 workers took {elapsed:.2f}s"
 
 
 def test_four_threads_serve_four_requests_at_once(apis):
@@ -128,3 +130,26 @@ def test_four_threads_serve_four_requests_at_once(apis):
     assert len({r.json()["thread"] for r in results}) == 4, text  # four threads
     # Serially this is 2 s; four threads take ~0.5 s.
     assert elapsed < 1.2, f"4 requests on 4 threads took {elapsed:.2f}s\n{text}"
+
+
+def test_requests_beyond_the_threads_wait_for_a_free_one(apis):
+    """Below max_replica_concurrency nothing is refused: 3 requests on the 4 threads of
+    four-threads plus 3 more queue and are all answered."""
+    results, elapsed = fire(apis, "/four-threads", 7)
+    text = describe_results(results) + "\n" + apis.diag("four-threads")
+    assert all(not isinstance(r, Exception) and r.status_code == 200 for r in results), text
+    # 7 requests on 4 threads of 0.5 s: two rounds.
+    assert 0.9 < elapsed < 2.5, f"{elapsed:.2f}s\n{text}"
+
+
+def test_delete_stops_every_worker_process(apis):
+    results, _ = fire(apis, "/two-workers", 4)
+    workers = {r.json()["pid"] for r in results if not isinstance(r, Exception) and r.status_code == 200}
+    replicas = apis.replica_pids("two-workers")
+    assert len(workers) == 2 and replicas, (workers, replicas)
+    apis.ok("delete", "two-workers")
+    wait_until(
+        lambda: not any(pid_alive(p) for p in [*workers, *replicas]),
+        30,
+        what=lambda: f"replicas {replicas} and workers {workers} to exit\n{apis.diag('two-workers')}",
+    )

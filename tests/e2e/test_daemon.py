@@ -1,6 +1,8 @@
 """The daemon: status, stop, and APIs that come back when it starts again."""
 
 import json
+import os
+import signal
 
 from e2e_helpers import pid_alive, wait_until
 
@@ -42,16 +44,17 @@ def test_daemon_restart_brings_apis_back(gyrus, project):
     daemon_pid = status["pid"]
     replica_pids = gyrus.replica_pids(API)
     assert replica_pids, gyrus.describe(API)
+    worker_pid = r.json()["pid"]
 
     proc = gyrus.stop_daemon()
     assert f"pid {daemon_pid}" in proc.stdout, gyrus.diag(proc=proc)
     assert not pid_alive(daemon_pid), "daemon still alive after `gyrus daemon stop` returned"
     assert gyrus.json("daemon", "status", "-o", "json") is None
-    # The daemon stops its replicas.
+    # The daemon stops its replicas, and they their Python workers.
     wait_until(
-        lambda: not any(pid_alive(p) for p in replica_pids),
+        lambda: not any(pid_alive(p) for p in replica_pids + [worker_pid]),
         30,
-        what=lambda: f"replicas {replica_pids} to exit with the daemon\n{gyrus.diag(API)}",
+        what=lambda: f"replicas {replica_pids} and worker {worker_pid} to exit with the daemon\n{gyrus.diag(API)}",
     )
     proc = gyrus.run("get", API)
     assert proc.returncode == 1 and "no gyrus daemon is running" in proc.stderr, gyrus.diag(proc=proc)
@@ -65,7 +68,7 @@ def test_daemon_restart_brings_apis_back(gyrus, project):
     )
     r = gyrus.post(f"/{API}", json={"n": 2})
     assert r.status_code == 200 and r.json()["echo"] == {"n": 2}, gyrus.diag(API, resp=r)
-    assert r.json()["pid"] not in replica_pids, "served by a replica that should have stopped"
+    assert r.json()["pid"] != worker_pid, "served by a worker that should have stopped"
     assert info["endpoint"] == f"/{API}"
 
 
@@ -87,3 +90,29 @@ def test_restart_through_deploy_of_another_project(gyrus, project):
     assert r.status_code == 200 and r.json()["echo"] == {"n": 3}, gyrus.diag(API, resp=r)
     r = gyrus.post("/other", json={})
     assert r.status_code == 200 and r.text == "other", gyrus.diag("other", resp=r)
+
+
+def test_crashed_daemon_takes_its_replicas_down_and_restores_them(gyrus):
+    """kill -9 of the daemon: replicas and workers die with it (parent-death signal), the
+    lock is released, and the next start restores the APIs. A deleted API stays deleted."""
+    gyrus.ok("delete", "other")
+    daemon_pid = gyrus.json("daemon", "status", "-o", "json")["pid"]
+    replica_pids = gyrus.replica_pids(API)
+    worker_pid = gyrus.post(f"/{API}", json={}).json()["pid"]
+    os.kill(daemon_pid, signal.SIGKILL)  # started by this suite (`gyrus deploy` above)
+    wait_until(
+        lambda: not any(pid_alive(p) for p in [daemon_pid, *replica_pids, worker_pid]),
+        30,
+        what=lambda: f"daemon {daemon_pid}, replicas {replica_pids}, worker {worker_pid} to die\n{gyrus.diag(API)}",
+    )
+    gyrus.start_daemon()
+    wait_until(
+        lambda: gyrus.get(API)["status"] == "live",
+        60,
+        what=lambda: f"{API} to be live again\n{gyrus.diag(API)}",
+    )
+    r = gyrus.post(f"/{API}", json={"n": 4})
+    assert r.status_code == 200 and r.json()["echo"] == {"n": 4}, gyrus.diag(API, resp=r)
+    assert [i["name"] for i in gyrus.json("get", "-o", "json")] == [API]
+    r = gyrus.post("/other", json={})
+    assert r.status_code == 404, gyrus.diag("other", resp=r)

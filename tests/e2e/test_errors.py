@@ -1,6 +1,8 @@
 """Failures of user code: exceptions in predict, a worker that dies, a constructor that raises."""
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -85,6 +87,28 @@ def test_killed_worker_fails_its_request_then_recovers(fragile):
     print(f"worker back after {time.monotonic() - t0:.1f}s")
 
 
+
+def test_killed_replica_is_restarted(fragile):
+    """The supervisor restarts a replica process that dies (here: SIGKILL of the replica this
+    suite's daemon started); meanwhile the gateway answers 5xx, never hangs."""
+    g = fragile
+    ready = [r for r in g.describe(API)["replica_details"] if r["state"] == "ready"]
+    assert len(ready) == 1, ready
+    os.kill(ready[0]["pid"], signal.SIGKILL)
+    r = g.post(f"/{API}", json={}, timeout=10)
+    assert r.status_code == 200 or 500 <= r.status_code < 600, g.diag(API, resp=r)
+
+    def back():
+        info = g.describe(API)
+        fresh = [x for x in info["replica_details"] if x["state"] == "ready" and x["pid"] != ready[0]["pid"]]
+        resp = g.post(f"/{API}", json={}, timeout=10)
+        return fresh and resp.status_code == 200 and (fresh, info)
+
+    fresh, info = wait_until(back, 30, interval=0.2, what=lambda: "a new replica\n" + g.diag(API))
+    assert fresh[0]["restarts"] >= 1, info
+    assert info["replicas"] == {"requested": 1, "ready": 1}, info
+
+
 def test_constructor_failure_fails_the_deploy(gyrus, project):
     proc = gyrus.deploy(project("broken", BROKEN))
     assert proc.returncode == 1, gyrus.diag("broken", proc=proc)
@@ -122,3 +146,20 @@ def test_fixing_the_constructor_makes_the_api_live(gyrus, project):
     r = gyrus.post("/broken", json={})
     assert r.status_code == 200 and r.text == "never", gyrus.diag("broken", resp=r)
     assert gyrus.get("broken")["error"] is None
+
+
+def test_failed_redeploy_keeps_the_previous_version_serving(fragile, project):
+    """A new generation whose constructor raises: the API shows the error, and the replicas of
+    the previous generation keep answering."""
+    g = fragile
+    before = g.get(API)
+    broken = PREDICTOR.replace("        pass\n", "        raise KeyError('sentinel-redeploy-failure')\n", 1)
+    assert broken != PREDICTOR
+    proc = g.deploy(project(API, broken))
+    assert proc.returncode == 1, g.diag(API, proc=proc)
+    assert "sentinel-redeploy-failure" in proc.stderr, g.diag(API, proc=proc)
+    info = g.get(API)
+    assert info["status"] == "error", info
+    assert info["generation"] == before["generation"] + 1, info
+    r = g.post(f"/{API}", json={})
+    assert r.status_code == 200 and r.json()["ok"] is True, g.diag(API, resp=r)

@@ -3,7 +3,9 @@ query parameters, headers, and ?debug=true. One API serves all of them: `?ret=..
 predict() returns; by default it describes the payload it received.
 """
 
+import hashlib
 import json
+import os
 
 import pytest
 
@@ -12,6 +14,7 @@ from e2e_helpers import wait_until
 API = "echo"
 
 PREDICTOR = r'''
+import hashlib
 import json
 
 
@@ -52,6 +55,10 @@ class PythonPredictor:
         ret = query_params.get("ret", "describe")
         if ret == "describe":
             return describe(payload)
+        if ret == "digest":
+            return {"type": type(payload).__name__, "len": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+        if ret == "big":
+            return b"0123456789abcdef" * int(query_params["n"])
         if ret == "bytes":
             return b"\x00\x01\xfe\xffraw"
         if ret == "str":
@@ -152,6 +159,24 @@ def test_text_plain_that_does_not_decode_is_400(echo):
     r = post(echo, b"\xff\xfe\xfa not utf-8", "text/plain; charset=utf-8")
     assert r.status_code == 400, echo.diag(API, resp=r)
     assert "error" in r.json(), r.text
+
+
+def test_text_plain_with_an_unknown_charset_is_400(echo):
+    r = post(echo, b"abc", "text/plain; charset=no-such-charset")
+    assert r.status_code == 400, echo.diag(API, resp=r)
+    assert "no-such-charset" in r.json()["error"], r.text
+
+
+def test_large_binary_payload_arrives_intact(echo):
+    raw = os.urandom(8 * 1024 * 1024)
+    r = post(echo, raw, "application/octet-stream", ret="digest")
+    assert ok_json(echo, r) == {"type": "bytes", "len": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def test_large_binary_response_arrives_intact(echo):
+    r = post(echo, b"{}", "application/json", ret="big", params={"n": str(1024 * 1024)})
+    assert r.status_code == 200, echo.diag(API, resp=r)
+    assert r.content == b"0123456789abcdef" * (1024 * 1024)
 
 
 def test_multipart_form_with_a_field_and_a_file(echo):

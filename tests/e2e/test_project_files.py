@@ -155,3 +155,17 @@ def test_next_deploy_takes_the_edits(files_api):
     assert got["data"] == "version-2", got
     assert got["helper"] == "edited", got
 
+
+
+def test_invalid_dotenv_line_fails_the_deploy(gyrus, project):
+    proj = project(
+        "bad-dotenv",
+        "class PythonPredictor:\n    def __init__(self, config):\n        pass\n\n"
+        "    def predict(self, payload):\n        return 1\n",
+        files={".env": "GOOD=1\nthis line has no equals sign\n"},
+    )
+    proc = gyrus.deploy(proj)
+    assert proc.returncode == 1, gyrus.diag("bad-dotenv", proc=proc)
+    assert ".env:2" in proc.stderr, gyrus.diag("bad-dotenv", proc=proc)
+    listed = [i["name"] for i in gyrus.json("get", "-o", "json")]
+    assert "bad-dotenv" not in listed, listed

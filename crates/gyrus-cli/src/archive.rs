@@ -29,7 +29,9 @@ pub fn project_files(project_dir: &Path, config_rel: &Path) -> Result<Vec<PathBu
     let mut files = Vec::new();
     for entry in walker {
         let entry = entry.with_context(|| format!("reading {}", project_dir.display()))?;
-        let is_file = entry.file_type().is_some_and(|t| t.is_file() || t.is_symlink())
+        let is_file = entry
+            .file_type()
+            .is_some_and(|t| t.is_file() || t.is_symlink())
             && entry.path().is_file();
         if !is_file {
             continue;

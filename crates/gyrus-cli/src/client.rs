@@ -184,5 +184,7 @@ pub async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
 fn log_tail(path: &Path, from: u64) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let start = (from as usize).min(text.len());
-    String::from_utf8_lossy(&text[start..]).trim_end().to_owned()
+    String::from_utf8_lossy(&text[start..])
+        .trim_end()
+        .to_owned()
 }

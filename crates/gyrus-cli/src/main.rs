@@ -21,7 +21,12 @@ use crate::output::{age, print_table};
 /// routes requests on GYRUS_ADDR (default 127.0.0.1:8888). State lives in GYRUS_HOME
 /// (default ~/.gyrus).
 #[derive(Parser)]
-#[command(name = "gyrus", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "gyrus",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -159,17 +164,25 @@ enum DaemonAction {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A replica mostly relays bytes between one socket and its Python workers: one thread
+    // avoids cross-thread wake-ups on every request (measured: lower latency than a pool).
+    let mut builder = if matches!(cli.command, Command::Replica { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(run(cli.command));
+    // Run on a worker thread, not in block_on: the daemon's accept loop then shares a thread
+    // with the connections it spawns instead of waking another thread for each.
+    let result = runtime
+        .block_on(async move { tokio::spawn(run(cli.command)).await })
+        .unwrap_or_else(|e| Err(anyhow!("internal error: {e}")));
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -448,7 +461,10 @@ async fn get(api: Option<String>, output: Output) -> Result<()> {
             ]
         })
         .collect();
-    print_table(&["API", "STATUS", "READY/REQUESTED", "URL", "LAST UPDATE"], rows);
+    print_table(
+        &["API", "STATUS", "READY/REQUESTED", "URL", "LAST UPDATE"],
+        rows,
+    );
     for i in &infos {
         if let Some(e) = &i.error {
             println!("\n{} error: {e}", i.name);
@@ -466,7 +482,10 @@ async fn describe(api: &str, output: Output) -> Result<()> {
         return Ok(());
     }
     println!("name:        {}", info.name);
-    println!("kind:        {} ({} predictor)", info.kind, info.predictor_type);
+    println!(
+        "kind:        {} ({} predictor)",
+        info.kind, info.predictor_type
+    );
     println!("status:      {}", info.status);
     if let Some(m) = &info.message {
         println!("doing:       {m}");
@@ -478,7 +497,11 @@ async fn describe(api: &str, output: Output) -> Result<()> {
     );
     println!("generation:  {}", info.generation);
     println!("created:     {}", info.created_at);
-    println!("updated:     {} ({} ago)", info.updated_at, age(&info.updated_at));
+    println!(
+        "updated:     {} ({} ago)",
+        info.updated_at,
+        age(&info.updated_at)
+    );
     if let Some(e) = &info.error {
         println!("error:       {e}");
     }
@@ -501,7 +524,14 @@ async fn describe(api: &str, output: Output) -> Result<()> {
         .collect();
     print_table(
         &[
-            "REPLICA", "STATE", "GEN", "PID", "PORT", "IN-FLIGHT", "RESTARTS", "AGE",
+            "REPLICA",
+            "STATE",
+            "GEN",
+            "PID",
+            "PORT",
+            "IN-FLIGHT",
+            "RESTARTS",
+            "AGE",
         ],
         rows,
     );
@@ -699,4 +729,3 @@ async fn replica(
     .await
     .map_err(|e| anyhow!("{e}"))
 }
-

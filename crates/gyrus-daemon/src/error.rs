@@ -46,6 +46,10 @@ impl IntoResponse for DaemonError {
         if status.is_server_error() {
             tracing::error!("{self}");
         }
-        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }

@@ -14,7 +14,9 @@ impl GyrusHome {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
                 home.join(".gyrus")
             });
         Self::new(root)
@@ -56,7 +58,13 @@ impl GyrusHome {
     }
 
     pub fn create_dirs(&self) -> std::io::Result<()> {
-        for dir in [self.root.clone(), self.projects(), self.envs(), self.logs(), self.lib()] {
+        for dir in [
+            self.root.clone(),
+            self.projects(),
+            self.envs(),
+            self.logs(),
+            self.lib(),
+        ] {
             std::fs::create_dir_all(dir)?;
         }
         Ok(())

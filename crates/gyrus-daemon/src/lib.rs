@@ -51,16 +51,28 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let state = Arc::new(StateStore::open(&home.state_db())?);
     let envs = Arc::new(pyenv::PythonEnvs::discover(home.clone()).await);
     let routes = RouteTable::new();
-    let supervisor = Supervisor::new(home.clone(), routes.clone(), envs, format!("http://{local}"));
+    let supervisor = Supervisor::new(
+        home.clone(),
+        routes.clone(),
+        envs,
+        format!("http://{local}"),
+    );
 
     // Bring back every API deployed before the last stop or crash.
     for stored in state.list()? {
         match serde_json::from_str::<gyrus_spec::ApiSpec>(&stored.spec_json) {
             Ok(spec) => {
-                tracing::info!("restoring api {} (generation {})", stored.name, stored.generation);
+                tracing::info!(
+                    "restoring api {} (generation {})",
+                    stored.name,
+                    stored.generation
+                );
                 supervisor.apply(stored, spec);
             }
-            Err(e) => tracing::error!("cannot restore api {}: stored spec unreadable: {e}", stored.name),
+            Err(e) => tracing::error!(
+                "cannot restore api {}: stored spec unreadable: {e}",
+                stored.name
+            ),
         }
     }
 
@@ -72,14 +84,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         gateway: Gateway::new(routes),
         shutdown: tokio::sync::Notify::new(),
     });
-    tracing::info!("gyrus daemon listening on http://{local} (GYRUS_HOME={})", home.root().display());
+    tracing::info!(
+        "gyrus daemon listening on http://{local} (GYRUS_HOME={})",
+        home.root().display()
+    );
     let stop = {
         let app = app.clone();
         async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 app.shutdown.notified().await;
                 return;
             };

@@ -43,7 +43,11 @@ pub fn extract(
             .map_err(|e| DaemonError::io(format!("creating {}", tmp_dir.display()), e))?;
     }
 
-    let result = unpack(archive, config_name, (!already).then_some(tmp_dir.as_path()));
+    let result = unpack(
+        archive,
+        config_name,
+        (!already).then_some(tmp_dir.as_path()),
+    );
     let (config_text, dotenv_text) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -269,6 +273,8 @@ mod tests {
             parse_dotenv("A=1\nnot a pair\n").unwrap_err(),
             ".env:2: expected VARIABLE=value, found \"not a pair\""
         );
-        assert!(parse_dotenv("1A=2").unwrap_err().contains("not a valid variable name"));
+        assert!(parse_dotenv("1A=2")
+            .unwrap_err()
+            .contains("not a valid variable name"));
     }
 }

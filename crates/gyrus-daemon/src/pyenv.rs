@@ -57,7 +57,9 @@ impl PythonEnvs {
     }
 
     pub fn base(&self) -> Result<&BasePython, EnvError> {
-        self.base.as_ref().map_err(|e| EnvError::NoPython(e.clone()))
+        self.base
+            .as_ref()
+            .map_err(|e| EnvError::NoPython(e.clone()))
     }
 
     /// The interpreter an API in `project_dir` runs with, building its environment if needed.
@@ -248,8 +250,14 @@ async fn run_logged(
         })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
     ]
     .into_iter()
     .flatten()
@@ -278,7 +286,12 @@ async fn run_logged(
     };
     let status = match tokio::time::timeout(INSTALL_TIMEOUT, collect).await {
         Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(EnvError::Io(format!("waiting for {}: {e}", program.display()))),
+        Ok(Err(e)) => {
+            return Err(EnvError::Io(format!(
+                "waiting for {}: {e}",
+                program.display()
+            )))
+        }
         Err(_) => {
             return Err(EnvError::InstallFailed {
                 status: format!("timed out after {}s", INSTALL_TIMEOUT.as_secs()),

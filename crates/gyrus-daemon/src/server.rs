@@ -39,7 +39,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/apis/{name}/refresh", post(refresh_api))
         .route("/apis/{name}/logs", get(logs))
         .route("/shutdown", post(shutdown))
-        .layer(axum::extract::DefaultBodyLimit::max(project::MAX_ARCHIVE_BYTES));
+        .layer(axum::extract::DefaultBodyLimit::max(
+            project::MAX_ARCHIVE_BYTES,
+        ));
     Router::new()
         .nest(API_PREFIX, control)
         .fallback(gateway)
@@ -89,7 +91,8 @@ async fn deploy(
         Some(text) => project::parse_dotenv(text).map_err(DaemonError::BadRequest)?,
         None => Vec::new(),
     };
-    let dotenv_json = serde_json::to_string(&dotenv).map_err(|e| DaemonError::Internal(e.to_string()))?;
+    let dotenv_json =
+        serde_json::to_string(&dotenv).map_err(|e| DaemonError::Internal(e.to_string()))?;
 
     // Check everything before deploying anything: a file deploys whole or not at all.
     for api in &parsed.apis {
@@ -103,7 +106,10 @@ async fn deploy(
             return Err(DaemonError::BadRequest(format!(
                 "api {:?}: predictor.type {} cannot be deployed yet; python predictors can",
                 api.name,
-                serde_json::to_value(api.predictor.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+                serde_json::to_value(api.predictor.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
             )));
         }
         if let Some(m) = api.predictor.model.as_deref().filter(|m| m.contains("://")) {
@@ -130,14 +136,17 @@ async fn deploy(
 
     let mut deployed = Vec::new();
     for api in parsed.apis {
-        let spec_json = serde_json::to_string(&api).map_err(|e| DaemonError::Internal(e.to_string()))?;
+        let spec_json =
+            serde_json::to_string(&api).map_err(|e| DaemonError::Internal(e.to_string()))?;
         let mut h = Sha256::new();
         h.update(spec_json.as_bytes());
         h.update(extracted.hash.as_bytes());
         h.update(dotenv_json.as_bytes());
         let deploy_hash = hex::encode(h.finalize());
         let previous = app.state.get(&api.name)?;
-        if previous.as_ref().is_some_and(|p| p.deploy_hash == deploy_hash)
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.deploy_hash == deploy_hash)
             && app.supervisor.is_up_to_date(&api.name, &deploy_hash)
         {
             deployed.push(DeployedApi {
@@ -155,14 +164,22 @@ async fn deploy(
             dotenv_json: dotenv_json.clone(),
             deploy_hash,
             generation: previous.as_ref().map(|p| p.generation + 1).unwrap_or(1),
-            created_at: previous.as_ref().map(|p| p.created_at.clone()).unwrap_or_else(|| ts.clone()),
+            created_at: previous
+                .as_ref()
+                .map(|p| p.created_at.clone())
+                .unwrap_or_else(|| ts.clone()),
             updated_at: ts,
         };
         app.state.upsert(&stored)?;
         deployed.push(DeployedApi {
             name: api.name.clone(),
             endpoint: api.endpoint.clone(),
-            result: if previous.is_some() { "updated" } else { "created" }.into(),
+            result: if previous.is_some() {
+                "updated"
+            } else {
+                "created"
+            }
+            .into(),
         });
         app.supervisor.apply(stored, api);
     }
@@ -219,7 +236,9 @@ async fn refresh_api(
     app.state.upsert(&stored)?;
     let generation = stored.generation;
     app.supervisor.apply(stored, spec);
-    Ok(Json(serde_json::json!({"refreshed": name, "generation": generation})))
+    Ok(Json(
+        serde_json::json!({"refreshed": name, "generation": generation}),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -277,7 +277,12 @@ impl Supervisor {
         });
     }
 
-    async fn run_deploy(self: Arc<Self>, rt: Arc<ApiRuntime>, stored: StoredApi, spec: Arc<ApiSpec>) {
+    async fn run_deploy(
+        self: Arc<Self>,
+        rt: Arc<ApiRuntime>,
+        stored: StoredApi,
+        spec: Arc<ApiSpec>,
+    ) {
         let generation = stored.generation;
         let log = self.home.api_log(&rt.name);
         api_log(&log, &format!("deploying generation {generation}"));
@@ -334,7 +339,10 @@ impl Supervisor {
                 break Err(None);
             }
             if let Some(i) = states.iter().position(|s| {
-                matches!(s, ReplicaState::Failed | ReplicaState::Exited | ReplicaState::Stopping)
+                matches!(
+                    s,
+                    ReplicaState::Failed | ReplicaState::Exited | ReplicaState::Stopping
+                )
             }) {
                 let err = new[i]
                     .lock()
@@ -365,7 +373,10 @@ impl Supervisor {
                         .collect()
                 };
                 self.publish_routes(&rt);
-                api_log(&log, &format!("generation {generation} is live ({count} replica(s))"));
+                api_log(
+                    &log,
+                    &format!("generation {generation} is live ({count} replica(s))"),
+                );
                 for r in old {
                     r.stop();
                 }
@@ -595,9 +606,9 @@ impl Supervisor {
         let rt = rt.clone();
         tokio::spawn(async move {
             tokio::time::sleep(STOP_GRACE + Duration::from_secs(1)).await;
-            rt.lock().replicas.retain(|r| {
-                !matches!(r.state(), ReplicaState::Exited | ReplicaState::Failed)
-            });
+            rt.lock()
+                .replicas
+                .retain(|r| !matches!(r.state(), ReplicaState::Exited | ReplicaState::Failed));
         });
     }
 
@@ -722,7 +733,12 @@ fn launch_plan(
     let dotenv: Vec<(String, String)> =
         serde_json::from_str(&stored.dotenv_json).map_err(|e| format!("stored .env: {e}"))?;
     let mut env = dotenv;
-    env.extend(spec.predictor.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(
+        spec.predictor
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     // python_path is appended to PYTHONPATH; the project dir is always importable (it is the
     // worker's working directory and first on sys.path).
     let python_path = spec
@@ -762,7 +778,11 @@ fn launch_plan(
 /// Appends a line from the daemon to an API's log, where the user reads it with `gyrus logs`.
 pub fn api_log(path: &Path, msg: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "[gyrus {}] {msg}", now());
     }
 }

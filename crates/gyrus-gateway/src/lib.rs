@@ -254,7 +254,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// A JSON error body in the shape every gyrus component uses: `{"error": "...", ...}`.
 pub fn json_error(status: StatusCode, body: serde_json::Value) -> Response<GatewayBody> {
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let mut resp = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+    let mut resp = Response::new(
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
