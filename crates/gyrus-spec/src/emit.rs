@@ -156,12 +156,12 @@ mod tests {
             "nested": [[1, 2], []],
             "tracker": null,
         }]);
-        // serde_json's maps iterate in key order (sorted, unless its preserve_order feature
-        // is on); the emitter keeps whatever order the map has.
+        // The workspace enables serde_json's preserve_order, so maps keep insertion order and
+        // `gyrus validate` prints fields in the order the spec declares them.
         assert_eq!(
             to_yaml(&value),
-            "- config: {}\n  env:\n    A: \"1\"\n  list: []\n  models:\n    - model: \"s3://b/m\"\n      \
-             name: m\n    - model: x.onnx\n      name: \"n\"\n  name: a\n  nested:\n    - - 1\n      \
+            "- name: a\n  config: {}\n  env:\n    A: \"1\"\n  list: []\n  models:\n    - name: m\n      \
+             model: \"s3://b/m\"\n    - name: \"n\"\n      model: x.onnx\n  nested:\n    - - 1\n      \
              - 2\n    - []\n  tracker: null\n"
         );
         round_trip(value);

@@ -525,7 +525,7 @@ fn to_yaml_prints_parseable_yaml() {
     let value = serde_json::to_value(&apis).unwrap_or_default();
     let text = to_yaml(&value);
     assert!(text.starts_with("- "), "{text}");
-    assert!(text.contains("\n  name: my-api\n"), "{text}");
+    assert!(text.starts_with("- name: my-api\n"), "{text}");
     assert!(text.contains("\n  kind: RealtimeAPI\n"), "{text}");
     assert!(text.contains("\n  endpoint: /my-api\n"), "{text}");
     assert!(text.contains("  tracker: null\n"), "{text}");
