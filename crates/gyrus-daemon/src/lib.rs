@@ -11,6 +11,7 @@ pub mod server;
 pub mod state;
 pub mod supervisor;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use gyrus_gateway::{Gateway, RouteTable};
@@ -58,6 +59,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         format!("http://{local}"),
     );
 
+    // Nothing runs yet, so snapshots no API refers to (older versions, interrupted
+    // extractions) can go.
+    remove_unreferenced_snapshots(&home, &state);
+
     // Bring back every API deployed before the last stop or crash.
     for stored in state.list()? {
         match serde_json::from_str::<gyrus_spec::ApiSpec>(&stored.spec_json) {
@@ -83,40 +88,75 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         supervisor: supervisor.clone(),
         gateway: Gateway::new(routes),
         shutdown: tokio::sync::Notify::new(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+        ops: tokio::sync::Mutex::new(()),
     });
     tracing::info!(
         "gyrus daemon listening on http://{local} (GYRUS_HOME={})",
         home.root().display()
     );
-    let stop = {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
         let app = app.clone();
-        async move {
+        tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
+            match (
                 signal(SignalKind::terminate()),
                 signal(SignalKind::interrupt()),
-            ) else {
-                app.shutdown.notified().await;
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                _ = app.shutdown.notified() => {}
+            ) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                    _ = app.shutdown.notified() => {}
+                },
+                _ => app.shutdown.notified().await,
             }
             tracing::info!("shutting down: stopping replicas");
-        }
-    };
+            app.stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = stop_tx.send(true);
+        });
+    }
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, server::router(app))
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| DaemonError::io("serving", e))?;
+    let mut graceful = stop_rx.clone();
+    let server = axum::serve(listener, server::router(app))
+        .with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|stop| *stop).await;
+        })
+        .into_future();
+    // Open connections (a hung predict, a client that never reads) may delay the stop only a
+    // little: the replicas are stopped either way.
+    let mut deadline = stop_rx;
+    let bounded = async move {
+        let _ = deadline.wait_for(|stop| *stop).await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| DaemonError::io("serving", e))?,
+        _ = bounded => tracing::warn!("closing connections still open 5s after the stop"),
+    }
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn remove_unreferenced_snapshots(home: &GyrusHome, state: &StateStore) {
+    let Ok(referenced) = state.referenced_projects() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(home.projects()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !referenced.iter().any(|r| std::path::Path::new(r) == path) {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!("cannot remove old snapshot {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// An exclusive `flock` on `GYRUS_HOME/daemon.lock`: one daemon per home. The kernel drops it

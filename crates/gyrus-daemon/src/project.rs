@@ -14,6 +14,8 @@ use crate::home::GyrusHome;
 /// The largest archive the daemon accepts, and the most it will write when extracting one.
 pub const MAX_ARCHIVE_BYTES: usize = 1024 * 1024 * 1024;
 const MAX_EXTRACTED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// The config file and `.env` are read into memory: bound them.
+const MAX_TEXT_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct ExtractedProject {
@@ -34,9 +36,11 @@ pub fn extract(
     let hash = hash[..24].to_owned();
     let final_dir = home.projects().join(&hash);
     let already = final_dir.is_dir();
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp_dir = home
         .projects()
-        .join(format!(".tmp-{hash}-{}", std::process::id()));
+        .join(format!(".tmp-{hash}-{}-{seq}", std::process::id()));
     if !already {
         let _ = std::fs::remove_dir_all(&tmp_dir);
         std::fs::create_dir_all(&tmp_dir)
@@ -111,8 +115,12 @@ fn unpack(archive: &[u8], config_name: &str, dest: Option<&Path>) -> Result<Unpa
         }
         let rel_str = rel.to_string_lossy();
         if rel_str == config_name || rel_str == ".env" {
+            if entry.header().size().unwrap_or(0) > MAX_TEXT_BYTES {
+                return Err(bad(format!("{rel_str} is larger than 1 MiB")));
+            }
             let mut text = String::new();
-            entry
+            (&mut entry)
+                .take(MAX_TEXT_BYTES)
                 .read_to_string(&mut text)
                 .map_err(|e| bad(format!("{rel_str} is not UTF-8 text: {e}")))?;
             if rel_str == ".env" {
@@ -132,10 +140,13 @@ fn unpack(archive: &[u8], config_name: &str, dest: Option<&Path>) -> Result<Unpa
                 std::fs::create_dir_all(parent)
                     .map_err(|e| DaemonError::io("extracting the project", e))?;
             }
+            // A name clash (a file where the archive has a folder) is the archive's fault.
             let mut file = std::fs::File::create(&target)
-                .map_err(|e| DaemonError::io(format!("writing {}", target.display()), e))?;
-            std::io::copy(&mut entry, &mut file)
-                .map_err(|e| DaemonError::io(format!("writing {}", target.display()), e))?;
+                .map_err(|e| bad(format!("cannot create {}: {e}", rel.display())))?;
+            copy_entry(&mut entry, &mut file).map_err(|e| match e {
+                CopyError::Read(e) => bad(format!("{}: {e}", rel.display())),
+                CopyError::Write(e) => DaemonError::io(format!("writing {}", target.display()), e),
+            })?;
             #[cfg(unix)]
             if let Ok(mode) = entry.header().mode() {
                 use std::os::unix::fs::PermissionsExt;
@@ -144,6 +155,24 @@ fn unpack(archive: &[u8], config_name: &str, dest: Option<&Path>) -> Result<Unpa
         }
     }
     Ok((config_text, dotenv_text))
+}
+
+enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies an archive entry to a file, telling a corrupt archive (read side, the client's
+/// fault) from a full disk (write side, ours).
+fn copy_entry(from: &mut impl Read, to: &mut impl std::io::Write) -> Result<(), CopyError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).map_err(CopyError::Read)?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+    }
 }
 
 /// The path with `.` removed, or None if it is absolute or climbs out with `..`.
@@ -163,6 +192,7 @@ fn safe_relative(path: &Path) -> Option<PathBuf> {
 /// `export ` prefix and matching surrounding quotes are allowed.
 pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -190,10 +220,12 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
             ));
         }
         let mut value = value.trim();
-        for q in ['"', '\''] {
-            if value.len() >= 2 && value.starts_with(q) && value.ends_with(q) {
-                value = &value[1..value.len() - 1];
-            }
+        // One matching pair of quotes, as a shell would strip: "'x'" keeps the inner quotes.
+        if value.len() >= 2
+            && (value.starts_with('"') && value.ends_with('"')
+                || value.starts_with('\'') && value.ends_with('\''))
+        {
+            value = &value[1..value.len() - 1];
         }
         out.push((key.to_owned(), value.to_owned()));
     }

@@ -28,6 +28,26 @@ pub struct AppState {
     pub supervisor: Arc<Supervisor>,
     pub gateway: Gateway,
     pub shutdown: tokio::sync::Notify,
+    /// Set when the daemon begins to stop: long-lived responses (`logs -f`) end.
+    pub stopping: std::sync::atomic::AtomicBool,
+    /// Serialises deploy, refresh and delete, so generations and endpoint checks never race.
+    pub ops: tokio::sync::Mutex<()>,
+}
+
+/// API names come from URLs here: hold them to the spec's rule before they touch a path.
+fn check_name(name: &str) -> Result<(), DaemonError> {
+    let ok = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DaemonError::BadRequest(format!(
+            "{name:?} is not a valid API name (lowercase letters, digits and '-', starting with a letter)"
+        )))
+    }
 }
 
 pub fn router(app: Arc<AppState>) -> Router {
@@ -77,6 +97,7 @@ async fn deploy(
     Query(q): Query<DeployQuery>,
     body: Bytes,
 ) -> Result<Json<DeployResponse>, DaemonError> {
+    let _op = app.ops.lock().await;
     let config_name = q.config_file.unwrap_or_else(|| "cortex.yaml".into());
     let home = app.home.clone();
     let name_for_task = config_name.clone();
@@ -95,6 +116,15 @@ async fn deploy(
         serde_json::to_string(&dotenv).map_err(|e| DaemonError::Internal(e.to_string()))?;
 
     // Check everything before deploying anything: a file deploys whole or not at all.
+    let deployed_endpoints: Vec<(String, String)> = app
+        .state
+        .list()?
+        .into_iter()
+        .filter_map(|a| {
+            let spec = serde_json::from_str::<gyrus_spec::ApiSpec>(&a.spec_json).ok()?;
+            Some((a.name, spec.endpoint))
+        })
+        .collect();
     for api in &parsed.apis {
         if api.kind == ApiKind::BatchAPI {
             return Err(DaemonError::BadRequest(format!(
@@ -118,19 +148,14 @@ async fn deploy(
                 api.name
             )));
         }
-        for other in app.state.list()? {
-            if other.name == api.name {
-                continue;
-            }
-            let other_endpoint = serde_json::from_str::<gyrus_spec::ApiSpec>(&other.spec_json)
-                .map(|s| s.endpoint)
-                .unwrap_or_default();
-            if other_endpoint == api.endpoint {
-                return Err(DaemonError::BadRequest(format!(
-                    "api {:?}: endpoint {} is already used by api {:?}; choose another endpoint or delete that api",
-                    api.name, api.endpoint, other.name
-                )));
-            }
+        if let Some((other, _)) = deployed_endpoints
+            .iter()
+            .find(|(name, endpoint)| *name != api.name && *endpoint == api.endpoint)
+        {
+            return Err(DaemonError::BadRequest(format!(
+                "api {:?}: endpoint {} is already used by api {:?}; choose another endpoint or delete that api",
+                api.name, api.endpoint, other
+            )));
         }
     }
 
@@ -203,6 +228,7 @@ async fn get_api(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<crate::api::ApiInfo>, DaemonError> {
+    check_name(&name)?;
     app.supervisor
         .info(&name)
         .map(Json)
@@ -213,6 +239,8 @@ async fn delete_api(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, DaemonError> {
+    check_name(&name)?;
+    let _op = app.ops.lock().await;
     let existed = app.state.delete(&name)?;
     let running = app.supervisor.remove(&name).await;
     if !existed && !running {
@@ -225,6 +253,8 @@ async fn refresh_api(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, DaemonError> {
+    check_name(&name)?;
+    let _op = app.ops.lock().await;
     let mut stored = app
         .state
         .get(&name)?
@@ -253,6 +283,7 @@ async fn logs(
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, DaemonError> {
+    check_name(&name)?;
     let path = app.home.api_log(&name);
     if app.state.get(&name)?.is_none() && !path.exists() {
         return Err(DaemonError::ApiNotFound(name));
@@ -268,13 +299,16 @@ async fn logs(
     }
     let offset = content.len() as u64;
     let stream = futures_util::stream::unfold(
-        (Some(initial), path, offset),
-        |(first, path, mut offset)| async move {
+        (Some(initial), path, offset, app),
+        |(first, path, mut offset, app)| async move {
             if let Some(b) = first {
-                return Some((Ok::<_, std::io::Error>(b), (None, path, offset)));
+                return Some((Ok::<_, std::io::Error>(b), (None, path, offset, app)));
             }
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                if app.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    return None;
+                }
                 let Ok(meta) = tokio::fs::metadata(&path).await else {
                     continue;
                 };
@@ -284,7 +318,7 @@ async fn logs(
                 if meta.len() > offset {
                     let chunk = read_from(&path, offset).await.unwrap_or_default();
                     offset += chunk.len() as u64;
-                    return Some((Ok(Bytes::from(chunk)), (None, path, offset)));
+                    return Some((Ok(Bytes::from(chunk)), (None, path, offset, app)));
                 }
             }
         },

@@ -114,7 +114,9 @@ impl Replica {
                 let deadline = tokio::time::Instant::now() + STOP_GRACE;
                 while me.state() == ReplicaState::Stopping {
                     if tokio::time::Instant::now() >= deadline {
-                        signal(pid, libc::SIGKILL);
+                        // The whole group: the replica, its Python workers and anything the
+                        // user's code started.
+                        signal_group(pid, libc::SIGKILL);
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -148,6 +150,13 @@ impl Replica {
             started_at: self.started_at.clone(),
             restarts: self.restarts,
         }
+    }
+}
+
+fn signal_group(pid: u32, sig: libc::c_int) {
+    // SAFETY: as for `signal`; replicas lead their own process group (setpgid at spawn).
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), sig);
     }
 }
 
@@ -261,7 +270,7 @@ impl Supervisor {
                 .clone()
         };
         rt.latest_generation
-            .store(stored.generation, Ordering::SeqCst);
+            .fetch_max(stored.generation, Ordering::SeqCst);
         {
             let mut g = rt.lock();
             g.stored = stored.clone();
@@ -564,14 +573,18 @@ impl Supervisor {
         };
         r.state_changed.notify_waiters();
         self.publish_routes(rt);
-        if previous != ReplicaState::Ready {
+        // Stopped on purpose: nothing to heal. A replica of a generation still starting is the
+        // deploy's business (it reports the failure). Otherwise the replica belonged to the
+        // serving generation (it died, or its replacement failed to start): restart it.
+        if previous == ReplicaState::Stopping {
             return;
         }
-
-        // A ready replica died on its own: self-heal if it still belongs to the serving version.
         let log = self.home.api_log(&rt.name);
         let serving_gen = rt.lock().serving.as_ref().map(|p| p.generation);
         if rt.lock().deleted || serving_gen != Some(plan.generation) {
+            return;
+        }
+        if previous == ReplicaState::Starting && r.restarts == 0 {
             return;
         }
         let restarts = r.restarts + 1;
@@ -596,7 +609,12 @@ impl Supervisor {
             Ok(new) => {
                 let mut g = rt.lock();
                 g.replicas.retain(|x| !Arc::ptr_eq(x, r));
-                g.replicas.push(new);
+                g.replicas.push(new.clone());
+                // A delete may have copied the replica list before this push.
+                if g.deleted {
+                    drop(g);
+                    new.stop();
+                }
             }
             Err(e) => api_log(&log, &format!("error: restarting replica: {e}")),
         }

@@ -57,6 +57,10 @@ pub struct ApiRoute {
     pub replicas: Vec<Arc<ReplicaTarget>>,
 }
 
+/// Rotates where the search for the least busy replica starts, so that ties (the common case
+/// at low load) spread over replicas instead of always landing on the first.
+static TIE_BREAK: AtomicUsize = AtomicUsize::new(0);
+
 /// Endpoint → route. Reads are one short `RwLock` read per request; writes happen only when a
 /// replica becomes ready or goes away.
 #[derive(Debug, Default)]
@@ -85,11 +89,6 @@ impl RouteTable {
 
     pub fn remove_api(&self, api: &str) {
         self.write().retain(|_, r| r.api != api);
-    }
-
-    /// The route of an API by name, if any.
-    pub fn get_api(&self, api: &str) -> Option<Arc<ApiRoute>> {
-        self.read().values().find(|r| r.api == api).cloned()
     }
 
     fn lookup(&self, path: &str) -> Option<Arc<ApiRoute>> {
@@ -155,10 +154,6 @@ impl Gateway {
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build(connector);
         Self { routes, client }
-    }
-
-    pub fn routes(&self) -> &Arc<RouteTable> {
-        &self.routes
     }
 
     /// Forwards one request to the API that owns its path.
@@ -237,7 +232,14 @@ impl Gateway {
 }
 
 fn pick_least_in_flight(replicas: &[Arc<ReplicaTarget>]) -> Option<&Arc<ReplicaTarget>> {
-    replicas.iter().min_by_key(|r| r.in_flight())
+    let n = replicas.len();
+    if n <= 1 {
+        return replicas.first();
+    }
+    let start = TIE_BREAK.fetch_add(1, Ordering::Relaxed) % n;
+    (0..n)
+        .map(|i| &replicas[(start + i) % n])
+        .min_by_key(|r| r.in_flight())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -279,9 +281,19 @@ mod tests {
         let b = ReplicaTarget::new("b", addr(2));
         a.in_flight.store(3, Ordering::Relaxed);
         b.in_flight.store(1, Ordering::Relaxed);
-        let picked = pick_least_in_flight(&[a, b.clone()]).map(|r| r.id.clone());
-        assert_eq!(picked.as_deref(), Some("b"));
+        let both = [a.clone(), b.clone()];
+        for _ in 0..4 {
+            let picked = pick_least_in_flight(&both).map(|r| r.id.clone());
+            assert_eq!(picked.as_deref(), Some("b"));
+        }
         assert!(pick_least_in_flight(&[]).is_none());
+        // Ties alternate.
+        a.in_flight.store(0, Ordering::Relaxed);
+        b.in_flight.store(0, Ordering::Relaxed);
+        let picks: std::collections::HashSet<String> = (0..4)
+            .filter_map(|_| pick_least_in_flight(&both).map(|r| r.id.clone()))
+            .collect();
+        assert_eq!(picks.len(), 2);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -220,19 +221,27 @@ async fn health(State(state): State<Arc<ReplicaState>>) -> Response {
     .into_response()
 }
 
-#[derive(serde::Deserialize)]
-struct DebugQuery {
-    debug: Option<String>,
+/// `?debug=true` (or `1`), found without building a map of the query on every request.
+fn debug_requested(query: Option<&str>) -> bool {
+    let Some(q) = query else { return false };
+    q.split('&').any(|pair| {
+        pair.strip_prefix("debug=")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    })
 }
 
 async fn predict(
     State(state): State<Arc<ReplicaState>>,
-    Query(q): Query<DebugQuery>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Ok(_permit) = state.gate.clone().try_acquire_owned() else {
+    let body = match body {
+        Ok(b) => b,
+        // Too large, or the client went away mid-body: its mistake, said in JSON like the rest.
+        Err(rejection) => return error_response(rejection.status(), rejection.body_text()),
+    };
+    let Ok(_permit) = state.gate.try_acquire() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -254,15 +263,17 @@ async fn predict(
     } else {
         Vec::new()
     };
+    let query = uri.query();
     let req = PredictRequest {
         content_type,
-        query: uri.query().unwrap_or("").to_owned(),
+        query: if state.pool.wants_query_params() {
+            query.unwrap_or("").to_owned()
+        } else {
+            String::new()
+        },
         headers: forwarded_headers,
         body,
-        debug: q
-            .debug
-            .as_deref()
-            .is_some_and(|d| d.eq_ignore_ascii_case("true") || d == "1"),
+        debug: debug_requested(query),
     };
     match state.pool.call(req).await {
         Ok(resp) => {
@@ -285,4 +296,19 @@ async fn predict(
 
 fn error_response(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debug_requested;
+
+    #[test]
+    fn debug_flag() {
+        assert!(debug_requested(Some("debug=true")));
+        assert!(debug_requested(Some("a=1&debug=TRUE")));
+        assert!(debug_requested(Some("debug=1&debug=1")));
+        assert!(!debug_requested(Some("debug=false")));
+        assert!(!debug_requested(Some("nodebug=true")));
+        assert!(!debug_requested(None));
+    }
 }
