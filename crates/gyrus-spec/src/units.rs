@@ -356,6 +356,10 @@ impl fmt::Display for DurationSpec {
         if rest == 0 {
             return f.write_str("0s");
         }
+        // Whole seconds under two minutes read as Cortex wrote them: `60s`, `90s`, not `1m`.
+        if rest < 120_000_000_000 && rest % 1_000_000_000 == 0 {
+            return write!(f, "{}s", rest / 1_000_000_000);
+        }
         for (unit, mult) in [
             ("h", 3_600_000_000_000u128),
             ("m", 60_000_000_000),
@@ -518,15 +522,15 @@ mod tests {
     #[test]
     fn durations_parse_and_print() {
         for (text, millis, printed) in [
-            ("60s", 60_000, "1m"),
+            ("60s", 60_000, "60s"),
             ("5m", 300_000, "5m"),
             ("1h30m", 5_400_000, "1h30m"),
             ("250ms", 250, "250ms"),
             ("0", 0, "0s"),
             ("0m", 0, "0s"),
-            ("1m30s", 90_000, "1m30s"),
-            ("1.5m", 90_000, "1m30s"),
-            ("90s", 90_000, "1m30s"),
+            ("1m30s", 90_000, "90s"),
+            ("1.5m", 90_000, "90s"),
+            ("90s", 90_000, "90s"),
             ("1m30s250ms", 90_250, "1m30s250ms"),
             ("2h", 7_200_000, "2h"),
         ] {
@@ -592,7 +596,7 @@ mod tests {
         });
         assert_eq!(
             v,
-            serde_json::json!({"cpu": "1500m", "mem": "1Gi", "window": "1m", "count": 5, "percent": "25%"})
+            serde_json::json!({"cpu": "1500m", "mem": "1Gi", "window": "60s", "count": 5, "percent": "25%"})
         );
         let cpu: Cpu = serde_json::from_value(serde_json::json!(2)).unwrap();
         assert_eq!(cpu.millis(), 2000);
