@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+import requests
 
 from e2e_helpers import wait_until
 
@@ -95,7 +96,10 @@ def test_killed_replica_is_restarted(fragile):
     ready = [r for r in g.describe(API)["replica_details"] if r["state"] == "ready"]
     assert len(ready) == 1, ready
     os.kill(ready[0]["pid"], signal.SIGKILL)
-    r = g.post(f"/{API}", json={}, timeout=10)
+    try:
+        r = g.post(f"/{API}", json={}, timeout=10)
+    except requests.RequestException as e:
+        pytest.fail(f"the gateway did not answer while the replica was down: {e!r}\n{g.diag(API)}")
     assert r.status_code == 200 or 500 <= r.status_code < 600, g.diag(API, resp=r)
 
     def back():

@@ -357,7 +357,7 @@ impl fmt::Display for DurationSpec {
             return f.write_str("0s");
         }
         // Whole seconds under two minutes read as Cortex wrote them: `60s`, `90s`, not `1m`.
-        if rest < 120_000_000_000 && rest % 1_000_000_000 == 0 {
+        if rest < 120_000_000_000 && rest.is_multiple_of(1_000_000_000) {
             return write!(f, "{}s", rest / 1_000_000_000);
         }
         for (unit, mult) in [
