@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -366,6 +365,8 @@ class Gyrus:
                     except ProcessLookupError:
                         pass
         self.http.close()
+        # Python environments are large (scikit-learn); logs and state stay for post-mortems.
+        shutil.rmtree(self.home / "envs", ignore_errors=True)
 
     # --- the gateway -----------------------------------------------------------------------
 

@@ -152,6 +152,12 @@ def test_fixing_the_constructor_makes_the_api_live(gyrus, project):
     assert gyrus.get("broken")["error"] is None
 
 
+def test_predict_cli_reports_an_error_answer(fragile):
+    proc = fragile.run("predict", API, '{"raise": "cli-error-2468"}')
+    assert proc.returncode == 1, fragile.diag(API, proc=proc)
+    assert "500" in proc.stderr and "ValueError: cli-error-2468" in proc.stderr, fragile.diag(API, proc=proc)
+
+
 def test_failed_redeploy_keeps_the_previous_version_serving(fragile, project):
     """A new generation whose constructor raises: the API shows the error, and the replicas of
     the previous generation keep answering."""

@@ -2,10 +2,11 @@
 one config, HTTP methods, `refresh`, `deploy --no-wait`, `logs --tail`."""
 
 import json
+import subprocess
 
 import pytest
 
-from e2e_helpers import pid_alive, to_yaml, wait_until, write_files
+from e2e_helpers import GYRUS_BIN, pid_alive, to_yaml, wait_until, write_files
 
 PREDICTOR = """
 import os
@@ -145,3 +146,25 @@ def test_config_named_with_f_and_gyrus_yaml(pair, projects_dir):
     g.deploy_ok(d, "delta")
     r = g.post("/delta", json={})
     assert r.status_code == 200 and r.json()["api"] == "delta", g.diag("delta", resp=r)
+
+
+def test_logs_follow_prints_new_lines(pair):
+    g = pair["gyrus"]
+    out = g.home.parent / "logs-follow.txt"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(
+            [GYRUS_BIN, "logs", "alpha", "-f"], env=g.env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        wait_until(lambda: out.stat().st_size > 0, 10, what="the existing log lines")
+        r = g.post("/alpha", json={"follow_marker": "heron-3141"}, params={"debug": "true"})
+        assert r.status_code == 200, g.diag("alpha", resp=r)
+        wait_until(
+            lambda: b"heron-3141" in out.read_bytes(),
+            10,
+            what=lambda: f"the new line in `gyrus logs -f`\n{out.read_text(errors='replace')}\n{g.diag('alpha')}",
+        )
+        assert proc.poll() is None, "gyrus logs -f exited on its own"
+    finally:
+        proc.terminate()
+        proc.wait(10)
