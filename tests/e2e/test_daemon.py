@@ -3,8 +3,12 @@
 import json
 import os
 import signal
+import subprocess
+import time
 
-from e2e_helpers import pid_alive, wait_until
+import pytest
+
+from e2e_helpers import GYRUS_BIN, Gyrus, pid_alive, wait_until
 
 API = "survivor"
 
@@ -116,3 +120,24 @@ def test_crashed_daemon_takes_its_replicas_down_and_restores_them(gyrus):
     assert [i["name"] for i in gyrus.json("get", "-o", "json")] == [API]
     r = gyrus.post("/other", json={})
     assert r.status_code == 404, gyrus.diag("other", resp=r)
+
+
+def test_stop_returns_when_the_daemon_is_an_unreaped_child(tmp_path):
+    g = Gyrus(tmp_path / "home")
+    # Like any program that starts `gyrus daemon` and only waits for it after stopping it.
+    daemon = subprocess.Popen(
+        [GYRUS_BIN, "daemon"], env=g.env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_until(g.health, 30, what="the daemon to answer")
+        t0 = time.monotonic()
+        proc = g.run("daemon", "stop", timeout=10)  # raises AssertionError on timeout
+        elapsed = time.monotonic() - t0
+        assert proc.returncode == 0, g.diag(proc=proc)
+        assert elapsed < 10, f"`gyrus daemon stop` took {elapsed:.1f}s"
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+        daemon.wait(10)
+        g.teardown()

@@ -682,7 +682,21 @@ async fn daemon(action: Option<DaemonAction>) -> Result<()> {
 
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+        return false;
+    }
+    // A zombie has exited; only its parent has not collected it yet.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => process_state(&stat) != Some('Z'),
+        Err(_) => true,
+    }
+}
+
+/// The state letter of a `/proc/PID/stat` line (after the parenthesised command name, which
+/// may itself contain spaces and parentheses).
+fn process_state(stat: &str) -> Option<char> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start().chars().next()
 }
 
 async fn version(output: Output) -> Result<()> {
@@ -728,4 +742,14 @@ async fn replica(
     })
     .await
     .map_err(|e| anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_state_of_stat_lines() {
+        assert_eq!(super::process_state("42 (gyrus) Z 1 42"), Some('Z'));
+        assert_eq!(super::process_state("42 (a (b) c) S 1"), Some('S'));
+        assert_eq!(super::process_state("garbage"), None);
+    }
 }

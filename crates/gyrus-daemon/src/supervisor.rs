@@ -27,6 +27,8 @@ use crate::state::StoredApi;
 /// How long a stopping replica may drain before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(35);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// Up this long, a replica's next crash restarts it with the shortest backoff again.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -71,6 +73,7 @@ struct Replica {
     id: String,
     generation: u64,
     started_at: String,
+    started: std::time::Instant,
     restarts: u32,
     inner: Mutex<ReplicaInner>,
     state_changed: tokio::sync::Notify,
@@ -474,6 +477,7 @@ impl Supervisor {
             id: id.clone(),
             generation: plan.generation,
             started_at: now(),
+            started: std::time::Instant::now(),
             restarts,
             inner: Mutex::new(ReplicaInner {
                 state: ReplicaState::Starting,
@@ -587,7 +591,12 @@ impl Supervisor {
         if previous == ReplicaState::Starting && r.restarts == 0 {
             return;
         }
-        let restarts = r.restarts + 1;
+        // A replica that stayed up a while earned a quick restart again.
+        let restarts = if r.started.elapsed() > STABLE_AFTER {
+            1
+        } else {
+            r.restarts + 1
+        };
         let backoff = Duration::from_secs(1u64 << restarts.min(5)).min(MAX_RESTART_BACKOFF);
         api_log(
             &log,
