@@ -85,13 +85,7 @@ def test_restart_through_deploy_of_another_project(gyrus, project):
         "    def predict(self, payload):\n        return 'other'\n",
     )
     gyrus.deploy_ok(other, "other")
-    wait_until(
-        lambda: gyrus.get(API)["status"] == "live",
-        60,
-        what=lambda: f"{API} to be live again\n{gyrus.diag(API)}",
-    )
-    r = gyrus.post(f"/{API}", json={"n": 3})
-    assert r.status_code == 200 and r.json()["echo"] == {"n": 3}, gyrus.diag(API, resp=r)
+    assert_live_again(gyrus, 3)
     r = gyrus.post("/other", json={})
     assert r.status_code == 200 and r.text == "other", gyrus.diag("other", resp=r)
 
@@ -110,13 +104,7 @@ def test_crashed_daemon_takes_its_replicas_down_and_restores_them(gyrus):
         what=lambda: f"daemon {daemon_pid}, replicas {replica_pids}, worker {worker_pid} to die\n{gyrus.diag(API)}",
     )
     gyrus.start_daemon()
-    wait_until(
-        lambda: gyrus.get(API)["status"] == "live",
-        60,
-        what=lambda: f"{API} to be live again\n{gyrus.diag(API)}",
-    )
-    r = gyrus.post(f"/{API}", json={"n": 4})
-    assert r.status_code == 200 and r.json()["echo"] == {"n": 4}, gyrus.diag(API, resp=r)
+    assert_live_again(gyrus, 4)
     assert [i["name"] for i in gyrus.json("get", "-o", "json")] == [API]
     r = gyrus.post("/other", json={})
     assert r.status_code == 404, gyrus.diag("other", resp=r)
@@ -141,3 +129,14 @@ def test_stop_returns_when_the_daemon_is_an_unreaped_child(tmp_path):
             daemon.terminate()
         daemon.wait(10)
         g.teardown()
+
+
+def assert_live_again(gyrus, n):
+    """The API restored after a daemon restart is live and answers."""
+    wait_until(
+        lambda: gyrus.get(API)["status"] == "live",
+        60,
+        what=lambda: f"{API} to be live again\n{gyrus.diag(API)}",
+    )
+    r = gyrus.post(f"/{API}", json={"n": n})
+    assert r.status_code == 200 and r.json()["echo"] == {"n": n}, gyrus.diag(API, resp=r)

@@ -135,11 +135,7 @@ async fn deploy(
         if api.predictor.kind != PredictorType::Python {
             return Err(DaemonError::BadRequest(format!(
                 "api {:?}: predictor.type {} cannot be deployed yet; python predictors can",
-                api.name,
-                serde_json::to_value(api.predictor.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                api.name, api.predictor.kind
             )));
         }
         if let Some(m) = api.predictor.model.as_deref().filter(|m| m.contains("://")) {

@@ -723,11 +723,8 @@ impl Supervisor {
             .count() as u32;
         Some(ApiInfo {
             name: g.spec.name.clone(),
-            kind: format!("{:?}", g.spec.kind),
-            predictor_type: serde_json::to_value(g.spec.predictor.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            kind: g.spec.kind.to_string(),
+            predictor_type: g.spec.predictor.kind.to_string(),
             endpoint: g.spec.endpoint.clone(),
             url: format!("{}{}", self.gateway_url, g.spec.endpoint),
             status: g.status.as_str().to_owned(),
