@@ -47,3 +47,11 @@ def project(projects_dir):
         return make_project(projects_dir, name, predictor, api=api, files=files)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def onnx_models(tmp_path_factory) -> Path:
+    """The ONNX test models, generated once per session by scripts/make_models.py."""
+    from onnx_helpers import models_dir
+
+    return models_dir(tmp_path_factory)

@@ -148,7 +148,19 @@ enum Command {
         lib_dir: PathBuf,
         #[arg(long)]
         model_path: Option<PathBuf>,
+        /// A model for the engine, as NAME=PATH (repeated).
+        #[arg(long = "model", value_parser = parse_model_arg)]
+        models: Vec<(String, PathBuf)>,
+        #[arg(long)]
+        onnx_library: Option<PathBuf>,
     },
+}
+
+fn parse_model_arg(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, found {s:?}"))?;
+    Ok((name.to_string(), PathBuf::from(path)))
 }
 
 #[derive(Subcommand)]
@@ -226,7 +238,20 @@ async fn run(command: Command) -> Result<()> {
             python,
             lib_dir,
             model_path,
-        } => replica(id, project, python, lib_dir, model_path).await,
+            models,
+            onnx_library,
+        } => {
+            replica(ReplicaArgs {
+                id,
+                project,
+                python,
+                lib_dir,
+                model_path,
+                models,
+                onnx_library,
+            })
+            .await
+        }
     }
 }
 
@@ -717,13 +742,17 @@ async fn version(output: Output) -> Result<()> {
     Ok(())
 }
 
-async fn replica(
+struct ReplicaArgs {
     id: String,
     project: PathBuf,
     python: PathBuf,
     lib_dir: PathBuf,
     model_path: Option<PathBuf>,
-) -> Result<()> {
+    models: Vec<(String, PathBuf)>,
+    onnx_library: Option<PathBuf>,
+}
+
+async fn replica(args: ReplicaArgs) -> Result<()> {
     // The supervisor sends the spec as the first line of stdin.
     let spec_json = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
@@ -733,12 +762,14 @@ async fn replica(
     .context("reading the spec")?
     .context("reading the spec from stdin")?;
     gyrus_replica::run(gyrus_replica::ReplicaOptions {
-        id,
+        id: args.id,
         spec_json,
-        project_dir: project,
-        python,
-        lib_dir,
-        model_path,
+        project_dir: args.project,
+        python: args.python,
+        lib_dir: args.lib_dir,
+        model_path: args.model_path,
+        models: args.models,
+        onnx_library: args.onnx_library,
     })
     .await
     .map_err(|e| anyhow!("{e}"))

@@ -132,17 +132,35 @@ async fn deploy(
                 api.name
             )));
         }
-        if api.predictor.kind != PredictorType::Python {
+        if api.predictor.kind == PredictorType::Tensorflow {
             return Err(DaemonError::BadRequest(format!(
-                "api {:?}: predictor.type {} cannot be deployed yet; python predictors can",
+                "api {:?}: predictor.type {} cannot be deployed yet; python and onnx predictors can",
                 api.name, api.predictor.kind
             )));
         }
-        if let Some(m) = api.predictor.model.as_deref().filter(|m| m.contains("://")) {
-            return Err(DaemonError::BadRequest(format!(
-                "api {:?}: predictor.model {m:?}: model URLs are not supported yet; use a path inside the project",
-                api.name
-            )));
+        let models = api.predictor.models.as_ref();
+        let locations = api
+            .predictor
+            .model
+            .iter()
+            .map(|m| ("predictor.model", m))
+            .chain(
+                models
+                    .into_iter()
+                    .flat_map(|m| m.paths.iter().map(|p| ("predictor.models", &p.model))),
+            )
+            .chain(
+                models
+                    .and_then(|m| m.dir.as_ref())
+                    .map(|d| ("predictor.models.dir", d)),
+            );
+        for (field, m) in locations {
+            if m.contains("://") {
+                return Err(DaemonError::BadRequest(format!(
+                    "api {:?}: {field} {m:?}: model URLs are not supported yet; use a path inside the project",
+                    api.name
+                )));
+            }
         }
         if let Some((other, _)) = deployed_endpoints
             .iter()

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gyrus_gateway::{ApiRoute, ReplicaTarget, RouteTable};
-use gyrus_spec::ApiSpec;
+use gyrus_spec::{ApiSpec, PredictorType};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::api::{ApiInfo, ReplicaCounts, ReplicaInfo};
@@ -179,6 +179,12 @@ struct LaunchPlan {
     python: PathBuf,
     env: Vec<(String, String)>,
     model_path: Option<PathBuf>,
+    /// The engine's models (ONNX APIs): name and file.
+    models: Vec<(String, PathBuf)>,
+    /// Model names the gateway routes Open Inference Protocol requests for: a model API's
+    /// models (an ONNXPredictor's models are reached through its predictor only).
+    v2_models: Vec<String>,
+    onnx_library: Option<PathBuf>,
 }
 
 struct ApiRuntime {
@@ -302,7 +308,18 @@ impl Supervisor {
 
         let project_dir = PathBuf::from(&stored.project_dir);
         set_message(&rt, generation, "preparing the python environment");
-        let python = match self.envs.resolve(&project_dir, &log).await {
+        let resolved = if spec.predictor.kind == PredictorType::Onnx {
+            self.envs
+                .resolve_onnx(&project_dir, spec.predictor.path.is_some(), &log)
+                .await
+                .map(|s| (s.python, Some(s.library)))
+        } else {
+            self.envs
+                .resolve(&project_dir, &log)
+                .await
+                .map(|p| (p, None))
+        };
+        let (python, onnx_library) = match resolved {
             Ok(p) => p,
             Err(e) => {
                 if !superseded() {
@@ -315,7 +332,7 @@ impl Supervisor {
         if superseded() {
             return;
         }
-        let plan = match launch_plan(&stored, spec.clone(), python, &project_dir) {
+        let plan = match launch_plan(&stored, spec.clone(), python, onnx_library, &project_dir) {
             Ok(p) => p,
             Err(e) => {
                 self.fail(&rt, generation, e);
@@ -447,6 +464,14 @@ impl Supervisor {
             .arg(self.home.lib());
         if let Some(m) = &plan.model_path {
             cmd.arg("--model-path").arg(m);
+        }
+        for (name, path) in &plan.models {
+            let mut arg = std::ffi::OsString::from(format!("{name}="));
+            arg.push(path);
+            cmd.arg("--model").arg(arg);
+        }
+        if let Some(lib) = &plan.onnx_library {
+            cmd.arg("--onnx-library").arg(lib);
         }
         cmd.current_dir(&plan.project_dir)
             .envs(plan.env.iter().map(|(k, v)| (k, v)))
@@ -662,6 +687,11 @@ impl Supervisor {
             endpoint: g.spec.endpoint.clone(),
             status: g.status.as_str().to_owned(),
             replicas,
+            models: g
+                .serving
+                .as_ref()
+                .map(|p| p.v2_models.clone())
+                .unwrap_or_default(),
         });
     }
 
@@ -748,12 +778,77 @@ fn set_message(rt: &ApiRuntime, generation: u64, msg: &str) {
     }
 }
 
+/// The models an ONNX API serves, named as the Open Inference Protocol will address them:
+/// a single `model` takes the API's name; `models` entries keep theirs; in a `models.dir`,
+/// each `*.onnx` file is named by its stem and each subdirectory holding exactly one `.onnx`
+/// file by the subdirectory's name.
+pub fn model_files(spec: &ApiSpec, project_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    if spec.predictor.kind != PredictorType::Onnx {
+        return Ok(Vec::new());
+    }
+    if let Some(m) = &spec.predictor.model {
+        return Ok(vec![(spec.name.clone(), project_dir.join(m))]);
+    }
+    let Some(models) = &spec.predictor.models else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(String, PathBuf)> = models
+        .paths
+        .iter()
+        .map(|m| (m.name.clone(), project_dir.join(&m.model)))
+        .collect();
+    if let Some(dir) = &models.dir {
+        let root = project_dir.join(dir);
+        let entries = std::fs::read_dir(&root).map_err(|e| format!("models.dir {dir}: {e}"))?;
+        let is_onnx = |p: &Path| p.is_file() && p.extension().is_some_and(|e| e == "onnx");
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_onnx(&path) {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or(name);
+                found.push((stem, path));
+            } else if path.is_dir() {
+                let inner: Vec<PathBuf> = std::fs::read_dir(&path)
+                    .map_err(|e| format!("models.dir {dir}/{name}: {e}"))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| is_onnx(p))
+                    .collect();
+                match inner.as_slice() {
+                    [one] => found.push((name, one.clone())),
+                    [] => {}
+                    _ => {
+                        return Err(format!(
+                            "models.dir {dir}/{name} holds {} .onnx files; a model directory holds exactly one",
+                            inner.len()
+                        ))
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(format!(
+                "models.dir {dir} holds no models (*.onnx files, or directories with one .onnx file)"
+            ));
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
 fn launch_plan(
     stored: &StoredApi,
     spec: Arc<ApiSpec>,
     python: PathBuf,
+    onnx_library: Option<PathBuf>,
     project_dir: &Path,
 ) -> Result<LaunchPlan, String> {
+    let models = model_files(&spec, project_dir)?;
     let dotenv: Vec<(String, String)> =
         serde_json::from_str(&stored.dotenv_json).map_err(|e| format!("stored .env: {e}"))?;
     let mut env = dotenv;
@@ -796,6 +891,13 @@ fn launch_plan(
         python,
         env,
         model_path,
+        v2_models: if spec.predictor.path.is_none() {
+            models.iter().map(|(name, _)| name.clone()).collect()
+        } else {
+            Vec::new()
+        },
+        models,
+        onnx_library,
     })
 }
 

@@ -4,6 +4,11 @@
 //!
 //! The control plane writes routes ([`RouteTable::set_api`], [`RouteTable::remove_api`]); the
 //! gateway only reads them, so it knows nothing of processes or SQLite.
+//!
+//! Paths: `{endpoint}` goes to the replica's `/predict` (POST) or `/` (GET);
+//! `{endpoint}/v2/...` to the replica's Open Inference Protocol routes; and `/v2/...` at the
+//! root is the protocol for the whole server, with `/v2/models/{m}/...` sent to the API that
+//! serves model `m` (an API named `m` first, else the first API by name with a model `m`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +60,8 @@ pub struct ApiRoute {
     /// Status as the control plane reports it, for error messages ("updating", "error", ...).
     pub status: String,
     pub replicas: Vec<Arc<ReplicaTarget>>,
+    /// Models served over the Open Inference Protocol (model APIs); empty for predictors.
+    pub models: Vec<String>,
 }
 
 /// Rotates where the search for the least busy replica starts, so that ties (the common case
@@ -99,6 +106,50 @@ impl RouteTable {
         // `/iris/` reaches `/iris`, as users type both.
         let trimmed = path.strip_suffix('/')?;
         map.get(trimmed).cloned()
+    }
+
+    /// `{endpoint}/v2...`: the route and the path to send to the replica.
+    fn lookup_v2_under_endpoint<'p>(&self, path: &'p str) -> Option<(Arc<ApiRoute>, &'p str)> {
+        let map = self.read();
+        path.match_indices("/v2")
+            .filter(|(i, _)| {
+                let rest = &path[i + 3..];
+                *i > 0 && (rest.is_empty() || rest.starts_with('/'))
+            })
+            .find_map(|(i, _)| map.get(&path[..i]).map(|r| (r.clone(), &path[i..])))
+    }
+
+    /// The API serving model `name` over the Open Inference Protocol.
+    fn lookup_model(&self, name: &str) -> Option<Arc<ApiRoute>> {
+        let map = self.read();
+        let mut candidates: Vec<&Arc<ApiRoute>> = map
+            .values()
+            .filter(|r| r.models.iter().any(|m| m == name))
+            .collect();
+        candidates.sort_by(|a, b| (a.api != name, &a.api).cmp(&(b.api != name, &b.api)));
+        candidates.first().map(|r| (*r).clone())
+    }
+
+    fn models_json(&self) -> serde_json::Value {
+        let map = self.read();
+        let mut models: Vec<serde_json::Value> = map
+            .values()
+            .flat_map(|r| {
+                r.models
+                    .iter()
+                    .map(|m| serde_json::json!({"name": m, "api": r.api, "endpoint": r.endpoint}))
+            })
+            .collect();
+        models.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        serde_json::Value::Array(models)
+    }
+
+    /// Every API with models has a ready replica.
+    fn models_ready(&self) -> bool {
+        self.read()
+            .values()
+            .filter(|r| !r.models.is_empty())
+            .all(|r| !r.replicas.is_empty())
     }
 
     fn deployed_apis_json(&self) -> serde_json::Value {
@@ -162,8 +213,18 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = req.uri().path();
-        let Some(route) = self.routes.lookup(path) else {
+        let path = req.uri().path().to_owned();
+        if path == "/v2" || path.starts_with("/v2/") {
+            return match self.server_v2(&path) {
+                Ok(route) => self.forward(req, route, &path).await,
+                Err(resp) => resp,
+            };
+        }
+        let Some(route) = self.routes.lookup(&path) else {
+            if let Some((route, upstream)) = self.routes.lookup_v2_under_endpoint(&path) {
+                let upstream = upstream.to_owned();
+                return self.forward(req, route, &upstream).await;
+            }
             return json_error(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({
@@ -187,6 +248,62 @@ impl Gateway {
                 return resp;
             }
         };
+        self.forward(req, route, upstream_path).await
+    }
+
+    /// The root `/v2` paths: answered here for the server as a whole, or the route of the API
+    /// serving the model named in the path.
+    #[allow(clippy::result_large_err)]
+    fn server_v2(&self, path: &str) -> Result<Arc<ApiRoute>, Response<GatewayBody>> {
+        match path {
+            "/v2" | "/v2/" => Err(json_error(
+                StatusCode::OK,
+                serde_json::json!({
+                    "name": "gyrus",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": ["binary_tensor_data"],
+                }),
+            )),
+            "/v2/health/live" => Err(empty_response(StatusCode::OK)),
+            "/v2/health/ready" => Err(empty_response(if self.routes.models_ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            })),
+            _ => {
+                let model = path
+                    .strip_prefix("/v2/models/")
+                    .and_then(|rest| rest.split('/').next())
+                    .filter(|m| !m.is_empty());
+                let Some(model) = model else {
+                    return Err(json_error(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"error": format!("no such Open Inference Protocol path: {path}")}),
+                    ));
+                };
+                self.routes.lookup_model(model).ok_or_else(|| {
+                    json_error(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({
+                            "error": format!("no deployed API serves a model named \"{model}\""),
+                            "models": self.routes.models_json(),
+                        }),
+                    )
+                })
+            }
+        }
+    }
+
+    async fn forward<B>(
+        &self,
+        req: Request<B>,
+        route: Arc<ApiRoute>,
+        upstream_path: &str,
+    ) -> Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Some(target) = pick_least_in_flight(&route.replicas) else {
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -253,6 +370,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+fn empty_response(status: StatusCode) -> Response<GatewayBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
 /// A JSON error body in the shape every gyrus component uses: `{"error": "...", ...}`.
 pub fn json_error(status: StatusCode, body: serde_json::Value) -> Response<GatewayBody> {
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
@@ -304,16 +431,55 @@ mod tests {
             endpoint: "/x".into(),
             status: "live".into(),
             replicas: vec![],
+            models: vec![],
         });
         t.set_api(ApiRoute {
             api: "x".into(),
             endpoint: "/y".into(),
             status: "live".into(),
             replicas: vec![],
+            models: vec![],
         });
         assert!(t.lookup("/x").is_none());
         assert_eq!(t.lookup("/y/").map(|r| r.api.clone()).as_deref(), Some("x"));
         t.remove_api("x");
         assert!(t.lookup("/y").is_none());
+    }
+
+    #[test]
+    fn open_inference_protocol_paths() {
+        let t = RouteTable::new();
+        for (api, endpoint, models) in [
+            ("iris", "/iris", vec!["iris"]),
+            ("multi", "/a/multi", vec!["iris", "mlp"]),
+            ("py", "/py", vec![]),
+        ] {
+            t.set_api(ApiRoute {
+                api: api.into(),
+                endpoint: endpoint.into(),
+                status: "live".into(),
+                replicas: vec![],
+                models: models.into_iter().map(String::from).collect(),
+            });
+        }
+        let under = |p: &str| {
+            t.lookup_v2_under_endpoint(p)
+                .map(|(r, rest)| (r.api.clone(), rest.to_string()))
+        };
+        assert_eq!(under("/iris/v2"), Some(("iris".into(), "/v2".into())));
+        assert_eq!(
+            under("/a/multi/v2/models/mlp/infer"),
+            Some(("multi".into(), "/v2/models/mlp/infer".into()))
+        );
+        assert_eq!(under("/iris/v2x"), None);
+        assert_eq!(under("/v2/models"), None);
+        assert_eq!(under("/nope/v2"), None);
+        let model = |m: &str| t.lookup_model(m).map(|r| r.api.clone());
+        // An API named like the model wins; otherwise the API that has it.
+        assert_eq!(model("iris").as_deref(), Some("iris"));
+        assert_eq!(model("mlp").as_deref(), Some("multi"));
+        assert_eq!(model("py"), None);
+        // No replicas anywhere: not ready.
+        assert!(!t.models_ready());
     }
 }

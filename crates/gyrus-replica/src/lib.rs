@@ -1,9 +1,18 @@
 //! The replica process: one per replica of one API version. It owns the replica's HTTP server
-//! on an ephemeral loopback port, the `max_replica_concurrency` gate, the pool of Python
-//! workers, and the line-per-event report to the supervisor on stdout.
+//! on an ephemeral loopback port, the `max_replica_concurrency` gate, the ONNX models (one
+//! session each, shared by everything in the replica), the pool of Python workers, and the
+//! line-per-event report to the supervisor on stdout.
 //!
-//! Lifecycle: bind → `listening` event → start workers (every constructor returns) → `ready`
-//! event → serve until SIGTERM, SIGINT or EOF on stdin (the daemon is gone), then drain.
+//! Lifecycle: bind → `listening` event → load models → start workers (every constructor
+//! returns) → `ready` event → serve until SIGTERM, SIGINT or EOF on stdin (the daemon is
+//! gone), then drain.
+//!
+//! What it serves: a Python predictor (`predictor.path`) answers `POST /predict`, with
+//! `onnx_client` reaching the models; a model API (`predictor.type: onnx` without a path)
+//! answers `POST /predict` with the simple JSON API and `/v2/...` with the Open Inference
+//! Protocol (see [`models`]).
+
+mod models;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,13 +21,14 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use gyrus_engine::{Model, ModelSet, SessionConfig};
 use gyrus_runtime::{PredictRequest, RuntimeError, WorkerConfig, WorkerPool};
-use gyrus_spec::ApiSpec;
+use gyrus_spec::{ApiSpec, OnnxOptions};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
@@ -43,6 +53,10 @@ pub enum ReplicaError {
     },
     #[error("{0}")]
     Workers(#[from] RuntimeError),
+    #[error("{0}")]
+    Engine(#[from] gyrus_engine::EngineError),
+    #[error("predictor.type is onnx but the replica was given no ONNX Runtime library")]
+    NoOnnxLibrary,
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -61,6 +75,10 @@ pub struct ReplicaOptions {
     pub lib_dir: PathBuf,
     /// Absolute local path of `predictor.model`, if the API has one.
     pub model_path: Option<PathBuf>,
+    /// The models to load into the engine (ONNX predictors): name and local file.
+    pub models: Vec<(String, PathBuf)>,
+    /// `libonnxruntime`, for replicas that load models.
+    pub onnx_library: Option<PathBuf>,
 }
 
 /// One line on stdout per lifecycle event; the supervisor parses these.
@@ -85,9 +103,119 @@ fn emit(event: &ReplicaEvent) {
 struct ReplicaState {
     api: String,
     id: String,
-    pool: Arc<WorkerPool>,
+    /// The Python workers; `None` for a model API.
+    pool: Option<Arc<WorkerPool>>,
+    models: Option<Arc<ModelSet>>,
     gate: Arc<Semaphore>,
     max_concurrency: usize,
+}
+
+impl ReplicaState {
+    fn busy_message(&self) -> String {
+        format!(
+            "replica {} of api {} is at max_replica_concurrency ({}); try again later",
+            self.id, self.api, self.max_concurrency
+        )
+    }
+
+    fn in_flight(&self) -> usize {
+        self.max_concurrency - self.gate.available_permits()
+    }
+}
+
+/// The engine's session options for an API's `session_options` and `execution_providers`.
+fn session_config(options: Option<&OnnxOptions>) -> SessionConfig {
+    let Some(o) = options else {
+        return SessionConfig::default();
+    };
+    SessionConfig {
+        intra_op_threads: o.intra_op_num_threads as usize,
+        inter_op_threads: o.inter_op_num_threads as usize,
+        optimization: match o.graph_optimization_level {
+            gyrus_spec::GraphOptimizationLevel::DisableAll => {
+                gyrus_engine::OptimizationLevel::Disable
+            }
+            gyrus_spec::GraphOptimizationLevel::EnableBasic => {
+                gyrus_engine::OptimizationLevel::Basic
+            }
+            gyrus_spec::GraphOptimizationLevel::EnableExtended => {
+                gyrus_engine::OptimizationLevel::Extended
+            }
+            gyrus_spec::GraphOptimizationLevel::EnableAll => gyrus_engine::OptimizationLevel::All,
+        },
+        parallel_execution: o.execution_mode == gyrus_spec::ExecutionMode::Parallel,
+        providers: match &o.execution_providers {
+            None => gyrus_engine::Providers::Auto,
+            Some(list) => gyrus_engine::Providers::List(
+                list.iter()
+                    .map(|p| match p {
+                        gyrus_spec::ExecutionProviderName::Tensorrt => {
+                            gyrus_engine::Provider::TensorRt
+                        }
+                        gyrus_spec::ExecutionProviderName::Cuda => gyrus_engine::Provider::Cuda,
+                        gyrus_spec::ExecutionProviderName::Cpu => gyrus_engine::Provider::Cpu,
+                    })
+                    .collect(),
+            ),
+        },
+    }
+}
+
+/// Loads every model of the API, in order. Runs on a blocking thread: big models take seconds.
+async fn load_models(opts: &ReplicaOptions, spec: &ApiSpec) -> Result<ModelSet, ReplicaError> {
+    let library = opts
+        .onnx_library
+        .clone()
+        .ok_or(ReplicaError::NoOnnxLibrary)?;
+    let config = session_config(spec.predictor.onnx.as_ref());
+    let models = opts.models.clone();
+    let id = opts.id.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        gyrus_engine::init_library(&library)?;
+        let mut loaded = Vec::new();
+        for (name, path) in &models {
+            let started = std::time::Instant::now();
+            let mut warn = |w: String| eprintln!("replica {id}: warning: model {name}: {w}");
+            let model = Model::load(name, path, &config, &mut warn)?;
+            eprintln!(
+                "replica {id}: loaded model {name} from {} in {} ms ({})",
+                path.display(),
+                started.elapsed().as_millis(),
+                model.providers().join(", ")
+            );
+            loaded.push(model);
+        }
+        Ok::<_, gyrus_engine::EngineError>(loaded)
+    })
+    .await
+    .map_err(|e| ReplicaError::Serve(std::io::Error::other(e.to_string())))??;
+    Ok(ModelSet::new(loaded))
+}
+
+/// The models' signatures as the Python worker's `onnx_client` wants them.
+fn signatures_json(models: &ModelSet) -> serde_json::Value {
+    let tensors = |list: &[gyrus_engine::TensorInfo]| -> serde_json::Value {
+        list.iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "dtype": t.dtype.numpy_name(),
+                    "shape": t.shape,
+                })
+            })
+            .collect()
+    };
+    models
+        .models()
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name(),
+                "inputs": tensors(&m.signature().inputs),
+                "outputs": tensors(&m.signature().outputs),
+            })
+        })
+        .collect()
 }
 
 /// Runs a replica to completion. Errors before `ready` are also reported as a `failed` event.
@@ -113,37 +241,18 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
     let port = listener.local_addr().map_err(ReplicaError::Bind)?.port();
     emit(&ReplicaEvent::Listening { port });
 
-    let script = gyrus_runtime::install_worker_script(&opts.lib_dir).map_err(|source| {
-        ReplicaError::WorkerScript {
-            dir: opts.lib_dir.clone(),
-            source,
-        }
-    })?;
-    let threads = spec.autoscaling.threads_per_worker as usize;
-    let init = serde_json::json!({
-        "predictor_path": spec.predictor.path,
-        "predictor_type": spec.predictor.kind,
-        "config": spec.predictor.config,
-        "api_spec": api_spec_value,
-        "job_spec": null,
-        "model_path": opts.model_path,
-        "threads": threads,
-        "api_name": spec.name,
-    });
-    let config = WorkerConfig {
-        python: opts.python.clone(),
-        script,
-        cwd: opts.project_dir.clone(),
-        env: Vec::new(),
-        init,
-        threads,
+    let models = if spec.predictor.kind == gyrus_spec::PredictorType::Onnx {
+        Some(Arc::new(load_models(&opts, &spec).await?))
+    } else {
+        None
     };
-    let workers = spec.autoscaling.workers_per_replica as usize;
-    eprintln!(
-        "replica {}: starting {workers} worker(s) with {threads} thread(s) each",
-        opts.id
-    );
-    let pool = WorkerPool::start(config, workers).await?;
+
+    let pool = match &spec.predictor.path {
+        Some(path) => {
+            Some(start_workers(&opts, &spec, path, &api_spec_value, models.clone()).await?)
+        }
+        None => None,
+    };
     eprintln!("replica {}: ready on 127.0.0.1:{port}", opts.id);
 
     let max_concurrency = spec.autoscaling.max_replica_concurrency as usize;
@@ -151,12 +260,36 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
         api: spec.name.clone(),
         id: opts.id.clone(),
         pool: pool.clone(),
+        models: models.clone(),
         gate: Arc::new(Semaphore::new(max_concurrency)),
         max_concurrency,
     });
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/predict", post(predict))
-        .route("/", get(health))
+        .route("/", get(health));
+    if pool.is_none() && models.is_some() {
+        app = app
+            .route("/v2", get(models::server_metadata))
+            .route("/v2/health/live", get(models::server_live))
+            .route("/v2/health/ready", get(models::server_live))
+            .route("/v2/models/{name}", get(models::model_metadata))
+            .route("/v2/models/{name}/ready", get(models::model_ready))
+            .route("/v2/models/{name}/infer", post(models::infer))
+            .route(
+                "/v2/models/{name}/versions/{version}",
+                get(models::model_metadata_version),
+            )
+            .route(
+                "/v2/models/{name}/versions/{version}/ready",
+                get(models::model_ready_version),
+            )
+            .route(
+                "/v2/models/{name}/versions/{version}/infer",
+                post(models::infer_version),
+            );
+    }
+    let app = app
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
 
@@ -178,9 +311,60 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    pool.shutdown().await;
+    if let Some(pool) = pool {
+        pool.shutdown().await;
+    }
     eprintln!("replica {}: stopped", opts.id);
     Ok(())
+}
+
+async fn start_workers(
+    opts: &ReplicaOptions,
+    spec: &ApiSpec,
+    predictor_path: &str,
+    api_spec_value: &serde_json::Value,
+    models: Option<Arc<ModelSet>>,
+) -> Result<Arc<WorkerPool>, ReplicaError> {
+    let script = gyrus_runtime::install_worker_script(&opts.lib_dir).map_err(|source| {
+        ReplicaError::WorkerScript {
+            dir: opts.lib_dir.clone(),
+            source,
+        }
+    })?;
+    let threads = spec.autoscaling.threads_per_worker as usize;
+    let init = serde_json::json!({
+        "predictor_path": predictor_path,
+        "predictor_type": spec.predictor.kind,
+        "config": spec.predictor.config,
+        "api_spec": api_spec_value,
+        "job_spec": null,
+        "model_path": opts.model_path,
+        "models": models.as_deref().map(signatures_json),
+        "threads": threads,
+        "api_name": spec.name,
+    });
+    let config = WorkerConfig {
+        python: opts.python.clone(),
+        script,
+        cwd: opts.project_dir.clone(),
+        env: Vec::new(),
+        init,
+        threads,
+        tensors: models.map(|m| m as Arc<dyn gyrus_runtime::TensorService>),
+    };
+    let workers = spec.autoscaling.workers_per_replica as usize;
+    eprintln!(
+        "replica {}: starting {workers} worker(s) with {threads} thread(s) each",
+        opts.id
+    );
+    Ok(WorkerPool::start(config, workers).await?)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no such path on this API: {}", uri.path()),
+    )
 }
 
 /// Resolves on SIGTERM, SIGINT, or EOF on stdin (the supervisor's end of the pipe closed).
@@ -216,7 +400,7 @@ async fn health(State(state): State<Arc<ReplicaState>>) -> Response {
         "api": state.api,
         "replica": state.id,
         "status": "ready",
-        "in_flight": state.pool.in_flight(),
+        "in_flight": state.in_flight(),
     }))
     .into_response()
 }
@@ -232,7 +416,7 @@ fn debug_requested(query: Option<&str>) -> bool {
 
 async fn predict(
     State(state): State<Arc<ReplicaState>>,
-    uri: axum::http::Uri,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -241,21 +425,31 @@ async fn predict(
         // Too large, or the client went away mid-body: its mistake, said in JSON like the rest.
         Err(rejection) => return error_response(rejection.status(), rejection.body_text()),
     };
+    let query = query.as_deref();
+    let pool = match (&state.pool, &state.models) {
+        (Some(pool), _) => pool,
+        (None, Some(models)) => {
+            return match models::predict(&state, models, query, &headers, body).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        }
+        (None, None) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this replica has neither a predictor nor models".into(),
+            )
+        }
+    };
     let Ok(_permit) = state.gate.try_acquire() else {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "replica {} of api {} is at max_replica_concurrency ({}); try again later",
-                state.id, state.api, state.max_concurrency
-            ),
-        );
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, state.busy_message());
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let forwarded_headers = if state.pool.wants_headers() {
+    let forwarded_headers = if pool.wants_headers() {
         headers
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
@@ -263,10 +457,9 @@ async fn predict(
     } else {
         Vec::new()
     };
-    let query = uri.query();
     let req = PredictRequest {
         content_type,
-        query: if state.pool.wants_query_params() {
+        query: if pool.wants_query_params() {
             query.unwrap_or("").to_owned()
         } else {
             String::new()
@@ -275,7 +468,7 @@ async fn predict(
         body,
         debug: debug_requested(query),
     };
-    match state.pool.call(req).await {
+    match pool.call(req).await {
         Ok(resp) => {
             let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
             let ctype = HeaderValue::from_str(&resp.content_type)

@@ -14,9 +14,15 @@ Frames (little-endian): ``u32 len`` (bytes after this field), ``u8 kind``, ``u64
     101 READY       worker -> replica  JSON: style, wants_query_params, wants_headers, pid
     102 INIT_FAILED worker -> replica  JSON: error, traceback (then exit 1)
     103 RESPONSE    worker -> replica  u16 status, u16 ctype_len, content type, body
+    104 INFER       worker -> replica  onnx_client.predict: model name, flags, tensors
+    4 INFER_RESULT  replica -> worker  output tensors
+    5 INFER_ERROR   replica -> worker  u8 client_error, message
 
-Only the standard library is used. numpy values in a prediction are converted when user
-code has imported numpy; the worker never imports it itself.
+Tensors are raw little-endian bytes with a dtype code and a shape (see tensor_frame.rs);
+INIT carries each model's signature under ``models``.
+
+Only the standard library is used, and numpy for ONNX predictors (whose environment always
+has it). numpy values in a prediction are converted when user code has imported numpy.
 """
 
 import email.message
@@ -35,8 +41,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
-INIT, REQUEST, SHUTDOWN = 1, 2, 3
-READY, INIT_FAILED, RESPONSE = 101, 102, 103
+INIT, REQUEST, SHUTDOWN, INFER_RESULT, INFER_ERROR = 1, 2, 3, 4, 5
+READY, INIT_FAILED, RESPONSE, INFER = 101, 102, 103, 104
 
 FRAME = struct.Struct("<IBQ")  # len, kind, id
 REQUEST_HEAD = struct.Struct("<BHII")  # flags, ctype_len, query_len, headers_len
@@ -50,6 +56,7 @@ DEBUG_LIMIT = 2000
 SMALL_FRAME = 64 * 1024
 
 CONSTRUCTOR_ARGS = ("config", "api_spec", "job_spec")
+ONNX_CONSTRUCTOR_ARGS = ("onnx_client", "config", "api_spec", "job_spec")
 CLASS_PREDICT_ARGS = ("payload", "query_params", "headers")
 FUNCTION_INIT_ARGS = ("model_path", "metadata", "config", "api_spec", "job_spec")
 FUNCTION_PREDICT_ARGS = ("payload", "sample", "query_params", "headers", "metadata")
@@ -66,6 +73,153 @@ class HTTPError(Exception):
 
 class InitError(Exception):
     """A problem gyrus found in the predictor itself; it has no useful traceback."""
+
+
+class InvalidInput(ValueError):
+    """onnx_client.predict was given inputs that do not fit the model; answered with 400."""
+
+
+# The engine's dtype codes: the index in gyrus_engine::DataType::ALL.
+DTYPES = (
+    "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+    "float16", "bfloat16", "float32", "float64", "str",
+)
+TENSOR_HEAD = struct.Struct("<BB")  # dtype code, rank
+U16, U32, U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
+
+
+class ONNXClient:
+    """Cortex's ``onnx_client``: runs the API's models in the replica's ONNX Runtime engine.
+
+    ``predict`` returns what onnxruntime's ``InferenceSession.run`` returns: a list of numpy
+    arrays, one per output, in the model's order.
+    """
+
+    def __init__(self, conn, models):
+        import numpy
+
+        self._np = numpy
+        self._conn = conn
+        self._models = {m["name"]: m for m in models}
+        self._names = [m["name"] for m in models]
+
+    @property
+    def models(self):
+        """The names of the API's models."""
+        return list(self._names)
+
+    def _model(self, model_name):
+        if len(self._names) == 1:
+            return self._models[self._names[0]]  # as in Cortex, the name is ignored
+        if model_name is None:
+            raise InvalidInput(
+                "this API serves several models, so predict() needs model_name: "
+                + ", ".join(f'"{n}"' for n in self._names)
+            )
+        model = self._models.get(model_name)
+        if model is None:
+            raise InvalidInput(
+                f'unknown model "{model_name}"; this API serves ' + ", ".join(f'"{n}"' for n in self._names)
+            )
+        return model
+
+    @staticmethod
+    def _signature(tensors):
+        return {
+            t["name"]: {"type": t["dtype"], "shape": [None if d < 0 else d for d in t["shape"]]}
+            for t in tensors
+        }
+
+    def input_signature(self, model_name=None):
+        """``{input name: {"type": numpy dtype name, "shape": [None for any size, ...]}}``."""
+        return self._signature(self._model(model_name)["inputs"])
+
+    def output_signature(self, model_name=None):
+        return self._signature(self._model(model_name)["outputs"])
+
+    def predict(self, model_input, model_name=None):
+        model = self._model(model_name)
+        inputs = model["inputs"]
+        if isinstance(model_input, dict):
+            names = [t["name"] for t in inputs]
+            for key in model_input:
+                if key not in names:
+                    raise InvalidInput(f'unknown input "{key}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
+            for n in names:
+                if n not in model_input:
+                    raise InvalidInput(f'missing input "{n}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
+            values = [(t, model_input[t["name"]]) for t in inputs]
+        elif len(inputs) == 1:
+            values = [(inputs[0], model_input)]
+        else:
+            raise InvalidInput(
+                f"the model takes {len(inputs)} inputs ("
+                + ", ".join(f'"{t["name"]}"' for t in inputs)
+                + "); pass a dict of input name to value"
+            )
+        name = model["name"].encode() if len(self._names) > 1 else b""
+        parts = [U16.pack(len(name)), name, bytes([1]), U16.pack(len(values))]
+        for info, value in values:
+            self._encode(parts, info, value)
+        return self._decode(self._conn.infer(parts))
+
+    def _encode(self, parts, info, value):
+        np = self._np
+        name, dtype = info["name"], info["dtype"]
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        kind = arr.dtype.kind
+        if dtype == "str":
+            if kind not in "USO":
+                raise InvalidInput(f'input "{name}": expected strings, found {arr.dtype} numbers')
+            items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in arr.reshape(-1).tolist()]
+            data = b"".join(U32.pack(len(x)) + x for x in items)
+            code = DTYPES.index("str")
+        else:
+            if dtype == "bfloat16":
+                raise InvalidInput(f'input "{name}": bfloat16 inputs cannot be sent from Python (numpy has no bfloat16)')
+            if kind in "USOV":
+                raise InvalidInput(f'input "{name}": expected {dtype} numbers, found {arr.dtype} values')
+            if dtype == "bool" and kind != "b":
+                raise InvalidInput(f'input "{name}": expected bool values, found {arr.dtype}')
+            arr = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
+            data = memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else b""
+            code = DTYPES.index(dtype)
+        encoded = name.encode()
+        parts += [U16.pack(len(encoded)), encoded, TENSOR_HEAD.pack(code, arr.ndim)]
+        parts += [U64.pack(d & 0xFFFFFFFFFFFFFFFF) for d in arr.shape]
+        parts += [U64.pack(len(data)), data]
+
+    def _decode(self, body):
+        np = self._np
+        view = memoryview(body)
+        (count,), at = U16.unpack_from(view, 0), 2
+        outputs = []
+        for _ in range(count):
+            (n,) = U16.unpack_from(view, at)
+            at += 2 + n
+            code, rank = TENSOR_HEAD.unpack_from(view, at)
+            at += 2
+            shape = struct.unpack_from(f"<{rank}q", view, at)
+            at += 8 * rank
+            (size,) = U64.unpack_from(view, at)
+            at += 8
+            data = view[at : at + size]
+            at += size
+            dtype = DTYPES[code]
+            if dtype == "str":
+                items, i = [], 0
+                while i < size:
+                    (k,) = U32.unpack_from(data, i)
+                    items.append(bytes(data[i + 4 : i + 4 + k]).decode("utf-8", "replace"))
+                    i += 4 + k
+                arr = np.array(items, dtype=object).reshape(shape)
+            elif dtype == "bfloat16":
+                bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+                arr = bits.view(np.float32).reshape(shape)
+            else:
+                arr = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+            outputs.append(arr)
+        return outputs
 
 
 class Headers(dict):
@@ -321,16 +475,23 @@ def _call(fn, plan, values):
 class Predictor:
     """The user's predictor, loaded and constructed from the INIT message."""
 
-    def __init__(self, init):
+    def __init__(self, init, conn):
         self.config = init.get("config") or {}
+        onnx_client = ONNXClient(conn, init["models"]) if init.get("models") else None
         path = os.path.abspath(init["predictor_path"])
         module = self._load_module(path)
         class_name = CLASS_NAMES.get(init.get("predictor_type") or "python", "PythonPredictor")
         cls = getattr(module, class_name, None)
         if inspect.isclass(cls):
             self.style = "class"
-            values = {"config": self.config, "api_spec": init.get("api_spec"), "job_spec": init.get("job_spec")}
-            instance = _call(cls, _plan_call(cls, f"{class_name}.__init__()", CONSTRUCTOR_ARGS), values)
+            values = {
+                "config": self.config,
+                "api_spec": init.get("api_spec"),
+                "job_spec": init.get("job_spec"),
+                "onnx_client": onnx_client,
+            }
+            names = ONNX_CONSTRUCTOR_ARGS if onnx_client is not None else CONSTRUCTOR_ARGS
+            instance = _call(cls, _plan_call(cls, f"{class_name}.__init__()", names), values)
             self.predict_fn = getattr(instance, "predict", None)
             if not callable(self.predict_fn):
                 raise InitError(f"{class_name} in {init['predictor_path']} has no predict() method")
@@ -393,12 +554,86 @@ class Connection:
         self.sock = socket.socket(fileno=fd)
         self.rfile = self.sock.makefile("rb", buffering=1 << 16)
         self.lock = threading.Lock()
+        # The main thread reads every frame. A call from it (threads_per_worker 1, or the
+        # constructor) reads its own reply; other threads wait for the main thread to
+        # hand theirs over.
+        self.reader = threading.current_thread()
+        self.next_call = 0
+        self.calls_lock = threading.Lock()
+        self.calls = {}
+        self.shutdown_seen = False
+
+    def infer(self, parts):
+        """Sends an INFER frame built from ``parts`` and returns the INFER_RESULT body."""
+        with self.calls_lock:
+            if self.reader is None:
+                raise RuntimeError("the replica is shutting down")
+            self.next_call += 1
+            cid = self.next_call
+            waiter = None
+            if threading.current_thread() is not self.reader:
+                waiter = self.calls[cid] = [threading.Event(), None, None]
+        size = sum(map(len, parts)) + FRAME.size - 4
+        self.send([FRAME.pack(size, INFER, cid), *parts])
+        if waiter is None:
+            while True:
+                head = self.read_frame_head()
+                if head is None:
+                    raise ConnectionError("the replica closed the connection during onnx_client.predict")
+                kind, rid, length = head
+                if kind == SHUTDOWN:
+                    self.shutdown_seen = True
+                    continue
+                if kind in (INFER_RESULT, INFER_ERROR) and rid == cid:
+                    return self._result(kind, self.read_body(length))
+                if kind in (INFER_RESULT, INFER_ERROR):
+                    self.deliver(kind, rid, self.read_body(length))
+                    continue
+                raise ConnectionError(f"protocol error: frame kind {kind} during onnx_client.predict")
+        waiter[0].wait()
+        return self._result(waiter[1], waiter[2])
+
+    def deliver(self, kind, rid, body):
+        with self.calls_lock:
+            waiter = self.calls.pop(rid, None)
+        if waiter is not None:
+            waiter[1], waiter[2] = kind, body
+            waiter[0].set()
+
+    def fail_calls(self):
+        """Wakes every thread still waiting for an INFER reply: no more frames will be read."""
+        with self.calls_lock:
+            waiters, self.calls = list(self.calls.values()), {}
+            self.reader = None  # later calls from any thread must not wait for the reader
+        for waiter in waiters:
+            waiter[1], waiter[2] = INFER_ERROR, b"\x00the replica is shutting down"
+            waiter[0].set()
+
+    @staticmethod
+    def _result(kind, body):
+        if kind == INFER_RESULT:
+            return body
+        message = bytes(body[1:]).decode("utf-8", "replace")
+        if body[:1] == b"\x01":
+            raise InvalidInput(message)
+        raise RuntimeError(message)
 
     def read_exact(self, n):
         data = self.rfile.read(n) if n else b""
         if len(data) != n:
             raise EOFError
         return data
+
+    def read_body(self, n):
+        """A writable buffer, so that numpy arrays made over it are writable like onnxruntime's."""
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = self.rfile.readinto(view[got:])
+            if not k:
+                raise EOFError
+            got += k
+        return buf
 
     def read_frame_head(self):
         """(kind, id, body length), or None at EOF."""
@@ -456,6 +691,9 @@ class Worker:
                 status, ct, out = encode_result(result)
             except HTTPError as e:
                 status, ct, out = error_response(e.status, str(e))
+            except InvalidInput as e:
+                # The engine rejected the inputs predict() built, most likely from the payload.
+                status, ct, out = error_response(400, str(e))
             except BaseException as e:  # noqa: BLE001 - user code may raise anything
                 sys.stderr.write(f"worker {self.index}: predict() raised an exception:\n{_user_traceback(e)}")
                 message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
@@ -468,10 +706,18 @@ class Worker:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="predict") if threads > 1 else None
         conn = self.conn
         while True:
+            if conn.shutdown_seen:
+                break
             head = conn.read_frame_head()
             if head is None or head[0] == SHUTDOWN:
                 break
             kind, rid, size = head
+            if kind in (INFER_RESULT, INFER_ERROR):
+                try:
+                    conn.deliver(kind, rid, conn.read_body(size))
+                except EOFError:
+                    break
+                continue
             if kind != REQUEST:
                 print(f"worker {self.index}: protocol error: unexpected frame kind {kind}", file=sys.stderr)
                 os._exit(2)
@@ -493,6 +739,7 @@ class Worker:
                 self.handle(rid, flags, ctype, query, headers_json, body)
             else:
                 pool.submit(self.handle, rid, flags, ctype, query, headers_json, body)
+        conn.fail_calls()
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -516,7 +763,7 @@ def main():
     init = json.loads(conn.read_exact(head[2]))
     index = init.get("worker_index", 0)
     try:
-        predictor = Predictor(init)
+        predictor = Predictor(init, conn)
     except BaseException as e:  # noqa: BLE001 - report anything the user's code raised
         if isinstance(e, InitError):
             error, tb = str(e), f"{e}\n"

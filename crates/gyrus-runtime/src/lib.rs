@@ -25,11 +25,23 @@ mod error;
 mod pool;
 mod process;
 mod protocol;
+mod tensor_frame;
 
 use std::path::{Path, PathBuf};
 
 pub use error::RuntimeError;
 pub use pool::WorkerPool;
+pub use tensor_frame::{InferCall, TensorService};
+
+impl TensorService for gyrus_engine::ModelSet {
+    fn infer(
+        &self,
+        call: InferCall,
+    ) -> Result<Vec<gyrus_engine::Tensor>, gyrus_engine::EngineError> {
+        self.get(call.model.as_deref())?
+            .infer(call.inputs, call.policy)
+    }
+}
 
 /// The Python worker, embedded so that a gyrus binary always runs the worker it was built with.
 pub const WORKER_PY: &str = include_str!("../python/gyrus_worker.py");
@@ -73,7 +85,7 @@ pub fn install_worker_script(dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// How to start the workers of one replica.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// The Python interpreter (base, or of the API's requirements environment).
     pub python: PathBuf,
@@ -89,6 +101,21 @@ pub struct WorkerConfig {
     pub init: serde_json::Value,
     /// Threads per worker (`threads_per_worker`); 0 is taken as 1.
     pub threads: usize,
+    /// Answers the workers' INFER frames (`onnx_client.predict`); `None` when the API has no
+    /// models in the engine, and then INFER frames are answered with an error.
+    pub tensors: Option<std::sync::Arc<dyn TensorService>>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("python", &self.python)
+            .field("script", &self.script)
+            .field("cwd", &self.cwd)
+            .field("threads", &self.threads)
+            .field("tensors", &self.tensors.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One request for `predict`, as the replica's HTTP server received it.

@@ -24,6 +24,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::protocol::{self, Frame, FrameReader};
+use crate::tensor_frame;
 use crate::{PredictRequest, PredictResponse, RuntimeError, WorkerConfig};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -365,7 +366,12 @@ impl Shared {
     }
 
     /// Handles one frame from a worker that is serving.
-    fn dispatch(&self, conn: &Conn, frame: Frame) -> Result<(), RuntimeError> {
+    fn dispatch(&self, conn: &Arc<Conn>, frame: Frame) -> Result<(), RuntimeError> {
+        if frame.kind == protocol::INFER {
+            let reply = answer_infer(&self.config, frame.id, &frame.body)?;
+            send_reply(conn, reply);
+            return Ok(());
+        }
         if frame.kind != protocol::RESPONSE {
             return Err(RuntimeError::Protocol(format!(
                 "unexpected frame kind {} from worker",
@@ -504,6 +510,70 @@ async fn launch(
     // A worker that dies at once closes the socket; the read below then reports how it died.
     let _ = write.write_all(&init).await;
 
+    loop {
+        let frame = next_init_frame(&mut reader, &mut child, index).await?;
+        if frame.kind != protocol::INFER {
+            return started(frame, child, reader, write, threads, index);
+        }
+        // The constructor may call onnx_client.predict (a warm-up, say).
+        let reply = answer_infer(config, frame.id, &frame.body)?;
+        if write.write_all(&reply).await.is_err() {
+            return Err(RuntimeError::WorkerExited {
+                worker: index,
+                detail: "closed its connection before it was ready".into(),
+            });
+        }
+    }
+}
+
+/// Answers an INFER frame: the reply frame (INFER_RESULT or INFER_ERROR) to write back.
+fn answer_infer(config: &WorkerConfig, id: u64, body: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+    let call = tensor_frame::decode_call(body).map_err(RuntimeError::Protocol)?;
+    let (kind, reply) = match &config.tensors {
+        None => (
+            protocol::INFER_ERROR,
+            tensor_frame::encode_error(false, "this API has no ONNX models"),
+        ),
+        Some(service) => match service.infer(call) {
+            Ok(outputs) => (
+                protocol::INFER_RESULT,
+                tensor_frame::encode_outputs(&outputs),
+            ),
+            Err(e) => (
+                protocol::INFER_ERROR,
+                tensor_frame::encode_error(e.is_client_error(), &e.to_string()),
+            ),
+        },
+    };
+    protocol::encode_frame(kind, id, &reply)
+}
+
+/// Writes a reply frame to a serving worker without blocking the reader.
+fn send_reply(conn: &Arc<Conn>, reply: Vec<u8>) {
+    match conn.writer.clone().try_lock_owned() {
+        Ok(writer) => {
+            if write_request(conn, writer, reply, Bytes::new()).is_err() {
+                conn.broken.notify_one();
+            }
+        }
+        Err(_) => {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let mut writer = conn.writer.clone().lock_owned().await;
+                if writer.write_all(&reply).await.is_err() {
+                    conn.broken.notify_one();
+                }
+            });
+        }
+    }
+}
+
+/// The next frame from a worker that is starting, or how it died.
+async fn next_init_frame(
+    reader: &mut FrameReader,
+    child: &mut Child,
+    index: usize,
+) -> Result<Frame, RuntimeError> {
     let frame = tokio::select! {
         frame = reader.next() => frame,
         status = child.wait() => {
@@ -534,6 +604,18 @@ async fn launch(
         }
         Err(e) => return Err(e),
     };
+    Ok(frame)
+}
+
+/// READY makes a started worker; INIT_FAILED and anything else are errors.
+fn started(
+    frame: Frame,
+    child: Child,
+    reader: FrameReader,
+    write: OwnedWriteHalf,
+    threads: usize,
+    index: usize,
+) -> Result<Started, RuntimeError> {
     match frame.kind {
         protocol::READY => {
             let ready: Ready = serde_json::from_slice(&frame.body).map_err(|e| {
@@ -658,7 +740,12 @@ async fn supervise(shared: Arc<Shared>, index: usize, mut started: Started) {
 }
 
 /// Reads and dispatches responses until the worker goes away.
-async fn serve(shared: &Shared, conn: &Conn, reader: &mut FrameReader, child: &mut Child) -> End {
+async fn serve(
+    shared: &Shared,
+    conn: &Arc<Conn>,
+    reader: &mut FrameReader,
+    child: &mut Child,
+) -> End {
     // Created once: these are polled on every wake-up of the loop below.
     let exited = child.wait();
     let broken = conn.broken.notified();

@@ -13,9 +13,12 @@ use crate::{PredictRequest, PredictResponse, RuntimeError};
 pub(crate) const INIT: u8 = 1;
 pub(crate) const REQUEST: u8 = 2;
 pub(crate) const SHUTDOWN: u8 = 3;
+pub(crate) const INFER_RESULT: u8 = 4;
+pub(crate) const INFER_ERROR: u8 = 5;
 pub(crate) const READY: u8 = 101;
 pub(crate) const INIT_FAILED: u8 = 102;
 pub(crate) const RESPONSE: u8 = 103;
+pub(crate) const INFER: u8 = 104;
 
 /// `u32 len` + `u8 kind` + `u64 id`.
 const FRAME_HEAD: usize = 13;

@@ -42,6 +42,7 @@ impl Project {
                 "api_name": "test-api",
             }),
             threads,
+            tensors: None,
         })
     }
 

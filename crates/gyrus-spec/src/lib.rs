@@ -25,8 +25,9 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, SpecError};
 pub use emit::to_yaml;
 pub use spec::{
-    ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ModelType, ModelsSpec,
-    NamedModel, PredictorSpec, PredictorType, TrackerSpec, UpdateStrategySpec,
+    ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
+    ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
+    PredictorSpec, PredictorType, TrackerSpec, UpdateStrategySpec,
 };
 pub use units::{CountOrPercent, Cpu, DurationSpec, Memory, UnitError};
 

@@ -10,12 +10,15 @@ use marked_yaml::types::MarkedSequenceNode;
 use marked_yaml::Node;
 
 use crate::spec::{
-    ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ModelType, ModelsSpec,
-    NamedModel, PredictorSpec, PredictorType, TrackerSpec, UpdateStrategySpec,
+    ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
+    ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
+    PredictorSpec, PredictorType, TrackerSpec, UpdateStrategySpec,
 };
 use crate::units::{CountOrPercent, Cpu, DurationSpec, Memory};
 use crate::validate::{self, Need};
-use crate::walker::{later, Ctx, FloatRange, Got, IntRange, Later, Schema, Section, Spanned};
+use crate::walker::{
+    later, Ctx, Field, FloatRange, Got, IntRange, Later, Names, Schema, Section, Spanned,
+};
 use crate::yaml::{classify, describe, node_pos, quote, span_pos, to_json, Pos, Scalar};
 
 const AUTOSCALING_KEYS: &[&str] = &[
@@ -43,7 +46,78 @@ const PREDICTOR_KEYS: &[&str] = &[
     "config",
     "python_path",
     "env",
+    "session_options",
+    "execution_providers",
 ];
+
+const SESSION_OPTIONS: (&str, &[&str]) = (
+    "predictor.session_options",
+    &[
+        "intra_op_num_threads",
+        "inter_op_num_threads",
+        "graph_optimization_level",
+        "execution_mode",
+    ],
+);
+
+/// ONNX Runtime's thread counts: 0 lets it decide.
+const THREADS: IntRange = IntRange::between(0, 1024);
+
+const LEVELS: Names<GraphOptimizationLevel> = Names {
+    what: "graph optimization level",
+    canonical: &[
+        ("disable_all", GraphOptimizationLevel::DisableAll),
+        ("enable_basic", GraphOptimizationLevel::EnableBasic),
+        ("enable_extended", GraphOptimizationLevel::EnableExtended),
+        ("enable_all", GraphOptimizationLevel::EnableAll),
+    ],
+    aliases: &[
+        ("ORT_DISABLE_ALL", GraphOptimizationLevel::DisableAll),
+        ("ORT_ENABLE_BASIC", GraphOptimizationLevel::EnableBasic),
+        (
+            "ORT_ENABLE_EXTENDED",
+            GraphOptimizationLevel::EnableExtended,
+        ),
+        ("ORT_ENABLE_ALL", GraphOptimizationLevel::EnableAll),
+    ],
+    ignore_case: false,
+    hints: &[
+        ("all", "enable_all"),
+        ("none", "disable_all"),
+        ("basic", "enable_basic"),
+        ("extended", "enable_extended"),
+    ],
+};
+
+const MODES: Names<ExecutionMode> = Names {
+    what: "execution mode",
+    canonical: &[
+        ("sequential", ExecutionMode::Sequential),
+        ("parallel", ExecutionMode::Parallel),
+    ],
+    aliases: &[
+        ("ORT_SEQUENTIAL", ExecutionMode::Sequential),
+        ("ORT_PARALLEL", ExecutionMode::Parallel),
+    ],
+    ignore_case: false,
+    hints: &[],
+};
+
+const PROVIDERS: Names<ExecutionProviderName> = Names {
+    what: "execution provider",
+    canonical: &[
+        ("tensorrt", ExecutionProviderName::Tensorrt),
+        ("cuda", ExecutionProviderName::Cuda),
+        ("cpu", ExecutionProviderName::Cpu),
+    ],
+    aliases: &[
+        ("TensorrtExecutionProvider", ExecutionProviderName::Tensorrt),
+        ("CUDAExecutionProvider", ExecutionProviderName::Cuda),
+        ("CPUExecutionProvider", ExecutionProviderName::Cpu),
+    ],
+    ignore_case: true,
+    hints: &[("gpu", "cuda"), ("trt", "tensorrt")],
+};
 
 const MODELS_SECTIONS: [(&str, &[&str]); 3] = [
     ("predictor.models", &["paths", "dir"]),
@@ -60,6 +134,14 @@ const CURRENT_HINTS: &[(&str, &str)] = &[
     (
         "predictor.metadata",
         ", did you mean \"config\"? (metadata is its name in the older kind: api format)",
+    ),
+    (
+        "predictor.providers",
+        ", did you mean \"execution_providers\"?",
+    ),
+    (
+        "predictor.session_options.providers",
+        ", did you mean \"predictor.execution_providers\"?",
     ),
     (
         "compute.target_cpu_utilization",
@@ -84,6 +166,7 @@ const REALTIME: Schema = Schema {
             ],
         ),
         ("predictor", PREDICTOR_KEYS),
+        SESSION_OPTIONS,
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],
@@ -100,6 +183,7 @@ const BATCH: Schema = Schema {
     sections: &[
         ("", &["name", "kind", "endpoint", "predictor", "compute"]),
         ("predictor", PREDICTOR_KEYS),
+        SESSION_OPTIONS,
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],
@@ -119,6 +203,8 @@ const BATCH: Schema = Schema {
         CURRENT_HINTS[1],
         CURRENT_HINTS[2],
         CURRENT_HINTS[3],
+        CURRENT_HINTS[4],
+        CURRENT_HINTS[5],
     ],
 };
 
@@ -391,7 +477,7 @@ fn api_item(ctx: &mut Ctx<'_>, item: &Node, kind: ItemKind, deployment: Option<&
         Some(f) => {
             Section::open(ctx, f.node, f.path, "predictor", schema).and_then(|sec| match format {
                 ConfigFormat::Current => predictor_current(ctx, &sec, schema),
-                ConfigFormat::Legacy => predictor_legacy(ctx, &sec),
+                ConfigFormat::Legacy => predictor_legacy(ctx, &sec).map(|p| (p, None)),
             })
         }
     };
@@ -423,9 +509,10 @@ fn api_item(ctx: &mut Ctx<'_>, item: &Node, kind: ItemKind, deployment: Option<&
         };
 
     if ctx.errors.len() == errors_before {
-        if let (Some(name), Some((endpoint, _, _)), Some(predictor)) =
+        if let (Some(name), Some((endpoint, _, _)), Some((mut predictor, onnx))) =
             (&out.name, &out.endpoint, predictor)
         {
+            predictor.onnx = onnx.map(|draft| draft.resolve(compute.cpu));
             out.spec = Some(ApiSpec {
                 name: name.value.clone(),
                 kind: api_kind,
@@ -534,7 +621,13 @@ fn duplicates(ctx: &mut Ctx<'_>, items: &[ApiItem]) {
     ctx.api = None;
 }
 
-fn predictor_current(ctx: &mut Ctx<'_>, s: &Section<'_>, schema: &Schema) -> Option<PredictorSpec> {
+/// A current-format predictor, and its ONNX options for an ONNX predictor (resolved once
+/// `compute.cpu` is known).
+fn predictor_current(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_>,
+    schema: &Schema,
+) -> Option<(PredictorSpec, Option<OnnxDraft>)> {
     let kind = s.choice(
         ctx,
         "type",
@@ -553,6 +646,7 @@ fn predictor_current(ctx: &mut Ctx<'_>, s: &Section<'_>, schema: &Schema) -> Opt
     let config = config(ctx, s, "config");
     let python_path = python_path(ctx, s);
     let env = env(ctx, s);
+    let onnx = onnx_options(ctx, s, schema, kind.value());
     let kind = kind.value()?;
     match kind {
         PredictorType::Python if matches!(path, Got::Absent) => {
@@ -567,7 +661,7 @@ fn predictor_current(ctx: &mut Ctx<'_>, s: &Section<'_>, schema: &Schema) -> Opt
         }
         _ => {}
     }
-    Some(PredictorSpec {
+    let spec = PredictorSpec {
         kind,
         path: path.value(),
         model: model.value(),
@@ -575,7 +669,149 @@ fn predictor_current(ctx: &mut Ctx<'_>, s: &Section<'_>, schema: &Schema) -> Opt
         config,
         python_path: python_path.value(),
         env,
-    })
+        onnx: None,
+    };
+    Some((spec, onnx))
+}
+
+/// The ONNX options as written, before `compute.cpu` gives the default
+/// `intra_op_num_threads`.
+struct OnnxDraft {
+    intra_op_num_threads: Option<u32>,
+    options: OnnxOptions,
+}
+
+impl OnnxDraft {
+    fn resolve(self, cpu: Cpu) -> OnnxOptions {
+        OnnxOptions {
+            intra_op_num_threads: self
+                .intra_op_num_threads
+                .unwrap_or_else(|| OnnxOptions::default_intra_op_num_threads(cpu)),
+            ..self.options
+        }
+    }
+}
+
+/// `session_options` and `execution_providers`. For a predictor of another type than onnx
+/// their presence is the error; when the type is unknown they are still checked.
+fn onnx_options(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_>,
+    schema: &Schema,
+    kind: Option<PredictorType>,
+) -> Option<OnnxDraft> {
+    if let Some(kind) = kind.filter(|k| *k != PredictorType::Onnx) {
+        for key in ["session_options", "execution_providers"] {
+            if let (Some(f), Some(at)) = (s.get(key), s.key_pos(key)) {
+                ctx.error(
+                    at,
+                    &f.path,
+                    format!("only allowed when predictor.type is onnx, not {kind}"),
+                );
+            }
+        }
+        return None;
+    }
+    let section = s.child(ctx, "session_options", SESSION_OPTIONS.0, schema);
+    let written = section.map(|sec| {
+        let intra = sec.int(ctx, "intra_op_num_threads", THREADS);
+        let inter = sec.int(ctx, "inter_op_num_threads", THREADS);
+        let level = match sec.get("graph_optimization_level") {
+            Some(f) => f.named(ctx, &LEVELS),
+            None => Got::Absent,
+        };
+        let mode = match sec.get("execution_mode") {
+            Some(f) => f.named(ctx, &MODES),
+            None => Got::Absent,
+        };
+        let sequential =
+            matches!(&mode, Got::Absent) || mode.value() == Some(ExecutionMode::Sequential);
+        if let Some(i) = inter.set().filter(|i| sequential && i.value > 1) {
+            ctx.warn(
+                i.at,
+                &i.path,
+                "has no effect while execution_mode is sequential (the default); set \
+                 execution_mode: parallel to run independent operators at once",
+            );
+        }
+        OnnxDraft {
+            intra_op_num_threads: intra.value(),
+            options: OnnxOptions {
+                intra_op_num_threads: 0,
+                inter_op_num_threads: inter.or(1),
+                graph_optimization_level: level.or(GraphOptimizationLevel::EnableAll),
+                execution_mode: mode.or(ExecutionMode::Sequential),
+                execution_providers: None,
+            },
+        }
+    });
+    let providers = execution_providers(ctx, s);
+    let mut draft = written?;
+    draft.options.execution_providers = providers?;
+    Some(draft)
+}
+
+/// `execution_providers`: `Some(None)` for `auto` (the default), `Some(Some(list))` for a
+/// non-empty list of distinct known providers, `None` when invalid (reported).
+fn execution_providers(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_>,
+) -> Option<Option<Vec<ExecutionProviderName>>> {
+    let Some(f) = s.get("execution_providers") else {
+        return Some(None);
+    };
+    let is_auto = |text: &str| text.eq_ignore_ascii_case("auto");
+    let list = match f.node {
+        Node::Sequence(list) => list,
+        Node::Scalar(v) if matches!(classify(v), Scalar::Str(t) if is_auto(t)) => {
+            return Some(None)
+        }
+        _ => {
+            f.wrong::<()>(
+                ctx,
+                "auto or a list of execution providers (like [cuda, cpu])",
+            );
+            return None;
+        }
+    };
+    if list.is_empty() {
+        ctx.error(
+            span_pos(list.span()),
+            &f.path,
+            "must list at least one execution provider (or be auto)",
+        );
+        return None;
+    }
+    let errors_before = ctx.errors.len();
+    let mut seen: Vec<(ExecutionProviderName, String)> = Vec::new();
+    for (i, node) in list.iter().enumerate() {
+        let item = Field {
+            path: format!("{}[{i}]", f.path),
+            node,
+        };
+        let Got::Set(p) = item.named(ctx, &PROVIDERS) else {
+            continue;
+        };
+        match seen.iter().find(|(v, _)| *v == p.value) {
+            Some((_, first)) => {
+                let same = if p.found == quote(p.value.as_str()) {
+                    String::new()
+                } else {
+                    format!("{}, ", p.value)
+                };
+                ctx.error(
+                    p.at,
+                    &p.path,
+                    format!(
+                        "duplicate execution provider {} ({same}already listed as {first})",
+                        p.found
+                    ),
+                );
+            }
+            None => seen.push((p.value, p.path)),
+        }
+    }
+    (ctx.errors.len() == errors_before).then(|| Some(seen.into_iter().map(|(v, _)| v).collect()))
 }
 
 fn predictor_legacy(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Option<PredictorSpec> {
@@ -595,6 +831,7 @@ fn predictor_legacy(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Option<PredictorSpec>
         config,
         python_path: python_path.value(),
         env: BTreeMap::new(),
+        onnx: None,
     })
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::units::{CountOrPercent, Cpu, DurationSpec, Memory};
 
@@ -60,9 +60,13 @@ pub enum ConfigFormat {
 }
 
 /// The predictor: the user's Python code and the model(s) it serves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized with the fields below in order, except that [`PredictorSpec::onnx`] appears as
+/// `session_options` (its four numeric and named options) and `execution_providers` (`"auto"`
+/// or a list of names), as in a config file, and only for ONNX predictors.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PredictorSpec {
-    #[serde(rename = "type")]
+    /// `type` when serialized.
     pub kind: PredictorType,
     /// Path of the predictor's Python file, relative to the project directory.
     pub path: Option<String>,
@@ -77,6 +81,11 @@ pub struct PredictorSpec {
     /// directory itself).
     pub python_path: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// ONNX Runtime session options: `Some` for every ONNX predictor read from a config file,
+    /// `None` for other types. A spec serialized before these options existed deserializes
+    /// with `None` even for an ONNX predictor; treat that as [`OnnxOptions::defaults_for`] the
+    /// API's `compute.cpu`.
+    pub onnx: Option<OnnxOptions>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -100,6 +109,338 @@ impl PredictorType {
 impl fmt::Display for PredictorType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// ONNX Runtime session options, resolved. Present (Some) exactly when predictor.type is onnx.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnnxOptions {
+    /// Threads that run one operator (ONNX Runtime's intra-op pool); 0 lets ONNX Runtime
+    /// decide (one per physical core). Default: `compute.cpu` rounded up, at least 1.
+    pub intra_op_num_threads: u32,
+    /// Threads that run independent operators at once; used only when `execution_mode` is
+    /// parallel. 0 lets ONNX Runtime decide. Default 1.
+    pub inter_op_num_threads: u32,
+    /// Default [`GraphOptimizationLevel::EnableAll`].
+    pub graph_optimization_level: GraphOptimizationLevel,
+    /// Default [`ExecutionMode::Sequential`].
+    pub execution_mode: ExecutionMode,
+    /// None: automatic (CUDA when the ONNX Runtime build has it and a GPU answers, else CPU).
+    /// Otherwise the providers to try in order; one that is not available is skipped with a
+    /// warning, and CPU is always the last resort (listed or not). Serialized as `"auto"` or
+    /// a list of names.
+    #[serde(with = "providers_serde")]
+    pub execution_providers: Option<Vec<ExecutionProviderName>>,
+}
+
+impl OnnxOptions {
+    /// The default `intra_op_num_threads` for a CPU request: whole cores, rounded up, at
+    /// least 1 (`200m` gives 1, `2.5` gives 3).
+    pub fn default_intra_op_num_threads(cpu: Cpu) -> u32 {
+        u32::try_from(cpu.millis().div_ceil(1000))
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+
+    /// Every option at its default, for an API that requests `cpu`.
+    pub fn defaults_for(cpu: Cpu) -> Self {
+        OnnxOptions {
+            intra_op_num_threads: Self::default_intra_op_num_threads(cpu),
+            inter_op_num_threads: 1,
+            graph_optimization_level: GraphOptimizationLevel::EnableAll,
+            execution_mode: ExecutionMode::Sequential,
+            execution_providers: None,
+        }
+    }
+}
+
+/// How much ONNX Runtime rewrites the graph when it loads a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphOptimizationLevel {
+    DisableAll,
+    EnableBasic,
+    EnableExtended,
+    EnableAll,
+}
+
+impl GraphOptimizationLevel {
+    pub const ALL: [GraphOptimizationLevel; 4] = [
+        GraphOptimizationLevel::DisableAll,
+        GraphOptimizationLevel::EnableBasic,
+        GraphOptimizationLevel::EnableExtended,
+        GraphOptimizationLevel::EnableAll,
+    ];
+
+    /// The name in a config file (`enable_all`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GraphOptimizationLevel::DisableAll => "disable_all",
+            GraphOptimizationLevel::EnableBasic => "enable_basic",
+            GraphOptimizationLevel::EnableExtended => "enable_extended",
+            GraphOptimizationLevel::EnableAll => "enable_all",
+        }
+    }
+
+    /// The name in onnxruntime's Python API (`ORT_ENABLE_ALL`), also accepted in a config file.
+    pub fn ort_name(&self) -> &'static str {
+        match self {
+            GraphOptimizationLevel::DisableAll => "ORT_DISABLE_ALL",
+            GraphOptimizationLevel::EnableBasic => "ORT_ENABLE_BASIC",
+            GraphOptimizationLevel::EnableExtended => "ORT_ENABLE_EXTENDED",
+            GraphOptimizationLevel::EnableAll => "ORT_ENABLE_ALL",
+        }
+    }
+}
+
+impl fmt::Display for GraphOptimizationLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether ONNX Runtime runs a graph's operators one at a time or independent ones at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionMode {
+    Sequential,
+    Parallel,
+}
+
+impl ExecutionMode {
+    pub const ALL: [ExecutionMode; 2] = [ExecutionMode::Sequential, ExecutionMode::Parallel];
+
+    /// The name in a config file (`sequential`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionMode::Sequential => "sequential",
+            ExecutionMode::Parallel => "parallel",
+        }
+    }
+
+    /// The name in onnxruntime's Python API (`ORT_SEQUENTIAL`), also accepted in a config file.
+    pub fn ort_name(&self) -> &'static str {
+        match self {
+            ExecutionMode::Sequential => "ORT_SEQUENTIAL",
+            ExecutionMode::Parallel => "ORT_PARALLEL",
+        }
+    }
+}
+
+impl fmt::Display for ExecutionMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An ONNX Runtime execution provider that a config file can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionProviderName {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl ExecutionProviderName {
+    pub const ALL: [ExecutionProviderName; 3] = [
+        ExecutionProviderName::Tensorrt,
+        ExecutionProviderName::Cuda,
+        ExecutionProviderName::Cpu,
+    ];
+
+    /// The name in a config file (`cuda`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionProviderName::Tensorrt => "tensorrt",
+            ExecutionProviderName::Cuda => "cuda",
+            ExecutionProviderName::Cpu => "cpu",
+        }
+    }
+
+    /// ONNX Runtime's name (`CUDAExecutionProvider`), also accepted in a config file.
+    pub fn ort_name(&self) -> &'static str {
+        match self {
+            ExecutionProviderName::Tensorrt => "TensorrtExecutionProvider",
+            ExecutionProviderName::Cuda => "CUDAExecutionProvider",
+            ExecutionProviderName::Cpu => "CPUExecutionProvider",
+        }
+    }
+}
+
+impl fmt::Display for ExecutionProviderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `execution_providers` in serialized form: `"auto"` for `None`, else the list.
+mod providers_serde {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserializer, Serializer};
+
+    use super::ExecutionProviderName;
+
+    pub const AUTO: &str = "auto";
+
+    pub fn serialize<S: Serializer>(
+        providers: &Option<Vec<ExecutionProviderName>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match providers {
+            None => serializer.serialize_str(AUTO),
+            Some(list) => {
+                let mut seq = serializer.serialize_seq(Some(list.len()))?;
+                for provider in list {
+                    seq.serialize_element(provider)?;
+                }
+                seq.end()
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<ExecutionProviderName>>, D::Error> {
+        struct Providers;
+
+        impl<'de> Visitor<'de> for Providers {
+            type Value = Option<Vec<ExecutionProviderName>>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\" or a list of execution providers")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == AUTO {
+                    Ok(None)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(8));
+                while let Some(provider) = seq.next_element()? {
+                    list.push(provider);
+                }
+                Ok(Some(list))
+            }
+        }
+
+        deserializer.deserialize_any(Providers)
+    }
+}
+
+/// The serialized form of a predictor (see [`PredictorSpec`]).
+#[derive(Serialize)]
+struct PredictorOut<'a> {
+    #[serde(rename = "type")]
+    kind: PredictorType,
+    path: &'a Option<String>,
+    model: &'a Option<String>,
+    models: &'a Option<ModelsSpec>,
+    config: &'a serde_json::Map<String, serde_json::Value>,
+    python_path: &'a Option<String>,
+    env: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_options: Option<SessionOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    execution_providers: Option<ProvidersOut<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PredictorIn {
+    #[serde(rename = "type")]
+    kind: PredictorType,
+    path: Option<String>,
+    model: Option<String>,
+    models: Option<ModelsSpec>,
+    config: serde_json::Map<String, serde_json::Value>,
+    python_path: Option<String>,
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    session_options: Option<SessionOptions>,
+    /// `None` when absent; `Some(None)` for `"auto"`.
+    #[serde(default, deserialize_with = "present_providers")]
+    execution_providers: Option<Option<Vec<ExecutionProviderName>>>,
+}
+
+fn present_providers<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<Vec<ExecutionProviderName>>>, D::Error> {
+    providers_serde::deserialize(deserializer).map(Some)
+}
+
+/// The four session options of [`OnnxOptions`], as `session_options` holds them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SessionOptions {
+    intra_op_num_threads: u32,
+    inter_op_num_threads: u32,
+    graph_optimization_level: GraphOptimizationLevel,
+    execution_mode: ExecutionMode,
+}
+
+struct ProvidersOut<'a>(&'a Option<Vec<ExecutionProviderName>>);
+
+impl Serialize for ProvidersOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        providers_serde::serialize(self.0, serializer)
+    }
+}
+
+impl Serialize for PredictorSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let onnx = self.onnx.as_ref();
+        PredictorOut {
+            kind: self.kind,
+            path: &self.path,
+            model: &self.model,
+            models: &self.models,
+            config: &self.config,
+            python_path: &self.python_path,
+            env: &self.env,
+            session_options: onnx.map(|o| SessionOptions {
+                intra_op_num_threads: o.intra_op_num_threads,
+                inter_op_num_threads: o.inter_op_num_threads,
+                graph_optimization_level: o.graph_optimization_level,
+                execution_mode: o.execution_mode,
+            }),
+            execution_providers: onnx.map(|o| ProvidersOut(&o.execution_providers)),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PredictorSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let p = PredictorIn::deserialize(deserializer)?;
+        let onnx = match (p.session_options, p.execution_providers) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(serde::de::Error::custom(
+                    "execution_providers without session_options",
+                ))
+            }
+            (Some(s), providers) => Some(OnnxOptions {
+                intra_op_num_threads: s.intra_op_num_threads,
+                inter_op_num_threads: s.inter_op_num_threads,
+                graph_optimization_level: s.graph_optimization_level,
+                execution_mode: s.execution_mode,
+                execution_providers: providers.flatten(),
+            }),
+        };
+        Ok(PredictorSpec {
+            kind: p.kind,
+            path: p.path,
+            model: p.model,
+            models: p.models,
+            config: p.config,
+            python_path: p.python_path,
+            env: p.env,
+            onnx,
+        })
     }
 }
 
@@ -240,5 +581,50 @@ impl Default for UpdateStrategySpec {
             max_surge: CountOrPercent::Percent(25),
             max_unavailable: CountOrPercent::Percent(25),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_intra_op_threads_round_cpu_up() {
+        let threads = |millis| OnnxOptions::default_intra_op_num_threads(Cpu::from_millis(millis));
+        assert_eq!(threads(200), 1);
+        assert_eq!(threads(1), 1);
+        assert_eq!(threads(0), 1);
+        assert_eq!(threads(1000), 1);
+        assert_eq!(threads(1001), 2);
+        assert_eq!(threads(2500), 3);
+        assert_eq!(threads(u64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn names_match_serde() {
+        for level in GraphOptimizationLevel::ALL {
+            let json = serde_json::to_value(level).unwrap_or_default();
+            assert_eq!(json, level.as_str());
+            assert_eq!(serde_json::from_value(json).ok(), Some(level));
+        }
+        for mode in ExecutionMode::ALL {
+            let json = serde_json::to_value(mode).unwrap_or_default();
+            assert_eq!(json, mode.as_str());
+            assert_eq!(serde_json::from_value(json).ok(), Some(mode));
+        }
+        for provider in ExecutionProviderName::ALL {
+            let json = serde_json::to_value(provider).unwrap_or_default();
+            assert_eq!(json, provider.as_str());
+            assert_eq!(serde_json::from_value(json).ok(), Some(provider));
+        }
+        assert_eq!(
+            GraphOptimizationLevel::EnableAll.ort_name(),
+            "ORT_ENABLE_ALL"
+        );
+        assert_eq!(ExecutionMode::Parallel.ort_name(), "ORT_PARALLEL");
+        assert_eq!(
+            ExecutionProviderName::Tensorrt.ort_name(),
+            "TensorrtExecutionProvider"
+        );
     }
 }

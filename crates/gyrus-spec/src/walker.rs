@@ -214,6 +214,20 @@ impl<'n> Field<'n> {
         Got::Invalid
     }
 
+    /// One of `names`, written as a string.
+    pub fn named<T: Copy>(&self, ctx: &mut Ctx<'_>, names: &Names<T>) -> Got<T> {
+        let Got::Set(s) = self.string(ctx) else {
+            return Got::Invalid;
+        };
+        match names.find(&s.value) {
+            Some(v) => Got::Set(self.spanned(v)),
+            None => {
+                ctx.error(s.at, &s.path, names.unknown_message(&s.value, &s.found));
+                Got::Invalid
+            }
+        }
+    }
+
     /// The field as a string (quoted or plain, but not a number, boolean or collection).
     pub fn string(&self, ctx: &mut Ctx<'_>) -> Got<String> {
         match self.node {
@@ -223,6 +237,65 @@ impl<'n> Field<'n> {
             },
             _ => self.wrong(ctx, "a string"),
         }
+    }
+}
+
+/// The accepted spellings of an enumeration, for [`Field::named`].
+pub(crate) struct Names<T: 'static> {
+    /// What a value is, in messages (`unknown {what} "x"`).
+    pub what: &'static str,
+    /// The names listed in messages, with their values.
+    pub canonical: &'static [(&'static str, T)],
+    /// Other accepted spellings (not listed, but suggested when close).
+    pub aliases: &'static [(&'static str, T)],
+    /// Whether case is ignored when matching.
+    pub ignore_case: bool,
+    /// Names to suggest for common wrong ones (compared ignoring case): `(wrong, suggestion)`.
+    pub hints: &'static [(&'static str, &'static str)],
+}
+
+impl<T: Copy> Names<T> {
+    fn all(&self) -> impl Iterator<Item = &(&'static str, T)> {
+        self.canonical.iter().chain(self.aliases)
+    }
+
+    fn find(&self, text: &str) -> Option<T> {
+        self.all()
+            .find(|(name, _)| {
+                *name == text || (self.ignore_case && name.eq_ignore_ascii_case(text))
+            })
+            .map(|(_, v)| *v)
+    }
+
+    /// `unknown {what} {found}: expected one of {canonical}`, with the nearest accepted
+    /// spelling (ignoring case) when one is close.
+    fn unknown_message(&self, text: &str, found: &str) -> String {
+        let lower = text.to_ascii_lowercase();
+        let hint = self
+            .hints
+            .iter()
+            .find(|(wrong, _)| wrong.eq_ignore_ascii_case(text))
+            .map(|(_, suggestion)| *suggestion);
+        let nearest = || {
+            let mut best: Option<(f64, &str)> = None;
+            for (name, _) in self.all() {
+                let score = strsim::jaro_winkler(&lower, &name.to_ascii_lowercase());
+                if score >= 0.8 && best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, name));
+                }
+            }
+            best.map(|(_, name)| name)
+        };
+        let names: Vec<&str> = self.canonical.iter().map(|(n, _)| *n).collect();
+        let mut message = format!(
+            "unknown {} {found}: expected one of {}",
+            self.what,
+            names.join(", ")
+        );
+        if let Some(suggestion) = hint.or_else(nearest) {
+            message.push_str(&format!(" (did you mean \"{suggestion}\"?)"));
+        }
+        message
     }
 }
 
@@ -362,6 +435,14 @@ impl<'n> Section<'n> {
             path: self.field_path(key),
             node,
         })
+    }
+
+    /// Where the key `key` is written, when the mapping has it (even with a null value).
+    pub fn key_pos(&self, key: &str) -> Option<Pos> {
+        self.map?
+            .keys()
+            .find(|k| k.as_str() == key)
+            .map(|k| span_pos(k.span()))
     }
 
     /// Reports that `key` is required (at this mapping's position).
@@ -531,6 +612,56 @@ mod tests {
         ],
         hints: &[("predictor.metadata", ", did you mean \"config\"?")],
     };
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Ep {
+        Cuda,
+        Cpu,
+    }
+
+    const EPS: Names<Ep> = Names {
+        what: "execution provider",
+        canonical: &[("cuda", Ep::Cuda), ("cpu", Ep::Cpu)],
+        aliases: &[
+            ("CUDAExecutionProvider", Ep::Cuda),
+            ("CPUExecutionProvider", Ep::Cpu),
+        ],
+        ignore_case: true,
+        hints: &[("gpu", "cuda")],
+    };
+
+    #[test]
+    fn names_match_and_suggest() {
+        assert_eq!(EPS.find("cuda"), Some(Ep::Cuda));
+        assert_eq!(EPS.find("CUDA"), Some(Ep::Cuda));
+        assert_eq!(EPS.find("cpuexecutionprovider"), Some(Ep::Cpu));
+        assert_eq!(EPS.find("rocm"), None);
+        let exact = Names {
+            ignore_case: false,
+            ..EPS
+        };
+        assert_eq!(exact.find("CUDA"), None);
+        assert_eq!(exact.find("CUDAExecutionProvider"), Some(Ep::Cuda));
+        assert_eq!(
+            EPS.unknown_message("cudaa", "\"cudaa\""),
+            "unknown execution provider \"cudaa\": expected one of cuda, cpu \
+             (did you mean \"cuda\"?)"
+        );
+        assert_eq!(
+            EPS.unknown_message("CPUExecutionProvide", "\"CPUExecutionProvide\""),
+            "unknown execution provider \"CPUExecutionProvide\": expected one of cuda, cpu \
+             (did you mean \"CPUExecutionProvider\"?)"
+        );
+        assert_eq!(
+            EPS.unknown_message("GPU", "\"GPU\""),
+            "unknown execution provider \"GPU\": expected one of cuda, cpu \
+             (did you mean \"cuda\"?)"
+        );
+        assert_eq!(
+            EPS.unknown_message("rocm", "\"rocm\""),
+            "unknown execution provider \"rocm\": expected one of cuda, cpu"
+        );
+    }
 
     #[test]
     fn unknown_key_suggestions() {

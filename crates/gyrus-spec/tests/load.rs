@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use gyrus_spec::{
     load, to_yaml, ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, CountOrPercent,
-    Cpu, DurationSpec, Memory, ModelType, ModelsSpec, NamedModel, PredictorSpec, PredictorType,
-    TrackerSpec, UpdateStrategySpec,
+    Cpu, DurationSpec, ExecutionMode, ExecutionProviderName, GraphOptimizationLevel, Memory,
+    ModelType, ModelsSpec, NamedModel, OnnxOptions, PredictorSpec, PredictorType, TrackerSpec,
+    UpdateStrategySpec,
 };
 use serde_json::json;
 
@@ -68,6 +69,7 @@ fn python_predictor() -> PredictorSpec {
         config: serde_json::Map::new(),
         python_path: None,
         env: BTreeMap::new(),
+        onnx: None,
     }
 }
 
@@ -171,6 +173,7 @@ fn seed_config_templates_with_every_field_parse() {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+            onnx: None,
         },
         tracker: Some(TrackerSpec {
             key: Some("label".into()),
@@ -531,6 +534,11 @@ fn to_yaml_prints_parseable_yaml() {
     assert!(text.contains("  tracker: null\n"), "{text}");
     assert!(text.contains("    config: {}\n"), "{text}");
     assert!(text.contains("    cpu: 200m\n"), "{text}");
+    assert!(text.contains("\n    execution_providers: auto\n"), "{text}");
+    assert!(
+        text.contains("\n      graph_optimization_level: enable_all\n"),
+        "{text}"
+    );
     // It parses back to the same value.
     let node = marked_yaml::parse_yaml_with_options(
         0,
@@ -627,4 +635,411 @@ fn a_second_document_is_rejected() {
              API in one list)"
         )
     );
+}
+
+// --- ONNX Runtime session options ---------------------------------------------------------
+
+/// An ONNX API with `predictor_extra` appended to its predictor and `compute_extra` as its
+/// compute section.
+fn onnx_api(predictor_extra: &str, compute: &str) -> ApiSpec {
+    load_one(&format!(
+        "- name: iris\n  predictor:\n    type: onnx\n    model: s3://bucket/iris.onnx\n\
+         {predictor_extra}  compute: {compute}\n"
+    ))
+}
+
+fn onnx_options(predictor_extra: &str, compute: &str) -> OnnxOptions {
+    onnx_api(predictor_extra, compute)
+        .predictor
+        .onnx
+        .unwrap_or_else(|| panic!("no onnx options"))
+}
+
+#[test]
+fn onnx_options_default_from_compute_cpu() {
+    let defaults = OnnxOptions {
+        intra_op_num_threads: 1,
+        inter_op_num_threads: 1,
+        graph_optimization_level: GraphOptimizationLevel::EnableAll,
+        execution_mode: ExecutionMode::Sequential,
+        execution_providers: None,
+    };
+    // The default cpu is 200m: one thread.
+    assert_eq!(load_one(SEED_000).predictor.onnx, Some(defaults.clone()));
+    assert_eq!(onnx_options("", "{}"), defaults);
+    assert_eq!(onnx_options("", "{cpu: 200m}"), defaults);
+    assert_eq!(OnnxOptions::defaults_for(Cpu::default()), defaults);
+    for (cpu, threads) in [
+        ("1", 1),
+        ("1000m", 1),
+        ("1001m", 2),
+        ("2", 2),
+        ("2.5", 3),
+        ("16", 16),
+    ] {
+        let options = onnx_options("", &format!("{{cpu: {cpu}}}"));
+        assert_eq!(options.intra_op_num_threads, threads, "cpu {cpu}");
+        assert_eq!(options.inter_op_num_threads, 1, "cpu {cpu}");
+    }
+    // Written values win over the default, 0 included (ONNX Runtime decides).
+    let options = onnx_options(
+        "    session_options: {intra_op_num_threads: 0, inter_op_num_threads: 0}\n",
+        "{cpu: 2.5}",
+    );
+    assert_eq!(options.intra_op_num_threads, 0);
+    assert_eq!(options.inter_op_num_threads, 0);
+    let options = onnx_options(
+        "    session_options: {intra_op_num_threads: 4}\n",
+        "{cpu: 1}",
+    );
+    assert_eq!(options.intra_op_num_threads, 4);
+    // Null and empty sections mean defaults; so does `auto`.
+    for extra in [
+        "    session_options:\n",
+        "    session_options: {}\n",
+        "    session_options: {}\n    execution_providers: auto\n",
+        "    execution_providers: AUTO\n",
+        "    execution_providers: ~\n",
+    ] {
+        assert_eq!(onnx_options(extra, "{}"), defaults, "{extra}");
+    }
+    // A BatchAPI's ONNX predictor has them too.
+    let batch = load_one(
+        "- name: b\n  kind: BatchAPI\n  predictor:\n    type: onnx\n    model: s3://b/m.onnx\n    \
+         session_options: {execution_mode: parallel}\n  compute: {cpu: 3}\n",
+    );
+    let options = batch.predictor.onnx.unwrap_or_else(|| panic!("no options"));
+    assert_eq!(options.execution_mode, ExecutionMode::Parallel);
+    assert_eq!(options.intra_op_num_threads, 3);
+}
+
+#[test]
+fn only_onnx_predictors_have_onnx_options() {
+    assert_eq!(load_one(SEED_003).predictor.onnx, None);
+    assert_eq!(load_one(SEED_001).predictor.onnx, None);
+    let tf = load_one("- name: tf\n  predictor:\n    type: tensorflow\n    model: s3://b/m\n");
+    assert_eq!(tf.predictor.onnx, None);
+}
+
+#[test]
+fn every_spelling_of_the_onnx_options() {
+    use ExecutionProviderName::{Cpu as CpuEp, Cuda, Tensorrt};
+    use GraphOptimizationLevel::*;
+    for (text, level) in [
+        ("disable_all", DisableAll),
+        ("enable_basic", EnableBasic),
+        ("enable_extended", EnableExtended),
+        ("enable_all", EnableAll),
+        ("ORT_DISABLE_ALL", DisableAll),
+        ("ORT_ENABLE_BASIC", EnableBasic),
+        ("ORT_ENABLE_EXTENDED", EnableExtended),
+        ("ORT_ENABLE_ALL", EnableAll),
+        ("\"enable_basic\"", EnableBasic),
+    ] {
+        let extra = format!("    session_options: {{graph_optimization_level: {text}}}\n");
+        assert_eq!(
+            onnx_options(&extra, "{}").graph_optimization_level,
+            level,
+            "{text}"
+        );
+    }
+    for (text, mode) in [
+        ("sequential", ExecutionMode::Sequential),
+        ("parallel", ExecutionMode::Parallel),
+        ("ORT_SEQUENTIAL", ExecutionMode::Sequential),
+        ("ORT_PARALLEL", ExecutionMode::Parallel),
+    ] {
+        let extra = format!("    session_options: {{execution_mode: {text}}}\n");
+        assert_eq!(onnx_options(&extra, "{}").execution_mode, mode, "{text}");
+    }
+    for (text, providers) in [
+        ("[tensorrt, cuda, cpu]", vec![Tensorrt, Cuda, CpuEp]),
+        (
+            "[TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]",
+            vec![Tensorrt, Cuda, CpuEp],
+        ),
+        (
+            "[TensorRTExecutionProvider, cudaexecutionprovider, CpuExecutionProvider]",
+            vec![Tensorrt, Cuda, CpuEp],
+        ),
+        ("[TensorRT, CUDA, CPU]", vec![Tensorrt, Cuda, CpuEp]),
+        // Not ending in cpu is fine: CPU is always the last resort.
+        ("[cuda]", vec![Cuda]),
+        ("[cpu, cuda]", vec![CpuEp, Cuda]),
+        ("\n      - \"tensorrt\"\n      - cpu", vec![Tensorrt, CpuEp]),
+    ] {
+        let extra = format!("    execution_providers: {text}\n");
+        assert_eq!(
+            onnx_options(&extra, "{}").execution_providers,
+            Some(providers),
+            "{text}"
+        );
+    }
+    // The names the types print, serialize as and parse from agree.
+    for level in GraphOptimizationLevel::ALL {
+        assert_eq!(level.to_string(), level.as_str());
+        assert_eq!(
+            serde_json::to_value(level).ok(),
+            Some(json!(level.as_str()))
+        );
+        let extra = format!(
+            "    session_options: {{graph_optimization_level: {}}}\n",
+            level.ort_name()
+        );
+        assert_eq!(onnx_options(&extra, "{}").graph_optimization_level, level);
+    }
+    for mode in ExecutionMode::ALL {
+        assert_eq!(mode.to_string(), mode.as_str());
+        assert_eq!(serde_json::to_value(mode).ok(), Some(json!(mode.as_str())));
+        assert!(mode.ort_name().starts_with("ORT_"));
+    }
+    for provider in ExecutionProviderName::ALL {
+        assert_eq!(provider.to_string(), provider.as_str());
+        assert_eq!(
+            serde_json::to_value(provider).ok(),
+            Some(json!(provider.as_str()))
+        );
+        let extra = format!("    execution_providers: [{}]\n", provider.ort_name());
+        assert_eq!(
+            onnx_options(&extra, "{}").execution_providers,
+            Some(vec![provider])
+        );
+    }
+    assert_eq!(Tensorrt.ort_name(), "TensorrtExecutionProvider");
+    assert_eq!(Cuda.ort_name(), "CUDAExecutionProvider");
+    assert_eq!(CpuEp.ort_name(), "CPUExecutionProvider");
+}
+
+#[test]
+fn inter_op_threads_without_parallel_mode_warn() {
+    let text = "\
+- name: iris
+  predictor:
+    type: onnx
+    model: s3://bucket/iris.onnx
+    session_options:
+      inter_op_num_threads: 4
+";
+    let parsed = load("cortex.yaml", text, None).unwrap_or_else(|e| panic!("{e}"));
+    let [warning] = &parsed.warnings[..] else {
+        panic!("expected one warning: {:?}", parsed.warnings);
+    };
+    assert_eq!((warning.line, warning.column), (6, 29));
+    assert_eq!(
+        warning.to_string(),
+        "cortex.yaml:6:29: api \"iris\": predictor.session_options.inter_op_num_threads: has \
+         no effect while execution_mode is sequential (the default); set execution_mode: \
+         parallel to run independent operators at once"
+    );
+    for quiet in [
+        text.replace("4\n", "1\n"),
+        format!("{text}      execution_mode: parallel\n"),
+        format!("{text}      execution_mode: ORT_PARALLEL\n"),
+    ] {
+        let parsed = load("cortex.yaml", &quiet, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed.warnings, vec![], "{quiet}");
+    }
+}
+
+/// An ONNX API with every option written, and one with the defaults.
+const ONNX_APIS: &str = "\
+- name: tuned
+  predictor:
+    type: onnx
+    model: s3://bucket/iris.onnx
+    session_options:
+      intra_op_num_threads: 0
+      inter_op_num_threads: 2
+      graph_optimization_level: ORT_ENABLE_EXTENDED
+      execution_mode: parallel
+    execution_providers: [TensorrtExecutionProvider, CUDA, cpu]
+  compute:
+    cpu: 2.5
+- name: auto
+  predictor:
+    type: onnx
+    model: models/iris.onnx
+";
+
+#[test]
+fn onnx_options_round_trip_through_json() {
+    let apis = load_ok(&format!("{ONNX_APIS}{SEED_003}"));
+    let [tuned, auto, python] = &apis[..] else {
+        panic!("expected three APIs: {apis:?}");
+    };
+    assert_eq!(
+        tuned.predictor.onnx,
+        Some(OnnxOptions {
+            intra_op_num_threads: 0,
+            inter_op_num_threads: 2,
+            graph_optimization_level: GraphOptimizationLevel::EnableExtended,
+            execution_mode: ExecutionMode::Parallel,
+            execution_providers: Some(vec![
+                ExecutionProviderName::Tensorrt,
+                ExecutionProviderName::Cuda,
+                ExecutionProviderName::Cpu,
+            ]),
+        })
+    );
+    for api in &apis {
+        let text = serde_json::to_string(api).unwrap_or_default();
+        let back: ApiSpec = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(&back, api);
+    }
+    // In JSON the options sit in the predictor as in a config file.
+    let value = serde_json::to_value(tuned).unwrap_or_default();
+    assert_eq!(
+        value["predictor"]["session_options"],
+        json!({
+            "intra_op_num_threads": 0,
+            "inter_op_num_threads": 2,
+            "graph_optimization_level": "enable_extended",
+            "execution_mode": "parallel",
+        })
+    );
+    assert_eq!(
+        value["predictor"]["execution_providers"],
+        json!(["tensorrt", "cuda", "cpu"])
+    );
+    let value = serde_json::to_value(auto).unwrap_or_default();
+    assert_eq!(value["predictor"]["execution_providers"], "auto");
+    assert_eq!(
+        value["predictor"]["session_options"]["intra_op_num_threads"],
+        1
+    );
+    // Other predictors have neither key.
+    let value = serde_json::to_value(python).unwrap_or_default();
+    let keys: Vec<&String> = value["predictor"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        keys,
+        [
+            "type",
+            "path",
+            "model",
+            "models",
+            "config",
+            "python_path",
+            "env"
+        ]
+    );
+
+    // A spec stored before these options existed still reads, with no options.
+    let mut old = serde_json::to_value(tuned).unwrap_or_default();
+    if let Some(p) = old["predictor"].as_object_mut() {
+        p.remove("session_options");
+        p.remove("execution_providers");
+    }
+    let back: ApiSpec = serde_json::from_value(old).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back.predictor.onnx, None);
+    assert_eq!(back.predictor.model, tuned.predictor.model);
+    // execution_providers defaults to auto; alone, or misspelt, it is an error.
+    let mut value = serde_json::to_value(tuned).unwrap_or_default();
+    if let Some(p) = value["predictor"].as_object_mut() {
+        p.remove("execution_providers");
+    }
+    let back: ApiSpec = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        back.predictor.onnx.map(|o| o.execution_providers),
+        Some(None)
+    );
+    let mut alone = value.clone();
+    if let Some(p) = alone["predictor"].as_object_mut() {
+        p.remove("session_options");
+        p.insert("execution_providers".into(), json!("auto"));
+    }
+    assert!(serde_json::from_value::<ApiSpec>(alone).is_err());
+    value["predictor"]["execution_providers"] = json!("automatic");
+    assert!(serde_json::from_value::<ApiSpec>(value.clone()).is_err());
+    value["predictor"]["execution_providers"] = json!(["rocm"]);
+    assert!(serde_json::from_value::<ApiSpec>(value).is_err());
+
+    // OnnxOptions on its own: flat, with execution_providers as "auto" or a list.
+    for options in [tuned.predictor.onnx.clone(), auto.predictor.onnx.clone()]
+        .into_iter()
+        .flatten()
+    {
+        let value = serde_json::to_value(&options).unwrap_or_default();
+        let back: OnnxOptions =
+            serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{e}: {value}"));
+        assert_eq!(back, options);
+    }
+    let auto_value = serde_json::to_value(auto.predictor.onnx.clone()).unwrap_or_default();
+    assert_eq!(auto_value["execution_providers"], "auto");
+}
+
+#[test]
+fn to_yaml_prints_the_onnx_options() {
+    let apis = load_ok(&format!("{ONNX_APIS}{SEED_003}"));
+    let value = serde_json::to_value(&apis).unwrap_or_default();
+    let text = to_yaml(&value);
+    let predictor = |name: &str| {
+        let start = text
+            .find(&format!("- name: {name}\n"))
+            .and_then(|i| text[i..].find("  predictor:\n").map(|j| i + j))
+            .unwrap_or_else(|| panic!("no predictor for {name}: {text}"));
+        let end = text[start..]
+            .find("  tracker:")
+            .map_or(text.len(), |j| start + j);
+        text[start..end].to_string()
+    };
+    assert_eq!(
+        predictor("tuned"),
+        "  predictor:
+    type: onnx
+    path: null
+    model: \"s3://bucket/iris.onnx\"
+    models: null
+    config: {}
+    python_path: null
+    env: {}
+    session_options:
+      intra_op_num_threads: 0
+      inter_op_num_threads: 2
+      graph_optimization_level: enable_extended
+      execution_mode: parallel
+    execution_providers:
+      - tensorrt
+      - cuda
+      - cpu
+"
+    );
+    assert_eq!(
+        predictor("auto"),
+        "  predictor:
+    type: onnx
+    path: null
+    model: models/iris.onnx
+    models: null
+    config: {}
+    python_path: null
+    env: {}
+    session_options:
+      intra_op_num_threads: 1
+      inter_op_num_threads: 1
+      graph_optimization_level: enable_all
+      execution_mode: sequential
+    execution_providers: auto
+"
+    );
+    assert!(!predictor("my-api").contains("session_options"), "{text}");
+    assert!(
+        !predictor("my-api").contains("execution_providers"),
+        "{text}"
+    );
+    // It parses back to the same value, and to the same specs.
+    let node = marked_yaml::parse_yaml_with_options(
+        0,
+        &text,
+        marked_yaml::LoaderOptions::default()
+            .toplevel_sequence()
+            .prevent_coercion(true),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let back = yaml_to_json(&node);
+    assert_eq!(back, value, "{text}");
+    let specs: Vec<ApiSpec> = serde_json::from_value(back).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(specs, apis);
 }

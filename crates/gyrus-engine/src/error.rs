@@ -1,0 +1,57 @@
+//! The engine's errors. [`EngineError::is_client_error`] says which ones a request caused, so
+//! the HTTP layers can answer 400 for those and 500 for the rest.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The ONNX Runtime shared library could not be found, loaded or initialised.
+    #[error("ONNX Runtime library {path}: {message}")]
+    Library { path: PathBuf, message: String },
+    #[error("ONNX Runtime is not initialised: call init_library first")]
+    NotInitialised,
+    /// A model file did not load (ONNX Runtime's message).
+    #[error("model \"{model}\" ({path}) failed to load: {message}")]
+    Load {
+        model: String,
+        path: PathBuf,
+        message: String,
+    },
+    /// A request named a model the API does not serve.
+    #[error("unknown model \"{name}\"; this API serves {}", quote_list(available))]
+    UnknownModel {
+        name: String,
+        available: Vec<String>,
+    },
+    /// The API serves several models and the request did not say which.
+    #[error(
+        "this API serves several models, so the model name is required: {}",
+        quote_list(available)
+    )]
+    ModelRequired { available: Vec<String> },
+    /// The request's tensors do not fit the model's signature.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// ONNX Runtime failed while running a model on inputs that passed the checks.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+impl EngineError {
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            EngineError::InvalidInput(_)
+                | EngineError::UnknownModel { .. }
+                | EngineError::ModelRequired { .. }
+        )
+    }
+}
+
+fn quote_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
