@@ -15,14 +15,19 @@ mkdir -p "$bindir"
 install -m 0755 target/release/gyrus "$bindir/gyrus"
 echo "==> installed $bindir/gyrus"
 
-echo "==> training the example model"
+echo "==> training the example models"
 .venv/bin/python examples/iris-python/train.py
+.venv/bin/python examples/iris-onnx/train.py
+.venv/bin/python examples/onnx-model/make_model.py
+.venv/bin/python examples/mlp/make_model.py
 
 # uv builds the API's Python environment from requirements.txt much faster than pip.
 export GYRUS_UV="$PWD/.venv/bin/uv"
 
-echo "==> deploying examples/iris-python"
+echo "==> deploying examples/iris-python and examples/onnx-model"
 "$bindir/gyrus" deploy examples/iris-python
+# The first ONNX deploy installs ONNX Runtime (the onnxruntime wheel) into GYRUS_HOME/runtime.
+"$bindir/gyrus" deploy examples/onnx-model
 
 cat <<MSG
 
@@ -30,6 +35,12 @@ The iris API is live. Try it:
 
   curl -X POST localhost:8888/iris-classifier -H 'Content-Type: application/json' \\
     -d '{"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.5, "petal_width": 0.3}'
+
+The same model as ONNX, served by gyrus's Rust engine (no Python in the request path):
+
+  curl -X POST localhost:8888/iris-model -d '{"input": [[5.2, 3.6, 1.5, 0.3]]}'
+
+and over the Open Inference Protocol (e.g. tritonclient with url "localhost:8888").
 
 Then: gyrus get · gyrus logs iris-classifier · gyrus delete iris-classifier · gyrus --help
 MSG

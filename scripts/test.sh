@@ -7,8 +7,14 @@ cd "$(dirname "$0")/.."
 scripts/setup-python.sh
 
 echo "==> cargo test"
+# The engine's tests run real ONNX Runtime (from the onnxruntime wheel in .venv) on models
+# generated here; the end-to-end tests leave ORT_DYLIB_PATH unset so that gyrus installs its
+# own ONNX Runtime, as it does for a new user.
+models="$PWD/target/test-models"
+.venv/bin/python scripts/make_models.py "$models" >/dev/null
+ort_lib="$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
 cargo build --locked -p gyrus-cli
-cargo test --locked --workspace
+ORT_DYLIB_PATH="$PWD/$ort_lib" GYRUS_TEST_MODELS="$models" cargo test --locked --workspace
 
 echo "==> end-to-end tests"
 .venv/bin/python examples/iris-python/train.py
