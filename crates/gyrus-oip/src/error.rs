@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 pub enum OipError {
     /// The body (or the JSON header of a binary request) is not well-formed JSON, or not JSON
     /// of the expected structure; the message carries serde_json's line and column.
-    #[error("malformed request: {0}")]
+    #[error("{0}")]
     Json(String),
 
     /// The request is well-formed JSON but breaks a rule: an unknown datatype, a shape that

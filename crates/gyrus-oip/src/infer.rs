@@ -417,9 +417,10 @@ pub fn decode_infer(body: &[u8], header_length: Option<usize>) -> Result<Decoded
     let request = match parsed {
         Ok(request) => request,
         Err(e) => {
-            return Err(parse.error.take().unwrap_or_else(|| {
-                OipError::Json(format!("the inference request is not valid: {e}"))
-            }))
+            return Err(parse
+                .error
+                .take()
+                .unwrap_or_else(|| OipError::Json(format!("invalid inference request: {e}"))))
         }
     };
     let has_binary_part = header_length.is_some();
@@ -602,7 +603,7 @@ pub fn encode_infer(
     for &(tensor, binary) in &picked {
         check_output(tensor, binary)?;
         let size = binary.then(|| binary::encoded_len(tensor));
-        binary_len += size.unwrap_or(0);
+        binary_len = binary_len.saturating_add(size.unwrap_or(0));
         entries.push(OutputEntry {
             name: &tensor.name,
             datatype: tensor.dtype.oip_name(),
@@ -864,7 +865,7 @@ mod tests {
             json!({"inputs": [{"name": "x", "shape": [1.5], "datatype": "FP32",
                                        "data": [1]}]})
         )
-        .starts_with("malformed request: "));
+        .starts_with("invalid inference request: invalid type: floating point `1.5`"));
     }
 
     #[test]

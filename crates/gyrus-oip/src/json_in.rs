@@ -504,7 +504,7 @@ pub(crate) fn decode_oip_data(
     if let Err(e) = parsed {
         return Err(match sink.take_error() {
             Some(message) => OipError::Invalid(message),
-            None => OipError::Json(format!("input {name:?}: data: {e}")),
+            None => OipError::Json(format!("input {name:?}: invalid data: {e}")),
         });
     }
     sink.finish_oip(shape, count)
@@ -663,9 +663,6 @@ mod tests {
     fn malformed_data_names_the_input() {
         // Only reachable when the caller hands over text serde_json did not validate.
         let e = message(oip(DataType::Fp32, &[1], "[1,"));
-        assert!(
-            e.starts_with("malformed request: input \"x\": data: "),
-            "{e}"
-        );
+        assert!(e.starts_with("input \"x\": invalid data: "), "{e}");
     }
 }

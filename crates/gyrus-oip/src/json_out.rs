@@ -159,6 +159,9 @@ impl Serialize for Flat<'_> {
     }
 }
 
+/// Deeper than any real model's output; the nested writer recurses once per dimension.
+pub(crate) const MAX_NESTED_RANK: usize = 64;
+
 /// A tensor as nested lists following its shape; a bare value for shape `[]`.
 pub(crate) struct Nested<'a> {
     elements: Elements<'a>,
@@ -167,8 +170,9 @@ pub(crate) struct Nested<'a> {
 }
 
 impl<'a> Nested<'a> {
-    /// Falls back to a flat list when the shape disagrees with the data, or when following it
-    /// would write far more empty lists than there are elements (`[1e12, 0]`).
+    /// Falls back to a flat list when the shape disagrees with the data, when following it
+    /// would write far more empty lists than there are elements (`[1e12, 0]`), or when its
+    /// rank would make the writer recurse deeper than [`MAX_NESTED_RANK`].
     pub(crate) fn new(tensor: &'a Tensor, style: FloatStyle) -> Nested<'a> {
         let elements = Elements { tensor, style };
         let dims: Option<Vec<usize>> = tensor
@@ -184,7 +188,9 @@ impl<'a> Nested<'a> {
                 lists = lists.saturating_add(width);
                 width = width.saturating_mul(d);
             }
-            count == Some(elements.len()) && lists <= elements.len().saturating_add(1 << 16)
+            count == Some(elements.len())
+                && lists <= elements.len().saturating_add(1 << 16)
+                && dims.len() <= MAX_NESTED_RANK
         });
         Nested { elements, dims }
     }
@@ -312,6 +318,9 @@ mod tests {
         assert_eq!(json, "[]");
         let negative = tensor(DataType::Fp32, &[-1], f32s(&[1.0]));
         let json = serde_json::to_string(&Nested::new(&negative, FloatStyle::F32)).unwrap();
+        assert_eq!(json, "[1.0]");
+        let deep = tensor(DataType::Fp32, &[1; 10_000], f32s(&[1.0]));
+        let json = serde_json::to_string(&Nested::new(&deep, FloatStyle::F32)).unwrap();
         assert_eq!(json, "[1.0]");
         let mixed = tensor(DataType::String, &[1], TensorData::Raw(vec![1, 2]));
         let json = serde_json::to_string(&Nested::new(&mixed, FloatStyle::F32)).unwrap();

@@ -17,6 +17,13 @@
 //! not against a model's signature: that is the engine's job. The exception is the simple
 //! API, whose element types come from the signature by input name.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod binary;
 mod compress;
 mod error;

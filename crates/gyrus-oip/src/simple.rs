@@ -36,7 +36,7 @@ pub fn decode_simple(body: &[u8], signature: &ModelSignature) -> Result<Vec<Tens
     if let Err(e) = parsed {
         return Err(match state.error.take() {
             Some(message) => OipError::Invalid(message),
-            None => OipError::Json(format!("the body is not valid JSON: {e}")),
+            None => OipError::Json(format!("invalid JSON body: {e}")),
         });
     }
     let mut tensors = Vec::with_capacity(state.slots.len());
@@ -384,10 +384,7 @@ mod tests {
         let e = err("{\"x\": [1, 2,\n ]}", &[("x", DataType::Fp32)]);
         assert!(e.contains("line 2 column 2"), "{e}");
         let e = err("", &[("x", DataType::Fp32)]);
-        assert!(
-            e.starts_with("malformed request: the body is not valid JSON"),
-            "{e}"
-        );
+        assert!(e.starts_with("invalid JSON body: EOF while parsing"), "{e}");
         let e = err("[1] x", &[("x", DataType::Fp32)]);
         assert!(e.contains("trailing characters"), "{e}");
     }

@@ -405,7 +405,7 @@ fn signature_of(ts: &[Tensor]) -> ModelSignature {
 // ---- properties ----
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(20000))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn decode_infer_never_panics_on_bytes(
