@@ -120,7 +120,15 @@ pub(crate) async fn predict(
     let model = models.get(model_param(query).as_deref())?;
     let inputs = gyrus_oip::decode_simple(&body, model.signature())?;
     let outputs = model.infer(inputs, ShapePolicy::AddLeadingDims)?;
-    Ok(axum::Json(gyrus_oip::encode_simple(&outputs)).into_response())
+    let body = gyrus_oip::encode_simple_body(&outputs);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 fn find_model<'a>(
