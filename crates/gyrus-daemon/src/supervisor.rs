@@ -838,6 +838,26 @@ pub fn model_files(spec: &ApiSpec, project_dir: &Path) -> Result<Vec<(String, Pa
         found.sort();
         out.extend(found);
     }
+    // Names from file names reach URLs and the replica's `--model NAME=PATH` argument.
+    let mut seen = std::collections::HashSet::new();
+    for (name, path) in &out {
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(format!(
+                "model name {name:?} (from {}) must contain only letters, digits, '.', '_' and '-', and not start with '.'; rename the file",
+                path.display()
+            ));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(format!(
+                "two models are named {name:?}; model names must be unique within an API"
+            ));
+        }
+    }
     Ok(out)
 }
 

@@ -98,6 +98,13 @@ pub(crate) fn to_value(t: &Tensor) -> Result<SessionInputValue<'_>, EngineError>
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
+                    // ONNX Runtime copies strings as C strings: a NUL would cut them short.
+                    if s.contains(&0) {
+                        return Err(EngineError::InvalidInput(format!(
+                            "input \"{}\": element {i} contains a NUL character, which ONNX string tensors cannot hold",
+                            t.name
+                        )));
+                    }
                     String::from_utf8(s.clone()).map_err(|_| {
                         EngineError::InvalidInput(format!(
                             "input \"{}\": element {i} is not valid UTF-8 (ONNX string tensors hold text)",

@@ -32,7 +32,12 @@ pub enum EngineError {
     /// The request's tensors do not fit the model's signature.
     #[error("{0}")]
     InvalidInput(String),
-    /// ONNX Runtime failed while running a model on inputs that passed the checks.
+    /// ONNX Runtime refused to run the model on inputs that match its signature: the values
+    /// themselves are the problem (dynamic dimensions that disagree between inputs, indices out
+    /// of range, ...), so this is the request's fault.
+    #[error("the model cannot run on these inputs: {0}")]
+    Rejected(String),
+    /// Something failed around a run (creating tensors, reading outputs): a server fault.
     #[error("inference failed: {0}")]
     Run(String),
 }
@@ -42,6 +47,7 @@ impl EngineError {
         matches!(
             self,
             EngineError::InvalidInput(_)
+                | EngineError::Rejected(_)
                 | EngineError::UnknownModel { .. }
                 | EngineError::ModelRequired { .. }
         )

@@ -194,7 +194,7 @@ impl Model {
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = session
             .run(values)
-            .map_err(|e| EngineError::Run(e.to_string()))?;
+            .map_err(|e| EngineError::Rejected(e.to_string()))?;
         self.signature
             .outputs
             .iter()

@@ -340,3 +340,43 @@ fn model_sets_pick_by_name() {
         Some("iris")
     );
 }
+
+#[test]
+fn values_the_model_cannot_run_on_are_client_errors() {
+    let model = load("add");
+    // Both inputs match the signature, but their batch sizes disagree.
+    let err = model
+        .infer(
+            vec![
+                f32s("a", vec![2, 2], &[0.0; 4]),
+                f32s("b", vec![3, 2], &[0.0; 6]),
+            ],
+            ShapePolicy::Exact,
+        )
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Rejected(_)), "{err:?}");
+    assert!(err.is_client_error());
+    assert!(
+        err.to_string()
+            .starts_with("the model cannot run on these inputs: "),
+        "{err}"
+    );
+
+    let strings = load("identity_string");
+    let err = strings
+        .infer(
+            vec![Tensor {
+                name: "x".into(),
+                dtype: DataType::String,
+                shape: vec![1, 3],
+                data: TensorData::Strings(vec![b"a".to_vec(), b"b\0c".to_vec(), b"d".to_vec()]),
+            }],
+            ShapePolicy::Exact,
+        )
+        .unwrap_err();
+    assert!(err.is_client_error());
+    assert!(
+        err.to_string().contains("element 1 contains a NUL"),
+        "{err}"
+    );
+}

@@ -111,7 +111,8 @@ impl RouteTable {
     /// `{endpoint}/v2...`: the route and the path to send to the replica.
     fn lookup_v2_under_endpoint<'p>(&self, path: &'p str) -> Option<(Arc<ApiRoute>, &'p str)> {
         let map = self.read();
-        path.match_indices("/v2")
+        // From the right: with APIs at `/a` and `/a/v2`, `/a/v2/v2/...` belongs to `/a/v2`.
+        path.rmatch_indices("/v2")
             .filter(|(i, _)| {
                 let rest = &path[i + 3..];
                 *i > 0 && (rest.is_empty() || rest.starts_with('/'))
@@ -474,6 +475,17 @@ mod tests {
         assert_eq!(under("/iris/v2x"), None);
         assert_eq!(under("/v2/models"), None);
         assert_eq!(under("/nope/v2"), None);
+        t.set_api(ApiRoute {
+            api: "nested".into(),
+            endpoint: "/iris/v2".into(),
+            status: "live".into(),
+            replicas: vec![],
+            models: vec!["nested".into()],
+        });
+        assert_eq!(
+            under("/iris/v2/v2/models/nested"),
+            Some(("nested".into(), "/v2/models/nested".into()))
+        );
         let model = |m: &str| t.lookup_model(m).map(|r| r.api.clone());
         // An API named like the model wins; otherwise the API that has it.
         assert_eq!(model("iris").as_deref(), Some("iris"));

@@ -87,15 +87,13 @@ fn percent_decode(v: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 3 <= bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
+            b'%' if i + 3 <= bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                i += 2;
             }
             b => out.push(b),
         }
@@ -280,6 +278,8 @@ mod tests {
         assert_eq!(model_param(Some("model=iris")), Some("iris".into()));
         assert_eq!(model_param(Some("debug=1&model=a%2Db")), Some("a-b".into()));
         assert_eq!(model_param(Some("model=50%")), Some("50%".into()));
+        // Not an escape (a sign is not a hex digit); the + is a space as usual.
+        assert_eq!(model_param(Some("model=%+5")), Some("% 5".into()));
         assert_eq!(model_param(Some("models=x")), None);
         assert_eq!(model_param(Some("model=%e2%82")), Some("\u{fffd}".into()));
         assert_eq!(model_param(Some("model=%\u{e9}x")), Some("%\u{e9}x".into()));

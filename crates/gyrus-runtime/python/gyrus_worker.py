@@ -32,6 +32,7 @@ import inspect
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import struct
@@ -166,7 +167,10 @@ class ONNXClient:
     def _encode(self, parts, info, value):
         np = self._np
         name, dtype = info["name"], info["dtype"]
-        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        try:
+            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        except ValueError as e:  # ragged nesting
+            raise InvalidInput(f'input "{name}": not a rectangular array: {e}') from None
         kind = arr.dtype.kind
         if dtype == "str":
             if kind not in "USO":
@@ -181,7 +185,10 @@ class ONNXClient:
                 raise InvalidInput(f'input "{name}": expected {dtype} numbers, found {arr.dtype} values')
             if dtype == "bool" and kind != "b":
                 raise InvalidInput(f'input "{name}": expected bool values, found {arr.dtype}')
-            arr = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
+            try:
+                arr = np.asarray(arr, dtype=np.dtype(dtype).newbyteorder("<"), order="C")
+            except (ValueError, TypeError, OverflowError) as e:
+                raise InvalidInput(f'input "{name}": cannot convert to {dtype}: {e}') from None
             data = memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else b""
             code = DTYPES.index(dtype)
         encoded = name.encode()
@@ -554,42 +561,77 @@ class Connection:
         self.sock = socket.socket(fileno=fd)
         self.rfile = self.sock.makefile("rb", buffering=1 << 16)
         self.lock = threading.Lock()
-        # The main thread reads every frame. A call from it (threads_per_worker 1, or the
-        # constructor) reads its own reply; other threads wait for the main thread to
-        # hand theirs over.
-        self.reader = threading.current_thread()
+        # ONNX predictors get a reader thread (start_reader) before their constructor runs:
+        # it hands INFER replies to whichever thread waits for them, so a call from any
+        # thread, including one the predict() thread waits for, is answered.
+        self.requests = None
         self.next_call = 0
         self.calls_lock = threading.Lock()
         self.calls = {}
-        self.shutdown_seen = False
+        self.closed = False
 
-    def infer(self, parts):
-        """Sends an INFER frame built from ``parts`` and returns the INFER_RESULT body."""
-        with self.calls_lock:
-            if self.reader is None:
-                raise RuntimeError("the replica is shutting down")
-            self.next_call += 1
-            cid = self.next_call
-            waiter = None
-            if threading.current_thread() is not self.reader:
-                waiter = self.calls[cid] = [threading.Event(), None, None]
-        size = sum(map(len, parts)) + FRAME.size - 4
-        self.send([FRAME.pack(size, INFER, cid), *parts])
-        if waiter is None:
+    def start_reader(self, index):
+        self.requests = queue.SimpleQueue()
+        threading.Thread(target=self._read_loop, args=(index,), name="gyrus-reader", daemon=True).start()
+
+    def _read_loop(self, index):
+        try:
             while True:
                 head = self.read_frame_head()
                 if head is None:
-                    raise ConnectionError("the replica closed the connection during onnx_client.predict")
-                kind, rid, length = head
-                if kind == SHUTDOWN:
-                    self.shutdown_seen = True
-                    continue
-                if kind in (INFER_RESULT, INFER_ERROR) and rid == cid:
-                    return self._result(kind, self.read_body(length))
+                    break
+                kind, rid, size = head
                 if kind in (INFER_RESULT, INFER_ERROR):
-                    self.deliver(kind, rid, self.read_body(length))
-                    continue
-                raise ConnectionError(f"protocol error: frame kind {kind} during onnx_client.predict")
+                    self.deliver(kind, rid, self.read_body(size))
+                elif kind == SHUTDOWN:
+                    # Stop taking requests, but keep reading: calls in flight still get replies.
+                    self.requests.put(None)
+                elif kind == REQUEST:
+                    self.requests.put(self.read_request(rid, size))
+                else:
+                    raise ValueError(f"unexpected frame kind {kind}")
+        except EOFError:
+            pass
+        except ValueError as e:
+            print(f"worker {index}: protocol error: {e}", file=sys.stderr)
+            os._exit(2)
+        self.fail_calls()
+        self.requests.put(None)
+
+    def read_request(self, rid, size):
+        """The rest of a REQUEST frame: (rid, flags, content type, query, headers JSON, body)."""
+        flags, ctype_len, query_len, headers_len = REQUEST_HEAD.unpack(self.read_exact(REQUEST_HEAD.size))
+        ctype = self.read_exact(ctype_len).decode("latin-1")
+        query = self.read_exact(query_len).decode("utf-8", "replace")
+        headers_json = self.read_exact(headers_len)
+        body_len = size - REQUEST_HEAD.size - ctype_len - query_len - headers_len
+        if body_len < 0:
+            raise ValueError(f"REQUEST frame lengths are inconsistent (body length {body_len})")
+        return rid, flags, ctype, query, headers_json, self.read_exact(body_len)
+
+    def next_request(self):
+        """The next request, or None when the worker should stop (SHUTDOWN or EOF)."""
+        if self.requests is not None:
+            return self.requests.get()
+        head = self.read_frame_head()
+        if head is None or head[0] == SHUTDOWN:
+            return None
+        kind, rid, size = head
+        if kind != REQUEST:
+            raise ValueError(f"unexpected frame kind {kind}")
+        return self.read_request(rid, size)
+
+    def infer(self, parts):
+        """Sends an INFER frame built from ``parts`` and returns the INFER_RESULT body."""
+        waiter = [threading.Event(), None, None]
+        with self.calls_lock:
+            if self.closed:
+                raise RuntimeError("the replica closed the connection")
+            self.next_call += 1
+            cid = self.next_call
+            self.calls[cid] = waiter
+        size = sum(map(len, parts)) + FRAME.size - 4
+        self.send([FRAME.pack(size, INFER, cid), *parts])
         waiter[0].wait()
         return self._result(waiter[1], waiter[2])
 
@@ -604,9 +646,9 @@ class Connection:
         """Wakes every thread still waiting for an INFER reply: no more frames will be read."""
         with self.calls_lock:
             waiters, self.calls = list(self.calls.values()), {}
-            self.reader = None  # later calls from any thread must not wait for the reader
+            self.closed = True
         for waiter in waiters:
-            waiter[1], waiter[2] = INFER_ERROR, b"\x00the replica is shutting down"
+            waiter[1], waiter[2] = INFER_ERROR, b"\x00the replica closed the connection"
             waiter[0].set()
 
     @staticmethod
@@ -706,40 +748,19 @@ class Worker:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="predict") if threads > 1 else None
         conn = self.conn
         while True:
-            if conn.shutdown_seen:
-                break
-            head = conn.read_frame_head()
-            if head is None or head[0] == SHUTDOWN:
-                break
-            kind, rid, size = head
-            if kind in (INFER_RESULT, INFER_ERROR):
-                try:
-                    conn.deliver(kind, rid, conn.read_body(size))
-                except EOFError:
-                    break
-                continue
-            if kind != REQUEST:
-                print(f"worker {self.index}: protocol error: unexpected frame kind {kind}", file=sys.stderr)
-                os._exit(2)
             try:
-                flags, ctype_len, query_len, headers_len = REQUEST_HEAD.unpack(conn.read_exact(REQUEST_HEAD.size))
-                ctype = conn.read_exact(ctype_len).decode("latin-1")
-                query = conn.read_exact(query_len).decode("utf-8", "replace")
-                headers_json = conn.read_exact(headers_len)
-                body_len = size - REQUEST_HEAD.size - ctype_len - query_len - headers_len
-                if body_len < 0:
-                    raise ValueError(f"REQUEST frame lengths are inconsistent (body length {body_len})")
-                body = conn.read_exact(body_len)
+                request = conn.next_request()
             except EOFError:
                 break  # a truncated frame means the replica went away mid-write
             except ValueError as e:
                 print(f"worker {self.index}: protocol error: {e}", file=sys.stderr)
                 os._exit(2)
+            if request is None:
+                break
             if pool is None:
-                self.handle(rid, flags, ctype, query, headers_json, body)
+                self.handle(*request)
             else:
-                pool.submit(self.handle, rid, flags, ctype, query, headers_json, body)
-        conn.fail_calls()
+                pool.submit(self.handle, *request)
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -762,6 +783,8 @@ def main():
         sys.exit(2)
     init = json.loads(conn.read_exact(head[2]))
     index = init.get("worker_index", 0)
+    if init.get("models"):
+        conn.start_reader(index)
     try:
         predictor = Predictor(init, conn)
     except BaseException as e:  # noqa: BLE001 - report anything the user's code raised
