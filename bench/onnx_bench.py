@@ -1,0 +1,831 @@
+#!/usr/bin/env python3
+"""Benchmark of gyrus's ONNX serving against its peers, all in one run.
+
+Serves the same ONNX models (iris: LogisticRegression via skl2onnx; mlp: 64-128-128-10) and
+measures with wrk, each server pinned to core 0 and wrk to core 1:
+
+  (a) gyrus model API   predictor.type onnx with no Python: POST {"input": [[...]]} ->
+                        {"label": [0], "probabilities": [[...]]}  (iris-model, and mlp)
+  (b) gyrus ONNXPredictor  examples/iris-onnx (Cortex's ONNXPredictor in Python):
+                        POST {"sepal_length": 5.1, ...} -> setosa
+  (c) FastAPI           uvicorn (1 worker, uvloop, httptools) + onnxruntime, same JSON as (a)
+  (d) BentoML 1.4       @bentoml.service (1 worker) + onnxruntime, same JSON as (a)  (iris only)
+  (e) raw floor         ONNX Runtime's session.run from Rust, single thread, no HTTP
+                        (crates/gyrus-engine/examples/raw_floor.rs)
+  HTTP floor            raw_floor --serve: a minimal keep-alive responder; its p50 is the
+                        loopback HTTP round trip no server can go below
+
+Every ONNX Runtime session runs with one intra-op thread. Each server's answer is checked
+against onnxruntime's before it is measured. The script creates the peers' virtualenvs under
+bench/.venvs/ (pinned, from bench/onnx/requirements-*.txt, with uv), builds gyrus and the raw
+floor in release mode, stops every process it started, and writes the table and the targets'
+ratios to bench/out/onnx.md and (full runs) the "ONNX" section of bench/RESULTS.md.
+
+Usage: .venv/bin/python bench/onnx_bench.py [--quick] [--duration 10] [--skip-gyrus]
+Needs: .venv (scripts/setup-python.sh), wrk (installed with apt-get if missing), taskset.
+"""
+import argparse
+import datetime
+import glob
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "bench" / "onnx"
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+UV = ROOT / ".venv" / "bin" / "uv"
+VENVS = ROOT / "bench" / ".venvs"
+GYRUS = ROOT / "target" / "release" / "gyrus"
+RAW_FLOOR = ROOT / "target" / "release" / "examples" / "raw_floor"
+CONCURRENCY = (1, 8, 64)
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+IRIS_BODY = json.dumps({"input": [IRIS_ROW]})
+IRIS_FIELDS_BODY = json.dumps(
+    {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2})
+MLP_ROW = [round(i * 0.01, 2) for i in range(64)]
+MLP_BODY = json.dumps({"x": [MLP_ROW]})
+
+# System labels, in table order.
+HTTP_FLOOR = "HTTP floor (static responder)"
+GYRUS_GET = "gyrus replica GET (health)"
+A = "(a) gyrus model API"
+B = "(b) gyrus ONNXPredictor"
+C = "(c) FastAPI + onnxruntime"
+D = "(d) BentoML + onnxruntime"
+ORDER = [HTTP_FLOOR, GYRUS_GET, A, B, C, D]
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# processes: everything started here is tracked and stopped by its pid
+
+STARTED = []  # (name, Popen)
+
+
+def start(name, cmd, env=None, cwd=None, logdir=None):
+    out = open(Path(logdir) / f"{name}.log", "wb") if logdir else subprocess.DEVNULL
+    try:
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    finally:
+        if logdir:
+            out.close()  # the child has its own copy
+    STARTED.append((name, p))
+    return p
+
+
+def descendants(pid):
+    """Pids of every live descendant of pid (from /proc), so children that left the process
+    group (BentoML's workers start their own sessions) are stopped too."""
+    children = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop(p, timeout=15):
+    if p.poll() is not None:
+        return
+    kids = descendants(p.pid)
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=10)
+    deadline = time.time() + 5
+    for pid in kids:
+        while time.time() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_all():
+    for _, p in reversed(STARTED):
+        try:
+            stop(p)
+        except Exception as e:  # noqa: BLE001 - keep stopping the others
+            log(f"warning: could not stop pid {p.pid}: {e}")
+    STARTED.clear()
+
+
+# ------------------------------------------------------------------------------------------
+# setup: tools, virtualenvs, models, builds
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("==> installing wrk (apt-get install -y wrk)")
+        if subprocess.run(["apt-get", "install", "-y", "wrk"], check=False,
+                          capture_output=True).returncode:
+            subprocess.run(["apt-get", "update"], check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    if not shutil.which("wrk"):
+        raise BenchError("wrk is missing: apt-get install -y wrk")
+
+
+def ort_dylib():
+    libs = sorted(glob.glob(str(ROOT / ".venv" / "lib" / "python3*" / "site-packages" /
+                                "onnxruntime" / "capi" / "libonnxruntime.so.*")))
+    if not libs:
+        raise BenchError("no libonnxruntime.so.* in .venv's onnxruntime wheel: run "
+                         "scripts/setup-python.sh")
+    return libs[-1]
+
+
+def ensure_venv(name):
+    """bench/.venvs/NAME with bench/onnx/requirements-NAME.txt, rebuilt when the file changes."""
+    req = HERE / f"requirements-{name}.txt"
+    venv = VENVS / name
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    want = hashlib.sha256(req.read_bytes() + base.encode()).hexdigest()
+    stamp = venv / ".requirements.sha256"
+    if stamp.exists() and stamp.read_text().strip() == want and (venv / "bin" / "python").exists():
+        return venv
+    log(f"==> creating bench/.venvs/{name} from {req.relative_to(ROOT)}")
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([str(UV), "venv", "-q", "--python", base, str(venv)], check=True)
+    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    "-r", str(req)], check=True)
+    stamp.write_text(want + "\n")
+    return venv
+
+
+def venv_versions(venv, packages):
+    code = ("import importlib.metadata as m, json, sys; "
+            "print(json.dumps({p: m.version(p) for p in sys.argv[1:]}))")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code, *packages],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def make_models(work):
+    """iris.onnx and mlp.onnx, from scripts/make_models.py (the models of the examples and the
+    tests) or, where it is missing, from bench/onnx/models.py. Returns {name: path}."""
+    out = work / "models"
+    script = ROOT / "scripts" / "make_models.py"
+    if script.exists():
+        subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True)
+    else:
+        subprocess.run([sys.executable, str(HERE / "models.py"), str(out)], check=True,
+                       capture_output=True)
+    models = {"iris": out / "iris.onnx", "mlp": out / "mlp.onnx"}
+    import onnxruntime as ort
+
+    sigs = {"iris": (["input"], ["label", "probabilities"]), "mlp": (["x"], ["logits"])}
+    for name, path in models.items():
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = ([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()])
+        if got != sigs[name]:
+            raise BenchError(f"{path}: inputs/outputs {got}, expected {sigs[name]}")
+    return models
+
+
+def reference(models):
+    """onnxruntime's own answers for the benchmark's requests, to check every server."""
+    import numpy as np
+    import onnxruntime as ort
+
+    iris = ort.InferenceSession(str(models["iris"]), providers=["CPUExecutionProvider"])
+    label, proba = iris.run(None, {"input": np.array([IRIS_ROW], dtype=np.float32)})
+    mlp = ort.InferenceSession(str(models["mlp"]), providers=["CPUExecutionProvider"])
+    (logits,) = mlp.run(None, {"x": np.array([MLP_ROW], dtype=np.float32)})
+    return {"iris": {"label": label.tolist(), "probabilities": proba.tolist()},
+            "mlp": {"logits": logits.tolist()}}
+
+
+def build(skip_gyrus):
+    packages = [["-p", "gyrus-engine", "--example", "raw_floor"]]
+    if not skip_gyrus:
+        packages.insert(0, ["-p", "gyrus-cli"])
+    for args in packages:
+        log(f"==> cargo build --release {' '.join(args)}")
+        r = subprocess.run(["cargo", "build", "--release", *args], cwd=ROOT, check=False)
+        if r.returncode:
+            raise BenchError(f"cargo build --release {' '.join(args)} failed")
+
+
+# ------------------------------------------------------------------------------------------
+# checks and measurements
+
+
+def post(url, body, timeout=10):
+    req = urllib.request.Request(url, data=body.encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def close(a, b, tol=1e-4):
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol * max(1.0, abs(b))
+    return False
+
+
+def check_json(system, url, body, want):
+    status, text = post(url, body)
+    try:
+        got = json.loads(text)
+    except ValueError:
+        got = None
+    ok = status == 200 and isinstance(got, dict) and set(got) == set(want) and all(
+        close(got[k], want[k]) for k in want)
+    if not ok:
+        raise BenchError(f"{system} at {url} answered {status} {text[:300]!r}; expected "
+                         f"{json.dumps(want)[:300]}")
+
+
+def check_setosa(system, url):
+    status, text = post(url, IRIS_FIELDS_BODY)
+    if status != 200 or text.strip().strip('"') != "setosa":
+        raise BenchError(f"{system} at {url} answered {status} {text[:300]!r}; expected setosa")
+
+
+def wait_until(ready, what, timeout, proc=None, logfile=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    tail = ""
+    if logfile and Path(logfile).exists():
+        tail = "\n" + "\n".join(Path(logfile).read_text(errors="replace").splitlines()[-20:])
+    state = "exited" if proc is not None and proc.poll() is not None else "not ready"
+    raise BenchError(f"{what} {state} after {timeout}s{tail}")
+
+
+def http_ok(url, body=None):
+    try:
+        if body is None:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        return post(url, body, timeout=5)[0] == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Wrk:
+    def __init__(self, core, work):
+        self.core = core
+        self.work = work
+        self.scripts = {}
+
+    def script(self, body):
+        if body not in self.scripts:
+            path = self.work / f"post{len(self.scripts)}.lua"
+            path.write_text('wrk.method = "POST"\n'
+                            f"wrk.body = {json.dumps(body)}\n"
+                            'wrk.headers["Content-Type"] = "application/json"\n')
+            self.scripts[body] = path
+        return self.scripts[body]
+
+    def run(self, url, conns, duration, body=None):
+        cmd = ["taskset", "-c", self.core, "wrk", "-t", "1", "-c", str(conns), "-d",
+               f"{duration}s", "--latency"]
+        if body is not None:
+            cmd += ["-s", str(self.script(body))]
+        cmd.append(url)
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                             timeout=duration + 60).stdout
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if not m:
+            raise BenchError(f"could not read wrk's output for {url}:\n{out}")
+        lat = {}
+        for pct in ("50", "99"):
+            m2 = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out)
+            lat[pct] = float(m2.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m2.group(2)]
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                         out)
+        errors = (int(non2xx.group(1)) if non2xx else 0) + (
+            sum(int(g) for g in sock.groups()) if sock else 0)
+        return {"rps": float(m.group(1)), "p50": lat["50"], "p99": lat["99"], "errors": errors}
+
+
+class Run:
+    """The measurements of one benchmark run."""
+
+    def __init__(self, args, wrk):
+        self.args = args
+        self.wrk = wrk
+        self.rows = []  # (model, system, concurrency, result)
+        self.raw = {}  # model -> raw_floor JSON
+        self.notes = []
+        self.busy = []  # (when, percent of all cores busy with other work)
+
+    def sample_busy(self, when):
+        busy = busy_percent()
+        self.busy.append((when, busy))
+        if busy is not None and busy > 10:
+            log(f"warning: {busy:.0f}% of all cores are busy with other work {when}: "
+                "the numbers will be noisy")
+
+    def measure(self, model, system, url, body=None, concurrency=CONCURRENCY):
+        self.wrk.run(url, 8, self.args.warmup, body)
+        for conns in concurrency:
+            r = self.wrk.run(url, conns, self.args.duration, body)
+            self.rows.append((model, system, conns, r))
+            log(f"  {model:<5} c={conns:<3} {system:<32} {r['rps']:>9.0f} req/s  p50 "
+                f"{r['p50']:>8.1f} us  p99 {r['p99']:>9.1f} us  errors {r['errors']}")
+
+    def get(self, model, system, conns):
+        for m, s, c, r in self.rows:
+            if (m, s, c) == (model, system, conns):
+                return r
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# the systems
+
+
+def run_raw_floor(run, models, refs, core, dylib):
+    env = dict(os.environ, ORT_DYLIB_PATH=dylib)
+    for name, path in models.items():
+        cmd = ["taskset", "-c", core, str(RAW_FLOOR), str(path), str(run.args.iterations)]
+        out = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True,
+                             timeout=600)
+        if out.returncode:
+            raise BenchError(f"raw_floor {path} failed: {out.stderr.strip()}")
+        result = json.loads(out.stdout)
+        want = {k: [x for row in v for x in (row if isinstance(row, list) else [row])]
+                for k, v in refs[name].items()}
+        if not all(close(result["outputs"].get(k), v) for k, v in want.items()):
+            raise BenchError(f"raw_floor's outputs for {name} {result['outputs']} differ from "
+                             f"onnxruntime's {want}")
+        run.raw[name] = result
+        log(f"  {name:<5} (e) raw floor: session.run p50 {result['p50_us']:.1f} us, p99 "
+            f"{result['p99_us']:.1f} us, mean {result['mean_us']:.1f} us "
+            f"({result['iterations']} calls)")
+
+
+def run_http_floor(run, core, work):
+    port = free_port()
+    p = start("http-floor", ["taskset", "-c", core, str(RAW_FLOOR), "--serve",
+                             f"127.0.0.1:{port}"], logdir=work)
+    url = f"http://127.0.0.1:{port}/iris-model"
+    try:
+        wait_until(lambda: http_ok(url, IRIS_BODY), "the HTTP floor responder", 10, p)
+        run.measure("http", HTTP_FLOOR, url, IRIS_BODY)
+    finally:
+        stop(p)
+
+
+def project(work, name, api, model_path):
+    """A model-API project: cortex.yaml with one onnx API and its model.onnx."""
+    d = work / "projects" / name
+    d.mkdir(parents=True)
+    shutil.copy(model_path, d / "model.onnx")
+    (d / "cortex.yaml").write_text(
+        f"- name: {api}\n"
+        "  predictor:\n"
+        "    type: onnx\n"
+        "    model: model.onnx\n"
+        "    session_options:\n"
+        "      intra_op_num_threads: 1\n")
+    return d
+
+
+def iris_onnx_project(work, iris_model):
+    """A copy of examples/iris-onnx with the benchmark's iris model in place of its own, so
+    every server runs the same model bytes."""
+    src = ROOT / "examples" / "iris-onnx"
+    if not (src / "cortex.yaml").exists():
+        raise BenchError("examples/iris-onnx/cortex.yaml is missing: (b) needs the ONNXPredictor "
+                         "example")
+    d = work / "projects" / "iris-onnx"
+    shutil.copytree(src, d)
+    m = re.search(r"^\s*model:\s*(\S+)", (d / "cortex.yaml").read_text(), re.MULTILINE)
+    shutil.copy(iris_model, d / (m.group(1) if m else "model.onnx"))
+    return d
+
+
+def run_gyrus(run, models, refs, core, work, dylib):
+    home = work / "gyrus-home"
+    home.mkdir()
+    addr = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, GYRUS_HOME=str(home), GYRUS_ADDR=addr, ORT_DYLIB_PATH=dylib,
+               GYRUS_UV=str(UV))
+    projects = [
+        ("iris-model", project(work, "iris-model", "iris-model", models["iris"])),
+        ("mlp", project(work, "mlp", "mlp", models["mlp"])),
+        ("iris-onnx", iris_onnx_project(work, models["iris"])),
+    ]
+    daemon = start("gyrus-daemon", ["taskset", "-c", core, str(GYRUS), "daemon"], env=env,
+                   logdir=work)
+
+    def gyrus(*argv, timeout=60, check=True):
+        r = subprocess.run([str(GYRUS), *argv], env=env, check=False, capture_output=True,
+                           text=True, timeout=timeout)
+        if check and r.returncode:
+            raise BenchError(f"gyrus {' '.join(argv)} failed ({r.returncode}):\n"
+                             f"{(r.stdout + r.stderr).strip()}")
+        return r.stdout
+
+    def api_logs(api):
+        r = subprocess.run([str(GYRUS), "logs", api], env=env, check=False,
+                           capture_output=True, text=True, timeout=30)
+        return f"--- gyrus logs {api} (last lines):\n{(r.stdout + r.stderr).strip()[-3000:]}"
+
+    try:
+        # Deploy only once this daemon answers: `gyrus deploy` would start an unpinned one.
+        wait_until(lambda: http_ok(f"http://{addr}/_gyrus/v1/health"), "the gyrus daemon", 30,
+                   daemon, work / "gyrus-daemon.log")
+        for api, d in projects:
+            log(f"==> gyrus deploy {api}")
+            try:
+                gyrus("deploy", str(d), timeout=600)
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                raise BenchError(
+                    f"gyrus deploy of {api} ({d}) failed, so (a)/(b) cannot be measured. "
+                    f"Is gyrus's ONNX serving built into target/release/gyrus? Run with "
+                    f"--skip-gyrus to measure the peers only.\n{e}\n{api_logs(api)}") from None
+        base = f"http://{addr}"
+        for api, check in [
+            ("iris-model", lambda: check_json(A, f"{base}/iris-model", IRIS_BODY, refs["iris"])),
+            ("mlp", lambda: check_json(A, f"{base}/mlp", MLP_BODY, refs["mlp"])),
+            ("iris-onnx", lambda: check_setosa(B, f"{base}/iris-onnx")),
+        ]:
+            try:
+                check()
+            except BenchError as e:
+                raise BenchError(f"{e}\n{api_logs(api)}") from None
+        try:
+            info = json.loads(gyrus("describe", "iris-model", "-o", "json"))
+            port = info["replica_details"][0]["port"]
+            health = f"http://127.0.0.1:{port}/"
+            if not http_ok(health):
+                raise BenchError("no health answer")
+        except (BenchError, KeyError, IndexError, ValueError) as e:
+            health = None
+            run.notes.append(f"gyrus replica GET not measured: {e}")
+        log("==> gyrus")
+        if health:
+            run.measure("http", GYRUS_GET, health, None, concurrency=(1,))
+        run.measure("iris", A, f"{base}/iris-model", IRIS_BODY)
+        run.measure("iris", B, f"{base}/iris-onnx", IRIS_FIELDS_BODY)
+        run.measure("mlp", A, f"{base}/mlp", MLP_BODY)
+    finally:
+        subprocess.run([str(GYRUS), "daemon", "stop"], env=env, check=False, capture_output=True,
+                       timeout=60)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        stop(daemon)
+
+
+def run_fastapi(run, models, refs, core, work, venv):
+    port = free_port()
+    env = dict(os.environ, BENCH_IRIS_MODEL=str(models["iris"]),
+               BENCH_MLP_MODEL=str(models["mlp"]), BENCH_FASTAPI_FORM=run.args.fastapi_form)
+    p = start("fastapi", ["taskset", "-c", core, str(venv / "bin" / "python"), "-m", "uvicorn",
+                          "fastapi_app:app", "--app-dir", str(HERE), "--host", "127.0.0.1",
+                          "--port", str(port), "--workers", "1", "--no-access-log",
+                          "--log-level", "warning"], env=env, logdir=work)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{base}/iris-model", IRIS_BODY), "FastAPI", 60, p,
+                   work / "fastapi.log")
+        check_json(C, f"{base}/iris-model", IRIS_BODY, refs["iris"])
+        check_json(C, f"{base}/mlp-model", MLP_BODY, refs["mlp"])
+        log(f"==> FastAPI ({run.args.fastapi_form})")
+        run.measure("iris", C, f"{base}/iris-model", IRIS_BODY)
+        run.measure("mlp", C, f"{base}/mlp-model", MLP_BODY)
+    finally:
+        stop(p)
+
+
+def run_bentoml(run, models, refs, core, work, venv):
+    port = free_port()
+    home = work / "bentoml-home"
+    env = dict(os.environ, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true",
+               BENCH_IRIS_MODEL=str(models["iris"]), BENCH_BENTO_FORM=run.args.bento_form)
+    p = start("bentoml", ["taskset", "-c", core, str(venv / "bin" / "bentoml"), "serve",
+                          "bento_service:IrisModel", "--working-dir", str(HERE), "--host",
+                          "127.0.0.1", "--port", str(port)], env=env, cwd=HERE, logdir=work)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{base}/readyz"), "BentoML", 120, p, work / "bentoml.log")
+        check_json(D, f"{base}/iris-model", IRIS_BODY, refs["iris"])
+        log(f"==> BentoML ({run.args.bento_form})")
+        run.measure("iris", D, f"{base}/iris-model", IRIS_BODY)
+    finally:
+        stop(p)
+
+
+# ------------------------------------------------------------------------------------------
+# report
+
+
+def machine():
+    def field(path, prefix):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            return None
+        return next((x.split(":", 1)[1].strip() for x in lines if x.startswith(prefix)), None)
+
+    model = field("/proc/cpuinfo", "model name") or "unknown CPU"
+    kb = field("/proc/meminfo", "MemTotal")
+    mem = f"{int(kb.split()[0]) / 1024 / 1024:.0f} GiB" if kb else "? GiB"
+    return f"{os.cpu_count()} cores ({model}), {mem}, Linux {platform.release()}"
+
+
+def busy_percent(seconds=1.0):
+    """How busy all cores are over `seconds` (from /proc/stat): taken while none of the
+    benchmark's servers runs, it is other work on the machine that skews the numbers."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 100.0 * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
+def ratio(x, y):
+    return x / y if x is not None and y else None
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def report(run, versions, server_core, client_core, skip_gyrus):
+    a = run.args
+    today = datetime.date.today().isoformat()
+    mode = "--quick " if a.quick else ""
+    cmd = f".venv/bin/python bench/onnx_bench.py {mode}--duration {a.duration}" + (
+        " --skip-gyrus" if skip_gyrus else "")
+    lines = [
+        f"## ONNX serving (`bench/onnx_bench.py`), {today}",
+        "",
+        f"Command: `{cmd}`. Machine: {machine()}. Servers on core {server_core}, wrk (`-t 1`) "
+        f"on core {client_core}; {a.duration}s per cell after a {a.warmup}s warm-up. Every "
+        f"ONNX Runtime session has one intra-op thread; each server is started alone, its "
+        f"answer checked against onnxruntime's, measured, and stopped.",
+        "",
+        "Other work on the machine, sampled for 1 s while no benchmark server runs (share of "
+        "all cores busy): " + ", ".join(f"{when} {busy:.0f}%" for when, busy in run.busy
+                                        if busy is not None)
+        + ". Anything well above 0% makes the numbers measured around it noisy.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "",
+        "| model | server | concurrency | requests/s | p50 (us) | p99 (us) | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for model in ("http", "iris", "mlp"):
+        for conns in CONCURRENCY:
+            for system in ORDER:
+                r = run.get(model, system, conns)
+                if r:
+                    shown = "-" if model == "http" else model
+                    lines.append(f"| {shown} | {system} | {conns} | {r['rps']:.0f} | "
+                                 f"{r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} |")
+    lines += [
+        "",
+        "(e) raw floor, ONNX Runtime's `session.run` from Rust on one thread (input tensor, run, "
+        "outputs copied out), no HTTP:",
+        "",
+        "| model | calls | p50 (us) | p99 (us) | mean (us) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for model, r in run.raw.items():
+        lines.append(f"| {model} | {r['iterations']} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | "
+                     f"{r['mean_us']:.1f} |")
+
+    g = run.get
+    lines += ["", "Targets, from this run:"]
+    a64, c64, d64 = (g("iris", s, 64) for s in (A, C, D))
+    floor1 = g("http", HTTP_FLOOR, 1)
+    raw_iris = run.raw.get("iris")
+    if skip_gyrus:
+        lines.append("- (a) and (b): not measured (`--skip-gyrus`).")
+    else:
+        r = ratio(a64 and a64["rps"], c64 and c64["rps"])
+        lines.append(f"- (a) requests/s vs FastAPI's, iris, concurrency 64: {a64['rps']:.0f} / "
+                     f"{c64['rps']:.0f} = **{r:.1f}x** (target >= 10x): {verdict(r >= 10)}")
+        m64a, m64c = g("mlp", A, 64), g("mlp", C, 64)
+        rm = ratio(m64a["rps"], m64c["rps"])
+        lines.append(f"- the same for the MLP: {m64a['rps']:.0f} / {m64c['rps']:.0f} = "
+                     f"**{rm:.1f}x** (target >= 10x): {verdict(rm >= 10)}")
+        a1 = g("iris", A, 1)
+        budget = raw_iris["p50_us"] + floor1["p50"]
+        over = a1["p50"] - budget
+        lines.append(f"- (a) p50 at concurrency 1 vs raw floor + loopback round trip: "
+                     f"{a1['p50']:.1f} - ({raw_iris['p50_us']:.1f} + {floor1['p50']:.1f}) = "
+                     f"**{over:+.1f} us** (target <= 50 us): {verdict(over <= 50)}")
+        ma1, raw_mlp = g("mlp", A, 1), run.raw.get("mlp")
+        over_m = ma1["p50"] - (raw_mlp["p50_us"] + floor1["p50"])
+        lines.append(f"- the same for the MLP: {ma1['p50']:.1f} - ({raw_mlp['p50_us']:.1f} + "
+                     f"{floor1['p50']:.1f}) = **{over_m:+.1f} us** (target <= 50 us): "
+                     f"{verdict(over_m <= 50)}")
+        parts, oks = [], []
+        for conns in CONCURRENCY:
+            rb = ratio(g("iris", B, conns)["rps"], g("iris", C, conns)["rps"])
+            parts.append(f"c={conns} **{rb:.2f}x**")
+            oks.append(rb >= 1.5)
+        lines.append(f"- (b) requests/s vs FastAPI's, iris: {', '.join(parts)} (target >= 1.5x): "
+                     f"{verdict(all(oks))}" + ("" if all(oks) or not any(oks) else
+                                               " (met at some concurrencies only)"))
+        gget = g("http", GYRUS_GET, 1)
+        if gget:
+            lines.append(f"- for reference, gyrus's own HTTP floor (a replica's health GET, "
+                         f"concurrency 1): p50 {gget['p50']:.1f} us, vs {floor1['p50']:.1f} us "
+                         f"for the static responder")
+    if c64 and d64:
+        lines.append(f"- peers, iris, concurrency 64: FastAPI / BentoML = "
+                     f"{c64['rps']:.0f} / {d64['rps']:.0f} = {ratio(c64['rps'], d64['rps']):.1f}x")
+    if raw_iris and floor1:
+        lines.append(f"- lower bound on any server's p50 at concurrency 1 (iris): raw floor + "
+                     f"loopback = {raw_iris['p50_us']:.1f} + {floor1['p50']:.1f} = "
+                     f"{raw_iris['p50_us'] + floor1['p50']:.1f} us")
+    for note in run.notes:
+        lines.append(f"- note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(section, path):
+    """Replaces the '## ONNX' section of RESULTS.md (or appends one), keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    head, *sections = re.split(r"(?m)^(?=## )", text)
+    sections = [s.rstrip("\n") + "\n" for s in sections]
+    at = next((i for i, s in enumerate(sections) if s.startswith("## ONNX")), None)
+    if at is None:
+        sections.append(section)
+    else:
+        sections[at] = section
+    path.write_text(head.rstrip("\n") + "\n\n" + "\n".join(sections))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run of about 2 minutes (3s cells); does not touch RESULTS.md")
+    ap.add_argument("--duration", type=int, help="seconds per measurement (default 10, quick 3)")
+    ap.add_argument("--warmup", type=int, help="seconds of warm-up per target (default 3, quick 1)")
+    ap.add_argument("--iterations", type=int, help="raw floor calls (default 200000, quick 20000)")
+    ap.add_argument("--skip-gyrus", action="store_true",
+                    help="measure the peers and the floors only, (a) and (b) left out")
+    ap.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    ap.add_argument("--fastapi-form", default="async-pydantic",
+                    choices=["async-pydantic", "sync-pydantic", "async-request", "sync-request"],
+                    help="FastAPI endpoint form (see bench/onnx/fastapi_app.py)")
+    ap.add_argument("--bento-form", default="async", choices=["async", "sync"],
+                    help="BentoML API method form (see bench/onnx/bento_service.py)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "onnx.md"))
+    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"),
+                    help="where the ONNX section goes (full runs only, unless --write-results)")
+    ap.add_argument("--write-results", action="store_true",
+                    help="update --results even for a --quick or --skip-gyrus run")
+    ap.add_argument("--no-results", action="store_true", help="never touch --results")
+    args = ap.parse_args()
+    args.duration = args.duration or (3 if args.quick else 10)
+    args.warmup = args.warmup or (1 if args.quick else 3)
+    args.iterations = args.iterations or (20_000 if args.quick else 200_000)
+
+    if not VENV_PY.exists() or not UV.exists():
+        sys.exit(".venv (with uv) is missing: run scripts/setup-python.sh")
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        # onnxruntime, onnx and skl2onnx live in .venv: run there.
+        os.execv(str(VENV_PY), [str(VENV_PY), str(Path(__file__).resolve()), *sys.argv[1:]])
+    if not shutil.which("taskset"):
+        sys.exit("taskset is missing (util-linux)")
+
+    cores = sorted(os.sched_getaffinity(0))
+    server_core = str(cores[0])
+    client_core = str(cores[1] if len(cores) > 1 else cores[0])
+    if len(cores) < 2:
+        log("warning: one core only: server and wrk share it")
+
+    work = Path(tempfile.mkdtemp(prefix="gyrus-onnx-bench-"))
+    started = time.time()
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+    try:
+        ensure_wrk()
+        dylib = ort_dylib()
+        fastapi_venv = ensure_venv("fastapi")
+        bento_venv = ensure_venv("bentoml")
+        if not args.no_build:
+            build(args.skip_gyrus)
+        for binary in [RAW_FLOOR] + ([] if args.skip_gyrus else [GYRUS]):
+            if not binary.exists():
+                raise BenchError(f"{binary} is missing (built by this script unless --no-build)")
+        models = make_models(work)
+        refs = reference(models)
+        versions = {"onnxruntime": Path(dylib).name.split(".so.")[-1]}
+        versions.update(venv_versions(fastapi_venv, ["fastapi", "uvicorn", "pydantic"]))
+        versions.update(venv_versions(bento_venv, ["bentoml"]))
+        versions["wrk"] = subprocess.run(["wrk", "-v"], check=False, capture_output=True,
+                                         text=True).stdout.split()[1]
+        log(f"==> measuring: {args.duration}s per cell, server on core {server_core}, wrk on "
+            f"core {client_core}; logs in {work}")
+
+        run = Run(args, Wrk(client_core, work))
+        run.sample_busy("before measuring")
+        log("==> raw floor (e)")
+        run_raw_floor(run, models, refs, server_core, dylib)
+        log("==> HTTP floor")
+        run_http_floor(run, server_core, work)
+        if not args.skip_gyrus:
+            run.sample_busy("before gyrus")
+            run_gyrus(run, models, refs, server_core, work, dylib)
+        run.sample_busy("before FastAPI")
+        run_fastapi(run, models, refs, server_core, work, fastapi_venv)
+        run.sample_busy("before BentoML")
+        run_bentoml(run, models, refs, server_core, work, bento_venv)
+        run.sample_busy("after")
+    except BenchError as e:
+        stop_all()
+        sys.exit(f"onnx_bench: {e}\n(logs in {work})")
+    except subprocess.CalledProcessError as e:
+        stop_all()
+        out = "".join(x if isinstance(x, str) else x.decode(errors="replace")
+                      for x in (e.stdout, e.stderr) if x).strip()
+        sys.exit(f"onnx_bench: {' '.join(map(str, e.cmd))} failed ({e.returncode})\n{out}")
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit("onnx_bench: interrupted; every process it started is stopped")
+    finally:
+        stop_all()
+
+    text = report(run, versions, server_core, client_core, args.skip_gyrus)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    log("\n" + text)
+    partial = args.quick or args.skip_gyrus
+    if not args.no_results and (args.write_results or not partial):
+        write_results(text, Path(args.results))
+        log(f"wrote the ONNX section of {args.results}")
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"done in {time.time() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
