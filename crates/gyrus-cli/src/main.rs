@@ -137,23 +137,27 @@ enum Command {
     /// Print a shell completion script (e.g. `gyrus completion bash > ~/.gyrus-completion`).
     Completion { shell: clap_complete::Shell },
     #[command(hide = true)]
-    Replica {
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        project: PathBuf,
-        #[arg(long)]
-        python: PathBuf,
-        #[arg(long)]
-        lib_dir: PathBuf,
-        #[arg(long)]
-        model_path: Option<PathBuf>,
-        /// A model for the engine, as NAME=PATH (repeated).
-        #[arg(long = "model", value_parser = parse_model_arg)]
-        models: Vec<(String, PathBuf)>,
-        #[arg(long)]
-        onnx_library: Option<PathBuf>,
-    },
+    Replica(ReplicaArgs),
+}
+
+/// What the supervisor passes to `gyrus replica`.
+#[derive(clap::Args)]
+struct ReplicaArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    project: PathBuf,
+    #[arg(long)]
+    python: PathBuf,
+    #[arg(long)]
+    lib_dir: PathBuf,
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// A model for the engine, as NAME=PATH (repeated).
+    #[arg(long = "model", value_parser = parse_model_arg)]
+    models: Vec<(String, PathBuf)>,
+    #[arg(long)]
+    onnx_library: Option<PathBuf>,
 }
 
 fn parse_model_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -178,7 +182,7 @@ fn main() {
     let cli = Cli::parse();
     // A replica mostly relays bytes between one socket and its Python workers: one thread
     // avoids cross-thread wake-ups on every request (measured: lower latency than a pool).
-    let mut builder = if matches!(cli.command, Command::Replica { .. }) {
+    let mut builder = if matches!(cli.command, Command::Replica(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
@@ -232,26 +236,7 @@ async fn run(command: Command) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "gyrus", &mut std::io::stdout());
             Ok(())
         }
-        Command::Replica {
-            id,
-            project,
-            python,
-            lib_dir,
-            model_path,
-            models,
-            onnx_library,
-        } => {
-            replica(ReplicaArgs {
-                id,
-                project,
-                python,
-                lib_dir,
-                model_path,
-                models,
-                onnx_library,
-            })
-            .await
-        }
+        Command::Replica(args) => replica(args).await,
     }
 }
 
@@ -740,16 +725,6 @@ async fn version(output: Output) -> Result<()> {
         );
     }
     Ok(())
-}
-
-struct ReplicaArgs {
-    id: String,
-    project: PathBuf,
-    python: PathBuf,
-    lib_dir: PathBuf,
-    model_path: Option<PathBuf>,
-    models: Vec<(String, PathBuf)>,
-    onnx_library: Option<PathBuf>,
 }
 
 async fn replica(args: ReplicaArgs) -> Result<()> {

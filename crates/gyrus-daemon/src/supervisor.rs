@@ -841,14 +841,9 @@ pub fn model_files(spec: &ApiSpec, project_dir: &Path) -> Result<Vec<(String, Pa
     // Names from file names reach URLs and the replica's `--model NAME=PATH` argument.
     let mut seen = std::collections::HashSet::new();
     for (name, path) in &out {
-        let valid = !name.is_empty()
-            && !name.starts_with('.')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !valid {
+        if let Err(rule) = gyrus_spec::check_model_name(name) {
             return Err(format!(
-                "model name {name:?} (from {}) must contain only letters, digits, '.', '_' and '-', and not start with '.'; rename the file",
+                "model name (from {}) {rule}; rename the file",
                 path.display()
             ));
         }

@@ -118,6 +118,11 @@ impl ReplicaState {
         )
     }
 
+    /// A slot under `max_replica_concurrency`, or `None` when the replica is full (503).
+    fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.gate.try_acquire().ok()
+    }
+
     fn in_flight(&self) -> usize {
         self.max_concurrency - self.gate.available_permits()
     }
@@ -441,7 +446,7 @@ async fn predict(
             )
         }
     };
-    let Ok(_permit) = state.gate.try_acquire() else {
+    let Some(_permit) = state.admit() else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, state.busy_message());
     };
     let content_type = headers

@@ -74,32 +74,9 @@ fn body_bytes(headers: &HeaderMap, body: &Bytes) -> Result<Bytes, ServeError> {
 }
 
 fn model_param(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("model=").map(percent_decode))
-}
-
-/// Decodes `%XX` escapes and `+` in a query value; invalid escapes are kept as they are.
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 3 <= bytes.len()
-                && bytes[i + 1].is_ascii_hexdigit()
-                && bytes[i + 2].is_ascii_hexdigit() =>
-            {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "model")
+        .map(|(_, v)| v.into_owned())
 }
 
 /// `POST /predict` of a model API: `{"input": nested list}` in, `{"output": nested list}` out.
@@ -111,9 +88,8 @@ pub(crate) async fn predict(
     body: Bytes,
 ) -> Result<Response, ServeError> {
     let _permit = state
-        .gate
-        .try_acquire()
-        .map_err(|_| ServeError::Busy(state.busy_message()))?;
+        .admit()
+        .ok_or_else(|| ServeError::Busy(state.busy_message()))?;
     let body = body_bytes(headers, &body)?;
     let model = models.get(model_param(query).as_deref())?;
     let inputs = gyrus_oip::decode_simple(&body, model.signature())?;
@@ -139,15 +115,11 @@ fn find_model<'a>(
         .as_ref()
         .ok_or_else(|| ServeError::NotFound("this API has no models".into()))?;
     let model = models.find(name).ok_or_else(|| {
-        ServeError::NotFound(format!(
-            "unknown model \"{name}\"; this API serves {}",
-            models
-                .names()
-                .iter()
-                .map(|n| format!("\"{n}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+        let unknown = EngineError::UnknownModel {
+            name: name.to_string(),
+            available: models.names(),
+        };
+        ServeError::NotFound(unknown.to_string())
     })?;
     match version {
         None => Ok(model),
@@ -222,9 +194,8 @@ fn infer_inner(
     body: Bytes,
 ) -> Result<Response, ServeError> {
     let _permit = state
-        .gate
-        .try_acquire()
-        .map_err(|_| ServeError::Busy(state.busy_message()))?;
+        .admit()
+        .ok_or_else(|| ServeError::Busy(state.busy_message()))?;
     let model = find_model(state, name, version)?;
     let body = body_bytes(headers, &body)?;
     let header_length = match headers.get(&HEADER_LENGTH) {

@@ -31,6 +31,12 @@ pub use spec::{
 };
 pub use units::{CountOrPercent, Cpu, DurationSpec, Memory, UnitError};
 
+/// The rule for model names (they become part of URLs, `/v2/models/<name>`): letters, digits,
+/// `.`, `_`, `-`, not starting with `.`. The error says so and quotes the name.
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    validate::model_name(name)
+}
+
 /// The APIs of a config file, and the warnings found while reading it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ParsedConfig {
