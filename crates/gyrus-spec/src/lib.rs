@@ -15,6 +15,7 @@ pub mod diagnostic;
 mod emit;
 mod parse;
 pub mod spec;
+pub mod tag;
 pub mod units;
 mod validate;
 mod walker;
@@ -29,6 +30,7 @@ pub use spec::{
     ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
     PredictorSpec, PredictorType, TrackerSpec, UpdateStrategySpec,
 };
+pub use tag::{check_tag_part, ModelRef, ModelTag, TAG_RULE};
 pub use units::{CountOrPercent, Cpu, DurationSpec, Memory, UnitError};
 
 /// The rule for model names (they become part of URLs, `/v2/models/<name>`): letters, digits,
