@@ -28,7 +28,7 @@ pub use emit::to_yaml;
 pub use spec::{
     ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
     ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
-    PredictorSpec, PredictorType, TrackerSpec, UpdateStrategySpec,
+    PredictorSpec, PredictorType, S3Options, TrackerSpec, UpdateStrategySpec,
 };
 pub use tag::{check_tag_part, ModelRef, ModelTag, TAG_RULE};
 pub use units::{CountOrPercent, Cpu, DurationSpec, Memory, UnitError};

@@ -12,7 +12,7 @@ use marked_yaml::Node;
 use crate::spec::{
     ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
     ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
-    PredictorSpec, PredictorType, TrackerSpec, UpdateStrategySpec,
+    PredictorSpec, PredictorType, S3Options, TrackerSpec, UpdateStrategySpec,
 };
 use crate::units::{CountOrPercent, Cpu, DurationSpec, Memory};
 use crate::validate::{self, Need};
@@ -48,7 +48,10 @@ const PREDICTOR_KEYS: &[&str] = &[
     "env",
     "session_options",
     "execution_providers",
+    "s3",
 ];
+
+const S3_SECTION: (&str, &[&str]) = ("predictor.s3", &["endpoint_url", "region"]);
 
 const SESSION_OPTIONS: (&str, &[&str]) = (
     "predictor.session_options",
@@ -167,6 +170,7 @@ const REALTIME: Schema = Schema {
         ),
         ("predictor", PREDICTOR_KEYS),
         SESSION_OPTIONS,
+        S3_SECTION,
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],
@@ -184,6 +188,7 @@ const BATCH: Schema = Schema {
         ("", &["name", "kind", "endpoint", "predictor", "compute"]),
         ("predictor", PREDICTOR_KEYS),
         SESSION_OPTIONS,
+        S3_SECTION,
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],
@@ -647,6 +652,7 @@ fn predictor_current(
     let python_path = python_path(ctx, s);
     let env = env(ctx, s);
     let onnx = onnx_options(ctx, s, schema, kind.value());
+    let s3 = s3_options(ctx, s, schema);
     let kind = kind.value()?;
     match kind {
         PredictorType::Python if matches!(path, Got::Absent) => {
@@ -670,6 +676,7 @@ fn predictor_current(
         python_path: python_path.value(),
         env,
         onnx: None,
+        s3,
     };
     Some((spec, onnx))
 }
@@ -749,6 +756,40 @@ fn onnx_options(
     let mut draft = written?;
     draft.options.execution_providers = providers?;
     Some(draft)
+}
+
+/// `s3: {endpoint_url, region}` for `s3://` models on S3-compatible servers.
+fn s3_options(ctx: &mut Ctx<'_>, s: &Section<'_>, schema: &Schema) -> Option<S3Options> {
+    s.get("s3")?;
+    let sec = s.child(ctx, "s3", S3_SECTION.0, schema)?;
+    let endpoint = sec.string(ctx, "endpoint_url");
+    let endpoint = verdict(ctx, endpoint, |u| {
+        let rest = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(()),
+            _ => Err(format!(
+                "expected an http:// or https:// URL like http://127.0.0.1:9000, found {}",
+                quote(u)
+            )),
+        }
+    });
+    let region = sec.string(ctx, "region");
+    let region = verdict(ctx, region, |r| {
+        if r.is_empty() || r.chars().any(|c| c.is_whitespace()) {
+            Err(format!(
+                "expected a region like us-east-1, found {}",
+                quote(r)
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    Some(S3Options {
+        endpoint_url: endpoint.value(),
+        region: region.value(),
+    })
 }
 
 /// `execution_providers`: `Some(None)` for `auto` (the default), `Some(Some(list))` for a
@@ -832,6 +873,7 @@ fn predictor_legacy(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Option<PredictorSpec>
         python_path: python_path.value(),
         env: BTreeMap::new(),
         onnx: None,
+        s3: None,
     })
 }
 

@@ -70,8 +70,9 @@ pub struct PredictorSpec {
     pub kind: PredictorType,
     /// Path of the predictor's Python file, relative to the project directory.
     pub path: Option<String>,
-    /// A single model: a URL (`s3://…`, `gs://…`, `https://…`) or a local path (relative to
-    /// the project directory, or absolute).
+    /// A single model: a URL (`s3://…`, `gs://…`, `az://…`, `https://…`), a model store tag
+    /// (`iris:latest`, `iris:1a2b`; see [`crate::ModelRef`]) or a local path (relative to the
+    /// project directory, or absolute).
     pub model: Option<String>,
     /// Several models; exclusive with `model`.
     pub models: Option<ModelsSpec>,
@@ -86,6 +87,17 @@ pub struct PredictorSpec {
     /// with `None` even for an ONNX predictor; treat that as [`OnnxOptions::defaults_for`] the
     /// API's `compute.cpu`.
     pub onnx: Option<OnnxOptions>,
+    /// `s3`: where `s3://` models come from when it is not AWS (an S3-compatible server).
+    pub s3: Option<S3Options>,
+}
+
+/// `predictor.s3`: overrides `AWS_ENDPOINT_URL` and `AWS_REGION` for this API's `s3://` models.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Options {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -348,6 +360,8 @@ struct PredictorOut<'a> {
     session_options: Option<SessionOptions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     execution_providers: Option<ProvidersOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3: &'a Option<S3Options>,
 }
 
 #[derive(Deserialize)]
@@ -365,6 +379,8 @@ struct PredictorIn {
     /// `None` when absent; `Some(None)` for `"auto"`.
     #[serde(default, deserialize_with = "present_providers")]
     execution_providers: Option<Option<Vec<ExecutionProviderName>>>,
+    #[serde(default)]
+    s3: Option<S3Options>,
 }
 
 fn present_providers<'de, D: Deserializer<'de>>(
@@ -408,6 +424,7 @@ impl Serialize for PredictorSpec {
                 execution_mode: o.execution_mode,
             }),
             execution_providers: onnx.map(|o| ProvidersOut(&o.execution_providers)),
+            s3: &self.s3,
         }
         .serialize(serializer)
     }
@@ -440,6 +457,7 @@ impl<'de> Deserialize<'de> for PredictorSpec {
             python_path: p.python_path,
             env: p.env,
             onnx,
+            s3: p.s3,
         })
     }
 }

@@ -215,8 +215,9 @@ pub(crate) fn project_path(
     Ok(())
 }
 
-/// A model location: a URL, or a local path (relative to the project, or absolute) that must
-/// exist as `need` when the project directory is known.
+/// A model location: a URL, a model store tag (`iris:latest`; whether the store has it is
+/// checked at deploy), or a local path (relative to the project, or absolute) that must exist as
+/// `need` when the project directory is known.
 pub(crate) fn model_location(
     raw: &str,
     need: Need,
@@ -225,31 +226,61 @@ pub(crate) fn model_location(
     if raw.is_empty() {
         return Err("must not be empty".to_string());
     }
-    if let Some((scheme, rest)) = raw.split_once("://") {
-        let scheme_ok = scheme
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic())
-            && scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'));
-        if !scheme_ok || rest.is_empty() {
-            return Err(format!(
-                "expected a URL like s3://bucket/path or a local path, found {}",
-                quote(raw)
-            ));
+    match crate::tag::ModelRef::parse(raw)? {
+        crate::tag::ModelRef::Url(url) => url_syntax(&url),
+        crate::tag::ModelRef::Tag(_) if need == Need::Dir => Err(format!(
+            "a model store tag can't be a directory of models, found {}; list store models \
+             under models.paths",
+            quote(raw)
+        )),
+        crate::tag::ModelRef::Tag(_) => Ok(()),
+        crate::tag::ModelRef::Path(_) => {
+            let Some(dir) = project_dir else {
+                return Ok(());
+            };
+            let path = Path::new(raw);
+            let found = if path.is_absolute() {
+                exists_as(need, path, raw, "")
+            } else {
+                exists_as(need, &dir.join(path), raw, " in the project directory")
+            };
+            // `model: iris` may mean the store's iris; say how to write that.
+            found.map_err(|e| match crate::tag::ModelTag::parse(raw) {
+                Ok(_) if need == Need::Model => {
+                    format!("{e}; for a model in the store, write {raw}:latest")
+                }
+                _ => e,
+            })
         }
-        return Ok(());
     }
-    let Some(dir) = project_dir else {
+}
+
+fn url_syntax(raw: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = raw.split_once("://") else {
         return Ok(());
     };
-    let path = Path::new(raw);
-    if path.is_absolute() {
-        exists_as(need, path, raw, "")
-    } else {
-        exists_as(need, &dir.join(path), raw, " in the project directory")
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'));
+    if !scheme_ok || rest.is_empty() {
+        return Err(format!(
+            "expected a URL like s3://bucket/path or a local path, found {}",
+            quote(raw)
+        ));
     }
+    const SCHEMES: &[&str] = &["s3", "gs", "az", "azure", "http", "https"];
+    if !SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "unsupported URL scheme {}: models can come from s3://, gs://, az://, https:// and \
+             http:// URLs",
+            quote(scheme)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -331,6 +362,13 @@ mod tests {
         assert!(model_location("s3://bucket/model.onnx", Need::Model, Some(dir)).is_ok());
         assert!(model_location("https://x.y/m.onnx", Need::Model, Some(dir)).is_ok());
         assert!(model_location("://x", Need::Model, Some(dir)).is_err());
+        assert!(model_location("ftp://x/m.onnx", Need::Model, Some(dir)).is_err());
+        assert!(model_location("iris:latest", Need::Model, Some(dir)).is_ok());
+        assert!(model_location("iris:latest", Need::Dir, Some(dir)).is_err());
+        assert!(model_location("Iris:latest", Need::Model, Some(dir)).is_err());
+        assert!(model_location("iris", Need::Model, Some(dir))
+            .unwrap_err()
+            .ends_with("; for a model in the store, write iris:latest"));
         assert!(model_location("Cargo.toml", Need::Model, Some(dir)).is_ok());
         assert!(model_location("missing.onnx", Need::Model, Some(dir)).is_err());
         assert!(model_location("missing.onnx", Need::Model, None).is_ok());

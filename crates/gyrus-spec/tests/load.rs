@@ -70,6 +70,7 @@ fn python_predictor() -> PredictorSpec {
         python_path: None,
         env: BTreeMap::new(),
         onnx: None,
+        s3: None,
     }
 }
 
@@ -174,6 +175,7 @@ fn seed_config_templates_with_every_field_parse() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
             onnx: None,
+            s3: None,
         },
         tracker: Some(TrackerSpec {
             key: Some("label".into()),
