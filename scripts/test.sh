@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup-python.sh
+# The gyrus Python module (gyrus.onnx.save_model/load_model) from this checkout.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps ./python
+# A real S3-compatible server for the tests of s3:// models.
+scripts/setup-s3s.sh
+export GYRUS_TEST_S3S_FS="$PWD/.tools/bin/s3s-fs"
 
 echo "==> cargo test"
 # The engine's tests run real ONNX Runtime (from the onnxruntime wheel in .venv) on models

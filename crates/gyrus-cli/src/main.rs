@@ -3,6 +3,7 @@
 
 mod archive;
 mod client;
+mod models;
 mod output;
 
 use std::path::PathBuf;
@@ -134,10 +135,27 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// The model store: save, list, get, delete, export and import versioned models.
+    ///
+    /// Models live under GYRUS_HOME/models as NAME/VERSION (BentoML's layout). Tags are NAME,
+    /// NAME:latest, NAME:VERSION or a unique version prefix; cortex.yaml's `model:` takes them
+    /// (e.g. `model: iris:latest`), pinned to the exact version at deploy.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
     /// Print a shell completion script (e.g. `gyrus completion bash > ~/.gyrus-completion`).
     Completion { shell: clap_complete::Shell },
     #[command(hide = true)]
     Replica(ReplicaArgs),
+    /// Load an ONNX model and print its signature as JSON (the daemon validates saves with it,
+    /// in a child process so that a model crashing ONNX Runtime cannot crash the daemon).
+    #[command(hide = true)]
+    InspectModel {
+        #[arg(long)]
+        onnx_library: PathBuf,
+        path: PathBuf,
+    },
 }
 
 /// What the supervisor passes to `gyrus replica`.
@@ -236,8 +254,56 @@ async fn run(command: Command) -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "gyrus", &mut std::io::stdout());
             Ok(())
         }
+        Command::Models { command } => models::run(command).await,
         Command::Replica(args) => replica(args).await,
+        Command::InspectModel { onnx_library, path } => inspect_model(&onnx_library, &path),
     }
+}
+
+fn inspect_model(library: &std::path::Path, path: &std::path::Path) -> Result<()> {
+    gyrus_engine::init_library(library).map_err(|e| anyhow!("{e}"))?;
+    let model = gyrus_engine::Model::load(
+        "model",
+        path,
+        &gyrus_engine::SessionConfig::default(),
+        &mut |_| {},
+    )
+    .map_err(|e| match e {
+        // The daemon's staging path means nothing to the user: name the file only.
+        gyrus_engine::EngineError::Load { message, .. } => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            anyhow!("{}", message.replace(&path.display().to_string(), &name))
+        }
+        e => anyhow!("{e}"),
+    })?;
+    let specs = |infos: &[gyrus_engine::TensorInfo]| -> Vec<serde_json::Value> {
+        infos
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "datatype": t.dtype.oip_name(),
+                    "shape": t.shape,
+                })
+            })
+            .collect()
+    };
+    let version = gyrus_engine::library_version(library)
+        .map(|(a, b, c)| format!("{a}.{b}.{c}"))
+        .unwrap_or_else(|| "unknown".into());
+    let sig = model.signature();
+    println!(
+        "{}",
+        serde_json::json!({
+            "onnxruntime": version,
+            "inputs": specs(&sig.inputs),
+            "outputs": specs(&sig.outputs),
+        })
+    );
+    Ok(())
 }
 
 /// Where the config is and what the project folder is.
@@ -328,6 +394,10 @@ async fn deploy(
         .http()
         .post(client.url("/deploy"))
         .query(&[("config_file", &cfg.name)])
+        .header(
+            gyrus_daemon::api::FETCH_ENV_HEADER,
+            data_encoding::BASE64.encode(&serde_json::to_vec(&fetch_env())?),
+        )
         .header("content-type", "application/gzip")
         .body(packed.archive)
         .send()
@@ -354,6 +424,19 @@ async fn deploy(
     }
     let infos = wait_for(&client, &names, timeout, output == Output::Table).await?;
     report_outcome(&infos, output)
+}
+
+/// What the daemon needs of this shell to fetch model URLs as this user: the cloud SDKs'
+/// variables (credentials, region, endpoint, profile) and HOME (for ~/.aws).
+fn fetch_env() -> std::collections::BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k == "HOME"
+                || k.starts_with("AWS_")
+                || k.starts_with("GOOGLE_")
+                || k.starts_with("AZURE_")
+        })
+        .collect()
 }
 
 /// Polls until every API is live or failed (or the timeout), showing progress.
@@ -385,14 +468,15 @@ async fn wait_for(
         if let Some(b) = &bar {
             let msg: Vec<String> = pending
                 .iter()
-                .map(|i| {
-                    format!(
+                .map(|i| match &i.progress {
+                    Some(p) => format!("{}: {}", i.name, output::download(p)),
+                    None => format!(
                         "{}: {} ({}/{} replicas ready)",
                         i.name,
                         i.message.as_deref().unwrap_or("updating"),
                         i.replicas.ready,
                         i.replicas.requested
-                    )
+                    ),
                 })
                 .collect();
             b.set_message(msg.join("; "));

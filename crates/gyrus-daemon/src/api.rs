@@ -26,12 +26,22 @@ pub struct ApiInfo {
     pub status: String,
     /// What the API is doing now, e.g. "installing requirements.txt".
     pub message: Option<String>,
+    /// The model download under way, while a deploy fetches a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<DownloadProgress>,
     pub error: Option<String>,
     pub replicas: ReplicaCounts,
     pub generation: u64,
     pub created_at: String,
     pub updated_at: String,
     pub replica_details: Vec<ReplicaInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadProgress {
+    pub url: String,
+    pub done: u64,
+    pub total: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
@@ -70,4 +80,41 @@ pub struct DeployedApi {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// Header of `POST /deploy`: the deploying user's AWS_*, GOOGLE_*, AZURE_* variables and HOME,
+/// as base64 of a JSON object, for fetching model URLs with their credentials.
+pub const FETCH_ENV_HEADER: &str = "x-gyrus-fetch-env";
+
+/// Header of `POST /models`: what to save, as base64 of a JSON [`SaveRequest`]. The body is an
+/// uncompressed tar of the model's file or directory.
+pub const SAVE_HEADER: &str = "x-gyrus-save";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveRequest {
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// `{method: {batchable, batch_dim}}`; empty means `{run: {batchable: false}}`.
+    #[serde(default)]
+    pub signatures: std::collections::BTreeMap<String, SignatureOptions>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SignatureOptions {
+    pub batchable: bool,
+    pub batch_dim: i64,
+}
+
+/// One stored model version, as `gyrus models list` and `get` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub tag: String,
+    /// Where its files are (a directory under GYRUS_HOME/models).
+    pub path: String,
+    /// The APIs deployed with this version.
+    pub used_by: Vec<String>,
+    pub info: gyrus_store::ModelInfo,
 }

@@ -10,6 +10,11 @@ pub enum DaemonError {
     BadRequest(String),
     #[error("api {0:?} is not deployed")]
     ApiNotFound(String),
+    /// The request conflicts with the current state (a model in use): 409.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] gyrus_store::StoreError),
     #[error("state database: {0}")]
     State(#[from] rusqlite::Error),
     #[error("{context}: {source}")]
@@ -33,6 +38,13 @@ impl DaemonError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::ApiNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Store(e) => match e {
+                gyrus_store::StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+                gyrus_store::StoreError::Exists(_) => StatusCode::CONFLICT,
+                e if e.is_client_error() => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             Self::State(_) | Self::Io { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -56,6 +56,14 @@ impl GyrusHome {
     pub fn lib(&self) -> PathBuf {
         self.root.join("lib")
     }
+    /// The model store (gyrus-store's layout).
+    pub fn models(&self) -> PathBuf {
+        self.root.join("models")
+    }
+    /// Downloads of model URLs, by URL and content.
+    pub fn remote_cache(&self) -> PathBuf {
+        self.root.join("cache").join("remote")
+    }
 
     pub fn create_dirs(&self) -> std::io::Result<()> {
         for dir in [

@@ -5,10 +5,12 @@
 pub mod api;
 pub mod error;
 pub mod home;
+pub mod model_source;
 pub mod project;
 pub mod pyenv;
 pub mod server;
 pub mod state;
+pub mod store_api;
 pub mod supervisor;
 
 use std::future::IntoFuture;
@@ -19,6 +21,7 @@ use gyrus_gateway::{Gateway, RouteTable};
 pub use error::DaemonError;
 pub use home::{addr_from_env, GyrusHome};
 
+use crate::model_source::{FetchContext, ModelSources};
 use crate::server::AppState;
 use crate::state::StateStore;
 use crate::supervisor::Supervisor;
@@ -51,11 +54,21 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     let state = Arc::new(StateStore::open(&home.state_db())?);
     let envs = Arc::new(pyenv::PythonEnvs::discover(home.clone()).await);
+    let store = gyrus_store::ModelStore::open(home.models())?;
+    let remote = gyrus_remote::RemoteCache::new(home.remote_cache());
+    // Nothing is saving or downloading yet; what a crash left half-written can go.
+    store.clean_staging(std::time::Duration::from_secs(3600));
+    remote.clean_tmp(std::time::Duration::from_secs(3600));
+    let sources = Arc::new(ModelSources {
+        store: Arc::new(store),
+        remote,
+    });
     let routes = RouteTable::new();
     let supervisor = Supervisor::new(
         home.clone(),
         routes.clone(),
-        envs,
+        envs.clone(),
+        sources.clone(),
         format!("http://{local}"),
     );
 
@@ -72,7 +85,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                     stored.name,
                     stored.generation
                 );
-                supervisor.apply(stored, spec);
+                supervisor.apply(stored, spec, FetchContext::cached());
             }
             Err(e) => tracing::error!(
                 "cannot restore api {}: stored spec unreadable: {e}",
@@ -90,6 +103,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         shutdown: tokio::sync::Notify::new(),
         stopping: std::sync::atomic::AtomicBool::new(false),
         ops: tokio::sync::Mutex::new(()),
+        envs,
+        sources,
+        self_exe: std::env::current_exe().unwrap_or_else(|_| "gyrus".into()),
     });
     tracing::info!(
         "gyrus daemon listening on http://{local} (GYRUS_HOME={})",

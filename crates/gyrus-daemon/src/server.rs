@@ -14,10 +14,12 @@ use gyrus_spec::{ApiKind, PredictorType};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::api::{DeployResponse, DeployedApi, Health, API_PREFIX};
+use crate::api::{DeployResponse, DeployedApi, Health, API_PREFIX, FETCH_ENV_HEADER};
 use crate::error::DaemonError;
 use crate::home::GyrusHome;
+use crate::model_source::{FetchContext, ModelSources};
 use crate::project;
+use crate::pyenv::PythonEnvs;
 use crate::state::{StateStore, StoredApi};
 use crate::supervisor::{now, Supervisor};
 
@@ -32,6 +34,10 @@ pub struct AppState {
     pub stopping: std::sync::atomic::AtomicBool,
     /// Serialises deploy, refresh and delete, so generations and endpoint checks never race.
     pub ops: tokio::sync::Mutex<()>,
+    pub envs: Arc<PythonEnvs>,
+    pub sources: Arc<ModelSources>,
+    /// This executable, for `gyrus inspect-model`.
+    pub self_exe: std::path::PathBuf,
 }
 
 /// API names come from URLs here: hold them to the spec's rule before they touch a path.
@@ -59,6 +65,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/apis/{name}/refresh", post(refresh_api))
         .route("/apis/{name}/logs", get(logs))
         .route("/shutdown", post(shutdown))
+        .merge(crate::store_api::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             project::MAX_ARCHIVE_BYTES,
         ));
@@ -95,8 +102,11 @@ struct DeployQuery {
 async fn deploy(
     State(app): State<Arc<AppState>>,
     Query(q): Query<DeployQuery>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<DeployResponse>, DaemonError> {
+    let fetch_env: std::collections::BTreeMap<String, String> =
+        crate::store_api::decode_header(&headers, FETCH_ENV_HEADER)?.unwrap_or_default();
     let _op = app.ops.lock().await;
     let config_name = q.config_file.unwrap_or_else(|| "cortex.yaml".into());
     let home = app.home.clone();
@@ -138,30 +148,6 @@ async fn deploy(
                 api.name, api.predictor.kind
             )));
         }
-        let models = api.predictor.models.as_ref();
-        let locations = api
-            .predictor
-            .model
-            .iter()
-            .map(|m| ("predictor.model", m))
-            .chain(
-                models
-                    .into_iter()
-                    .flat_map(|m| m.paths.iter().map(|p| ("predictor.models", &p.model))),
-            )
-            .chain(
-                models
-                    .and_then(|m| m.dir.as_ref())
-                    .map(|d| ("predictor.models.dir", d)),
-            );
-        for (field, m) in locations {
-            if m.contains("://") {
-                return Err(DaemonError::BadRequest(format!(
-                    "api {:?}: {field} {m:?}: model URLs are not supported yet; use a path inside the project",
-                    api.name
-                )));
-            }
-        }
         if let Some((other, _)) = deployed_endpoints
             .iter()
             .find(|(name, endpoint)| *name != api.name && *endpoint == api.endpoint)
@@ -173,8 +159,15 @@ async fn deploy(
         }
     }
 
+    // Store tags become exact versions now: a deploy names what it serves, and a missing model
+    // fails the deploy before anything changes.
+    let mut apis = parsed.apis;
+    for api in &mut apis {
+        app.sources.pin(api).map_err(DaemonError::BadRequest)?;
+    }
+
     let mut deployed = Vec::new();
-    for api in parsed.apis {
+    for api in apis {
         let spec_json =
             serde_json::to_string(&api).map_err(|e| DaemonError::Internal(e.to_string()))?;
         let mut h = Sha256::new();
@@ -220,7 +213,14 @@ async fn deploy(
             }
             .into(),
         });
-        app.supervisor.apply(stored, api);
+        app.supervisor.apply(
+            stored,
+            api,
+            FetchContext {
+                env: fetch_env.clone(),
+                freshness: gyrus_remote::Freshness::CheckRemote,
+            },
+        );
     }
     Ok(Json(DeployResponse {
         apis: deployed,
@@ -279,7 +279,7 @@ async fn refresh_api(
     stored.updated_at = now();
     app.state.upsert(&stored)?;
     let generation = stored.generation;
-    app.supervisor.apply(stored, spec);
+    app.supervisor.apply(stored, spec, FetchContext::cached());
     Ok(Json(
         serde_json::json!({"refreshed": name, "generation": generation}),
     ))

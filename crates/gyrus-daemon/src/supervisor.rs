@@ -19,8 +19,9 @@ use gyrus_gateway::{ApiRoute, ReplicaTarget, RouteTable};
 use gyrus_spec::{ApiSpec, PredictorType};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::api::{ApiInfo, ReplicaCounts, ReplicaInfo};
+use crate::api::{ApiInfo, DownloadProgress, ReplicaCounts, ReplicaInfo};
 use crate::home::GyrusHome;
+use crate::model_source::{FetchContext, ModelSources, ResolvedModels};
 use crate::pyenv::PythonEnvs;
 use crate::state::StoredApi;
 
@@ -200,6 +201,8 @@ struct ApiInner {
     spec: Arc<ApiSpec>,
     status: Status,
     message: Option<String>,
+    /// The download under way while the deploy fetches a model URL.
+    progress: Option<DownloadProgress>,
     error: Option<String>,
     serving: Option<LaunchPlan>,
     replicas: Vec<Arc<Replica>>,
@@ -216,6 +219,7 @@ pub struct Supervisor {
     home: GyrusHome,
     routes: Arc<RouteTable>,
     envs: Arc<PythonEnvs>,
+    sources: Arc<ModelSources>,
     gateway_url: String,
     apis: Mutex<HashMap<String, Arc<ApiRuntime>>>,
     self_exe: PathBuf,
@@ -226,6 +230,7 @@ impl Supervisor {
         home: GyrusHome,
         routes: Arc<RouteTable>,
         envs: Arc<PythonEnvs>,
+        sources: Arc<ModelSources>,
         gateway_url: String,
     ) -> Arc<Self> {
         let self_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gyrus"));
@@ -233,6 +238,7 @@ impl Supervisor {
             home,
             routes,
             envs,
+            sources,
             gateway_url,
             apis: Mutex::new(HashMap::new()),
             self_exe,
@@ -254,7 +260,7 @@ impl Supervisor {
 
     /// Starts (or moves to) the deployment in `stored`. Returns at once; progress shows in
     /// [`Supervisor::info`].
-    pub fn apply(self: &Arc<Self>, stored: StoredApi, spec: ApiSpec) {
+    pub fn apply(self: &Arc<Self>, stored: StoredApi, spec: ApiSpec, fetch: FetchContext) {
         let spec = Arc::new(spec);
         let rt = {
             let mut apis = self.apis();
@@ -269,6 +275,7 @@ impl Supervisor {
                             spec: spec.clone(),
                             status: Status::Updating,
                             message: None,
+                            progress: None,
                             error: None,
                             serving: None,
                             replicas: Vec::new(),
@@ -291,7 +298,7 @@ impl Supervisor {
         self.publish_routes(&rt);
         let me = self.clone();
         tokio::spawn(async move {
-            me.run_deploy(rt, stored, spec).await;
+            me.run_deploy(rt, stored, spec, fetch).await;
         });
     }
 
@@ -300,6 +307,7 @@ impl Supervisor {
         rt: Arc<ApiRuntime>,
         stored: StoredApi,
         spec: Arc<ApiSpec>,
+        fetch: FetchContext,
     ) {
         let generation = stored.generation;
         let log = self.home.api_log(&rt.name);
@@ -332,7 +340,44 @@ impl Supervisor {
         if superseded() {
             return;
         }
-        let plan = match launch_plan(&stored, spec.clone(), python, onnx_library, &project_dir) {
+        set_message(&rt, generation, "locating models");
+        let progress = |p: &gyrus_remote::Progress| {
+            if rt.latest_generation.load(Ordering::SeqCst) == generation {
+                let mut g = rt.lock();
+                g.message = Some(format!("downloading {}", p.url));
+                g.progress = Some(DownloadProgress {
+                    url: p.url.clone(),
+                    done: p.done,
+                    total: p.total,
+                });
+            }
+        };
+        let resolved = self
+            .sources
+            .resolve(&spec, &project_dir, &fetch, &progress)
+            .await;
+        rt.lock().progress = None;
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(e) => {
+                if !superseded() {
+                    api_log(&log, &format!("error: {e}"));
+                    self.fail(&rt, generation, e);
+                }
+                return;
+            }
+        };
+        if superseded() {
+            return;
+        }
+        let plan = match launch_plan(
+            &stored,
+            spec.clone(),
+            python,
+            onnx_library,
+            &project_dir,
+            resolved,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 self.fail(&rt, generation, e);
@@ -759,6 +804,7 @@ impl Supervisor {
             url: format!("{}{}", self.gateway_url, g.spec.endpoint),
             status: g.status.as_str().to_owned(),
             message: g.message.clone(),
+            progress: g.progress.clone(),
             error: g.error.clone(),
             replicas: ReplicaCounts {
                 requested: g.spec.autoscaling.init_replicas.max(1),
@@ -778,92 +824,15 @@ fn set_message(rt: &ApiRuntime, generation: u64, msg: &str) {
     }
 }
 
-/// The models an ONNX API serves, named as the Open Inference Protocol will address them:
-/// a single `model` takes the API's name; `models` entries keep theirs; in a `models.dir`,
-/// each `*.onnx` file is named by its stem and each subdirectory holding exactly one `.onnx`
-/// file by the subdirectory's name.
-pub fn model_files(spec: &ApiSpec, project_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    if spec.predictor.kind != PredictorType::Onnx {
-        return Ok(Vec::new());
-    }
-    if let Some(m) = &spec.predictor.model {
-        return Ok(vec![(spec.name.clone(), project_dir.join(m))]);
-    }
-    let Some(models) = &spec.predictor.models else {
-        return Ok(Vec::new());
-    };
-    let mut out: Vec<(String, PathBuf)> = models
-        .paths
-        .iter()
-        .map(|m| (m.name.clone(), project_dir.join(&m.model)))
-        .collect();
-    if let Some(dir) = &models.dir {
-        let root = project_dir.join(dir);
-        let entries = std::fs::read_dir(&root).map_err(|e| format!("models.dir {dir}: {e}"))?;
-        let is_onnx = |p: &Path| p.is_file() && p.extension().is_some_and(|e| e == "onnx");
-        let mut found = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_onnx(&path) {
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or(name);
-                found.push((stem, path));
-            } else if path.is_dir() {
-                let inner: Vec<PathBuf> = std::fs::read_dir(&path)
-                    .map_err(|e| format!("models.dir {dir}/{name}: {e}"))?
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| is_onnx(p))
-                    .collect();
-                match inner.as_slice() {
-                    [one] => found.push((name, one.clone())),
-                    [] => {}
-                    _ => {
-                        return Err(format!(
-                            "models.dir {dir}/{name} holds {} .onnx files; a model directory holds exactly one",
-                            inner.len()
-                        ))
-                    }
-                }
-            }
-        }
-        if found.is_empty() {
-            return Err(format!(
-                "models.dir {dir} holds no models (*.onnx files, or directories with one .onnx file)"
-            ));
-        }
-        found.sort();
-        out.extend(found);
-    }
-    // Names from file names reach URLs and the replica's `--model NAME=PATH` argument.
-    let mut seen = std::collections::HashSet::new();
-    for (name, path) in &out {
-        if let Err(rule) = gyrus_spec::check_model_name(name) {
-            return Err(format!(
-                "model name (from {}) {rule}; rename the file",
-                path.display()
-            ));
-        }
-        if !seen.insert(name.as_str()) {
-            return Err(format!(
-                "two models are named {name:?}; model names must be unique within an API"
-            ));
-        }
-    }
-    Ok(out)
-}
-
 fn launch_plan(
     stored: &StoredApi,
     spec: Arc<ApiSpec>,
     python: PathBuf,
     onnx_library: Option<PathBuf>,
     project_dir: &Path,
+    resolved: ResolvedModels,
 ) -> Result<LaunchPlan, String> {
-    let models = model_files(&spec, project_dir)?;
+    let ResolvedModels { model_path, models } = resolved;
     let dotenv: Vec<(String, String)> =
         serde_json::from_str(&stored.dotenv_json).map_err(|e| format!("stored .env: {e}"))?;
     let mut env = dotenv;
@@ -892,12 +861,6 @@ fn launch_plan(
     };
     env.retain(|(k, _)| k != "PYTHONPATH");
     env.push(("PYTHONPATH".into(), pythonpath));
-    let model_path = spec
-        .predictor
-        .model
-        .as_deref()
-        .filter(|m| !m.contains("://"))
-        .map(|m| project_dir.join(m));
     let spec_json = serde_json::to_string(&*spec).map_err(|e| e.to_string())?;
     Ok(LaunchPlan {
         generation: stored.generation,

@@ -1,0 +1,262 @@
+//! Where an API's models come from. A `model:` (or an entry of `models`) is a project path, a
+//! model store tag or a URL (see [`gyrus_spec::ModelRef`]); this module turns each into a local
+//! file or directory: store tags are pinned to a version when the deploy is accepted, URLs are
+//! fetched into the shared download cache (gyrus-remote) while the deploy runs, and the ONNX
+//! file of each model is picked out and named as the Open Inference Protocol addresses it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gyrus_remote::{FetchOptions, Freshness, Progress, RemoteCache};
+use gyrus_spec::{ApiSpec, ModelRef, ModelTag, PredictorType};
+use gyrus_store::ModelStore;
+
+/// What a deploy brings for fetching URLs: the deploying user's environment (credentials,
+/// region, endpoint) and whether to ask the server for the current version.
+#[derive(Debug, Clone)]
+pub struct FetchContext {
+    pub env: BTreeMap<String, String>,
+    pub freshness: Freshness,
+}
+
+impl FetchContext {
+    /// A restart of the daemon or a refresh: the user's credentials are not at hand, so use
+    /// the last complete download when there is one.
+    pub fn cached() -> FetchContext {
+        FetchContext {
+            env: BTreeMap::new(),
+            freshness: Freshness::PreferCached,
+        }
+    }
+}
+
+/// The local files of an API's models.
+#[derive(Debug, Default)]
+pub struct ResolvedModels {
+    /// `predictor.model` as a local path, for Python predictors (Cortex's `model_path`).
+    pub model_path: Option<PathBuf>,
+    /// The ONNX models (name, .onnx file) of an ONNX predictor.
+    pub models: Vec<(String, PathBuf)>,
+}
+
+pub struct ModelSources {
+    pub store: Arc<ModelStore>,
+    pub remote: RemoteCache,
+}
+
+/// Every model reference an API spec holds, with the field it came from (for messages).
+fn references(spec: &ApiSpec) -> Vec<(String, &String)> {
+    let p = &spec.predictor;
+    let mut out: Vec<(String, &String)> = Vec::new();
+    if let Some(m) = &p.model {
+        out.push(("predictor.model".into(), m));
+    }
+    if let Some(models) = &p.models {
+        for (i, m) in models.paths.iter().enumerate() {
+            out.push((format!("predictor.models[{i}].model"), &m.model));
+        }
+    }
+    out
+}
+
+impl ModelSources {
+    /// Rewrites every store tag of `spec` to the exact version it names now (`iris:latest`
+    /// becomes `iris:c5r2…`), so that a later save does not change a deployed API until it is
+    /// deployed again, and `gyrus models delete` knows what is in use.
+    pub fn pin(&self, spec: &mut ApiSpec) -> Result<(), String> {
+        let name = spec.name.clone();
+        let p = &mut spec.predictor;
+        let slots = p
+            .model
+            .iter_mut()
+            .map(|m| ("predictor.model".to_string(), m))
+            .chain(p.models.iter_mut().flat_map(|ms| {
+                ms.paths
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, m)| (format!("predictor.models[{i}].model"), &mut m.model))
+            }));
+        for (field, slot) in slots {
+            if let Ok(ModelRef::Tag(tag)) = ModelRef::parse(slot) {
+                let found = self
+                    .store
+                    .resolve(&tag)
+                    .map_err(|e| format!("api {name:?}: {field}: {e}"))?;
+                *slot = found.tag();
+            }
+        }
+        Ok(())
+    }
+
+    /// The store versions (`name:version`) that `spec` uses, once pinned.
+    pub fn store_tags(spec: &ApiSpec) -> Vec<String> {
+        references(spec)
+            .into_iter()
+            .filter_map(|(_, r)| match ModelRef::parse(r) {
+                Ok(ModelRef::Tag(t)) => t.version.as_ref().map(|v| format!("{}:{v}", t.name)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The local files of the API's models, fetching URLs as needed. `progress` sees the bytes
+    /// of each download as they arrive.
+    pub async fn resolve(
+        &self,
+        spec: &ApiSpec,
+        project_dir: &Path,
+        fetch: &FetchContext,
+        progress: &(dyn Fn(&Progress) + Send + Sync),
+    ) -> Result<ResolvedModels, String> {
+        let options = FetchOptions {
+            env: fetch.env.clone(),
+            s3_endpoint_url: spec
+                .predictor
+                .s3
+                .as_ref()
+                .and_then(|s| s.endpoint_url.clone()),
+            s3_region: spec.predictor.s3.as_ref().and_then(|s| s.region.clone()),
+        };
+        let locate = |raw: String, field: String| {
+            let options = &options;
+            async move {
+                self.locate(&raw, project_dir, options, fetch.freshness, progress)
+                    .await
+                    .map_err(|e| format!("{field}: {e}"))
+            }
+        };
+        let p = &spec.predictor;
+        if p.kind != PredictorType::Onnx {
+            let model_path = match &p.model {
+                Some(m) => Some(locate(m.clone(), "predictor.model".into()).await?),
+                None => None,
+            };
+            return Ok(ResolvedModels {
+                model_path,
+                models: Vec::new(),
+            });
+        }
+        let mut models = Vec::new();
+        if let Some(m) = &p.model {
+            let path = locate(m.clone(), "predictor.model".into()).await?;
+            models.push((spec.name.clone(), onnx_file(&path)?));
+        }
+        if let Some(ms) = &p.models {
+            for (i, m) in ms.paths.iter().enumerate() {
+                let field = format!("predictor.models[{i}].model");
+                let path = locate(m.model.clone(), field.clone()).await?;
+                let file = onnx_file(&path).map_err(|e| format!("{field}: {e}"))?;
+                models.push((m.name.clone(), file));
+            }
+            if let Some(dir) = &ms.dir {
+                let root = locate(dir.clone(), "predictor.models.dir".into()).await?;
+                models.extend(models_in_dir(&root, dir)?);
+            }
+        }
+        check_names(&models)?;
+        Ok(ResolvedModels {
+            model_path: None,
+            models,
+        })
+    }
+
+    async fn locate(
+        &self,
+        raw: &str,
+        project_dir: &Path,
+        options: &FetchOptions,
+        freshness: Freshness,
+        progress: &(dyn Fn(&Progress) + Send + Sync),
+    ) -> Result<PathBuf, String> {
+        match ModelRef::parse(raw)? {
+            ModelRef::Path(p) => Ok(project_dir.join(p)),
+            ModelRef::Tag(tag) => self.store_path(&tag),
+            ModelRef::Url(url) => self
+                .remote
+                .fetch(&url, options, freshness, progress)
+                .await
+                .map(|f| f.path)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn store_path(&self, tag: &ModelTag) -> Result<PathBuf, String> {
+        let store = self.store.clone();
+        store
+            .resolve(tag)
+            .map(|m| m.path)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A model given as a directory (a store version, a downloaded prefix) is its one ONNX file.
+fn onnx_file(path: &Path) -> Result<PathBuf, String> {
+    if path.is_dir() {
+        gyrus_store::model_file(path).map_err(|e| e.to_string())
+    } else {
+        Ok(path.to_path_buf())
+    }
+}
+
+/// `models.dir`: each `*.onnx` file is named by its stem and each subdirectory holding exactly
+/// one `.onnx` file by the subdirectory's name.
+fn models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    let entries = std::fs::read_dir(root).map_err(|e| format!("models.dir {dir}: {e}"))?;
+    let is_onnx = |p: &Path| p.is_file() && p.extension().is_some_and(|e| e == "onnx");
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_onnx(&path) {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or(name);
+            found.push((stem, path));
+        } else if path.is_dir() {
+            let inner: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map_err(|e| format!("models.dir {dir}/{name}: {e}"))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| is_onnx(p))
+                .collect();
+            match inner.as_slice() {
+                [one] => found.push((name, one.clone())),
+                [] => {}
+                _ => {
+                    return Err(format!(
+                        "models.dir {dir}/{name} holds {} .onnx files; a model directory holds exactly one",
+                        inner.len()
+                    ))
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(format!(
+            "models.dir {dir} holds no models (*.onnx files, or directories with one .onnx file)"
+        ));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Names from file names reach URLs and the replica's `--model NAME=PATH` argument.
+fn check_names(models: &[(String, PathBuf)]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, path) in models {
+        if let Err(rule) = gyrus_spec::check_model_name(name) {
+            return Err(format!(
+                "model name (from {}) {rule}; rename the file",
+                path.display()
+            ));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(format!(
+                "two models are named {name:?}; model names must be unique within an API"
+            ));
+        }
+    }
+    Ok(())
+}

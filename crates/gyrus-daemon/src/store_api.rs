@@ -1,0 +1,351 @@
+//! The model store's part of the control API (`/_gyrus/v1/models`): save (an uploaded file or
+//! directory, validated by loading it in ONNX Runtime in a child process, so a model that
+//! crashes the runtime cannot take the daemon down), list, get, delete (refused while a deployed
+//! API uses the version, unless forced), export and import. The store itself is gyrus-store;
+//! this module adds what needs the daemon: uploads, validation and knowing what is in use.
+
+use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom};
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use gyrus_spec::ModelTag;
+use gyrus_store::{Context, NewModel, Signature, StoredModel, TensorSpec};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::api::{ModelEntry, SaveRequest, SAVE_HEADER};
+use crate::error::DaemonError;
+use crate::model_source::ModelSources;
+use crate::server::AppState;
+
+/// The largest model upload or import accepted (the body streams to disk, not to memory).
+const MAX_MODEL_BYTES: u64 = 64 << 30;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/models", get(list).post(save))
+        .route("/models/import", post(import))
+        .route("/models/{tag}", get(get_model).delete(delete_model))
+        .route("/models/{tag}/export", get(export))
+}
+
+fn parse_tag(raw: &str) -> Result<ModelTag, DaemonError> {
+    ModelTag::parse(raw).map_err(DaemonError::BadRequest)
+}
+
+/// Which deployed APIs use each store version (`name:version` → API names).
+fn usage(app: &AppState) -> Result<BTreeMap<String, Vec<String>>, DaemonError> {
+    let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for api in app.state.list()? {
+        let Ok(spec) = serde_json::from_str::<gyrus_spec::ApiSpec>(&api.spec_json) else {
+            continue;
+        };
+        for tag in ModelSources::store_tags(&spec) {
+            used.entry(tag).or_default().push(api.name.clone());
+        }
+    }
+    Ok(used)
+}
+
+fn entry(model: StoredModel, used: &BTreeMap<String, Vec<String>>) -> ModelEntry {
+    let tag = model.tag();
+    ModelEntry {
+        used_by: used.get(&tag).cloned().unwrap_or_default(),
+        tag,
+        path: model.path.display().to_string(),
+        info: model.info,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DaemonError> + Send + 'static,
+) -> Result<T, DaemonError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DaemonError::Internal(format!("model store task: {e}")))?
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    name: Option<String>,
+}
+
+async fn list(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<ModelEntry>>, DaemonError> {
+    if let Some(name) = &q.name {
+        gyrus_spec::check_tag_part("name", name).map_err(DaemonError::BadRequest)?;
+    }
+    let used = usage(&app)?;
+    let store = app.sources.store.clone();
+    let models = blocking(move || Ok(store.list(q.name.as_deref())?)).await?;
+    Ok(Json(models.into_iter().map(|m| entry(m, &used)).collect()))
+}
+
+async fn get_model(
+    State(app): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<Json<ModelEntry>, DaemonError> {
+    let tag = parse_tag(&raw)?;
+    let used = usage(&app)?;
+    let store = app.sources.store.clone();
+    let model = blocking(move || Ok(store.resolve(&tag)?)).await?;
+    Ok(Json(entry(model, &used)))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_model(
+    State(app): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<ModelEntry>, DaemonError> {
+    let tag = parse_tag(&raw)?;
+    // Deploys pin versions under this lock; holding it keeps a deploy from pinning the version
+    // being deleted.
+    let _op = app.ops.lock().await;
+    let used = usage(&app)?;
+    let store = app.sources.store.clone();
+    let model = blocking(move || {
+        let model = store.resolve(&tag)?;
+        let full = model.tag();
+        if let Some(apis) = used.get(&full).filter(|_| !q.force) {
+            return Err(DaemonError::Conflict(format!(
+                "{full} is used by {} {}; delete {} first, or pass --force (its replicas keep \
+                 running, but cannot restart)",
+                if apis.len() == 1 { "API" } else { "APIs" },
+                apis.join(", "),
+                if apis.len() == 1 { "it" } else { "them" },
+            )));
+        }
+        let exact = ModelTag {
+            name: model.info.name.clone(),
+            version: Some(model.info.version.clone()),
+        };
+        let deleted = store.delete(&exact)?;
+        Ok(entry(deleted, &used))
+    })
+    .await?;
+    Ok(Json(model))
+}
+
+/// Streams a request body to an anonymous file in the store's staging directory.
+async fn spool(body: Body, dir: &FsPath) -> Result<std::fs::File, DaemonError> {
+    let file = tempfile::tempfile_in(dir)
+        .map_err(|e| DaemonError::io(format!("creating a file in {}", dir.display()), e))?;
+    let mut out = tokio::fs::File::from_std(
+        file.try_clone()
+            .map_err(|e| DaemonError::io("duplicating a file handle", e))?,
+    );
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| DaemonError::BadRequest(format!("reading the upload: {e}")))?;
+        total += chunk.len() as u64;
+        if total > MAX_MODEL_BYTES {
+            return Err(DaemonError::BadRequest(format!(
+                "the upload is larger than {} GiB",
+                MAX_MODEL_BYTES >> 30
+            )));
+        }
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| DaemonError::io("writing the upload", e))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| DaemonError::io("writing the upload", e))?;
+    let mut file = out.into_std().await;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| DaemonError::io("rewinding the upload", e))?;
+    Ok(file)
+}
+
+fn staging_dir(app: &AppState) -> std::path::PathBuf {
+    app.sources.store.root().join(".staging")
+}
+
+/// What `gyrus inspect-model` prints.
+#[derive(Deserialize)]
+struct Inspection {
+    onnxruntime: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+async fn save(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ModelEntry>, DaemonError> {
+    let request: SaveRequest = decode_header(&headers, SAVE_HEADER)?
+        .ok_or_else(|| DaemonError::BadRequest(format!("missing the {SAVE_HEADER} header")))?;
+    gyrus_spec::check_tag_part("name", &request.name)
+        .map_err(|e| DaemonError::BadRequest(format!("--name: {e}")))?;
+    let upload = spool(body, &staging_dir(&app)).await?;
+    let store = app.sources.store.clone();
+    let staging = blocking(move || {
+        let staging = store.begin()?;
+        staging.unpack_upload(upload, MAX_MODEL_BYTES)?;
+        Ok(staging)
+    })
+    .await?;
+    let file = gyrus_store::model_file(staging.dir()).map_err(|e| {
+        DaemonError::BadRequest(format!(
+            "gyrus models save takes an ONNX model (a .onnx file, or a directory with one .onnx \
+             file and its external data): {e}"
+        ))
+    })?;
+
+    let log = app.home.logs().join("models.log");
+    let setup = app
+        .envs
+        .resolve_onnx(staging.dir(), false, &log)
+        .await
+        .map_err(|e| DaemonError::Internal(format!("preparing ONNX Runtime: {e}")))?;
+    let output = tokio::process::Command::new(&app.self_exe)
+        .arg("inspect-model")
+        .arg("--onnx-library")
+        .arg(&setup.library)
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| DaemonError::io("running gyrus inspect-model", e))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr.trim().trim_start_matches("error: ");
+        return Err(DaemonError::BadRequest(if reason.is_empty() {
+            format!("ONNX Runtime crashed loading the model ({})", output.status)
+        } else {
+            format!("the model does not load in ONNX Runtime: {reason}")
+        }));
+    }
+    let inspection: Inspection = serde_json::from_slice(&output.stdout)
+        .map_err(|e| DaemonError::Internal(format!("reading gyrus inspect-model: {e}")))?;
+
+    let mut signatures: BTreeMap<String, Signature> = request
+        .signatures
+        .iter()
+        .map(|(method, s)| {
+            (
+                method.clone(),
+                Signature {
+                    batchable: s.batchable,
+                    batch_dim: s.batch_dim,
+                    input_spec: Vec::new(),
+                    output_spec: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let run = signatures.entry("run".into()).or_insert(Signature {
+        batchable: false,
+        batch_dim: 0,
+        input_spec: Vec::new(),
+        output_spec: Vec::new(),
+    });
+    run.input_spec = inspection.inputs;
+    run.output_spec = inspection.outputs;
+    let new = NewModel {
+        name: request.name,
+        module: "gyrus.onnx".into(),
+        labels: request.labels,
+        metadata: request.metadata,
+        options: serde_json::Map::new(),
+        context: Context {
+            framework_name: "onnx".into(),
+            framework_versions: [("onnxruntime".to_string(), inspection.onnxruntime)]
+                .into_iter()
+                .collect(),
+            gyrus_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        signatures,
+    };
+    let used = usage(&app)?;
+    let model = blocking(move || Ok(staging.commit(new)?)).await?;
+    tracing::info!("saved model {}", model.tag());
+    Ok(Json(entry(model, &used)))
+}
+
+async fn export(
+    State(app): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<Response, DaemonError> {
+    let tag = parse_tag(&raw)?;
+    let store = app.sources.store.clone();
+    let dir = staging_dir(&app);
+    let (model, file) = blocking(move || {
+        let mut file = tempfile::tempfile_in(&dir)
+            .map_err(|e| DaemonError::io(format!("creating a file in {}", dir.display()), e))?;
+        let model = store.export(&tag, &mut file)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| DaemonError::io("rewinding the export", e))?;
+        Ok((model, file))
+    })
+    .await?;
+    let length = file.metadata().map(|m| m.len()).ok();
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let mut response = Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    if let Some(length) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}-{}.tar.gz\"",
+        model.info.name, model.info.version
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&model.tag()) {
+        h.insert("x-gyrus-model-tag", v);
+    }
+    Ok(response)
+}
+
+async fn import(
+    State(app): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<ModelEntry>, DaemonError> {
+    let upload = spool(body, &staging_dir(&app)).await?;
+    let used = usage(&app)?;
+    let store = app.sources.store.clone();
+    let model = blocking(move || Ok(store.import(upload)?)).await?;
+    tracing::info!("imported model {}", model.tag());
+    Ok(Json(entry(model, &used)))
+}
+
+/// A header holding base64 of JSON (so any value, secrets and non-ASCII included, fits).
+pub fn decode_header<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Option<T>, DaemonError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let bad = |e: String| DaemonError::BadRequest(format!("header {name}: {e}"));
+    let bytes = data_encoding::BASE64
+        .decode(value.as_bytes())
+        .map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
+}
