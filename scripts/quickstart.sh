@@ -29,6 +29,12 @@ echo "==> deploying examples/iris-python and examples/onnx-model"
 # The first ONNX deploy installs ONNX Runtime (the onnxruntime wheel) into GYRUS_HOME/runtime.
 "$bindir/gyrus" deploy examples/onnx-model
 
+echo "==> saving the iris model in the model store and deploying examples/store-model"
+if ! "$bindir/gyrus" models get iris -o path >/dev/null 2>&1; then
+  "$bindir/gyrus" models save examples/onnx-model/model.onnx --name iris --label example=quickstart
+fi
+"$bindir/gyrus" deploy examples/store-model
+
 cat <<MSG
 
 The iris API is live. Try it:
@@ -40,7 +46,10 @@ The same model as ONNX, served by gyrus's Rust engine (no Python in the request 
 
   curl -X POST localhost:8888/iris-model -d '{"input": [[5.2, 3.6, 1.5, 0.3]]}'
 
-and over the Open Inference Protocol (e.g. tritonclient with url "localhost:8888").
+and over the Open Inference Protocol (e.g. tritonclient with url "localhost:8888"). From the
+model store (`gyrus models list`):
+
+  curl -X POST localhost:8888/iris-store -d '{"input": [[5.2, 3.6, 1.5, 0.3]]}'
 
 Then: gyrus get · gyrus logs iris-classifier · gyrus delete iris-classifier · gyrus --help
 MSG

@@ -96,7 +96,8 @@ enum Command {
         #[arg(required = true)]
         apis: Vec<String>,
     },
-    /// Restart an API's replicas (a new generation replaces the old once ready).
+    /// Restart an API's replicas (a new generation replaces the old once ready). Model URLs
+    /// are checked again: an object changed since the deploy is downloaded.
     Refresh {
         api: String,
         #[arg(long)]
@@ -673,9 +674,17 @@ async fn delete(apis: &[String]) -> Result<()> {
 async fn refresh(api: &str, no_wait: bool, timeout: Duration) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
-    client
-        .post_json::<serde_json::Value>(&format!("/apis/{api}/refresh"))
-        .await?;
+    let resp = client
+        .http()
+        .post(client.url(&format!("/apis/{api}/refresh")))
+        .header(
+            gyrus_daemon::api::FETCH_ENV_HEADER,
+            data_encoding::BASE64.encode(&serde_json::to_vec(&fetch_env())?),
+        )
+        .send()
+        .await
+        .map_err(|e| client.unreachable(e))?;
+    client::decode::<serde_json::Value>(resp).await?;
     eprintln!("{api}: restarting replicas");
     if no_wait {
         return Ok(());

@@ -125,9 +125,11 @@ fn signature(s: &str) -> Result<(String, SignatureOptions), String> {
                     .parse()
                     .map_err(|_| format!("batch_dim must be an integer, found {v:?}"))?
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown signature option {part:?}: expected batchable=true|false or batch_dim=N"
-            )),
+            ))
+            }
         }
     }
     Ok((method.to_string(), options))

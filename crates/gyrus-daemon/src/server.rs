@@ -266,8 +266,18 @@ async fn delete_api(
 async fn refresh_api(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, DaemonError> {
     check_name(&name)?;
+    // With the user's environment a refresh checks model URLs again; without, it reuses the
+    // downloads it has.
+    let fetch = match crate::store_api::decode_header(&headers, FETCH_ENV_HEADER)? {
+        Some(env) => FetchContext {
+            env,
+            freshness: gyrus_remote::Freshness::CheckRemote,
+        },
+        None => FetchContext::cached(),
+    };
     let _op = app.ops.lock().await;
     let mut stored = app
         .state
@@ -279,7 +289,7 @@ async fn refresh_api(
     stored.updated_at = now();
     app.state.upsert(&stored)?;
     let generation = stored.generation;
-    app.supervisor.apply(stored, spec, FetchContext::cached());
+    app.supervisor.apply(stored, spec, fetch);
     Ok(Json(
         serde_json::json!({"refreshed": name, "generation": generation}),
     ))
