@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import http.client
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -314,14 +313,6 @@ def cache_entries(home: Path) -> list[Path]:
     return sorted(v for k in root.iterdir() if k.is_dir() and k.name != ".tmp" for v in k.iterdir() if v.is_dir())
 
 
-def cache_keys(home: Path) -> list[str]:
-    """The names in GYRUS_HOME/cache/remote besides .tmp."""
-    root = home / "cache" / "remote"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.name != ".tmp")
-
-
 def tmp_contents(home: Path) -> list[Path]:
     tmp = home / "cache" / "remote" / ".tmp"
     return sorted(tmp.rglob("*")) if tmp.is_dir() else []
@@ -356,7 +347,6 @@ def big_model(path: Path, n_floats: int) -> Path:
     """An ONNX model y = x + c[0] (x: float32 [N]) whose initializer c holds `n_floats` float32
     (c[0] = 1.5), so the file is about 4 * n_floats bytes and loads quickly."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper
 
     c = np.arange(n_floats, dtype=np.float32)
@@ -377,7 +367,3 @@ def big_model(path: Path, n_floats: int) -> Path:
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())
     return path
-
-
-def rmtree(p: Path) -> None:
-    shutil.rmtree(p, ignore_errors=True)

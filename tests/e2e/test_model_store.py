@@ -9,7 +9,6 @@ Every test uses its own model names; the module shares one GYRUS_HOME and daemon
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os

@@ -70,7 +70,8 @@ pub enum ModelsCommand {
         #[arg(short, long, value_enum, default_value_t = GetOutput::Yaml)]
         output: GetOutput,
     },
-    /// Delete model versions. A version a deployed API uses is kept unless --force.
+    /// Delete models: NAME deletes every version, NAME:VERSION (or a prefix, or NAME:latest)
+    /// one. A version a deployed API uses is kept unless --force.
     Delete {
         #[arg(required = true)]
         tags: Vec<String>,
@@ -236,17 +237,36 @@ async fn get(client: &DaemonClient, tag: &str, output: GetOutput) -> Result<()> 
 }
 
 async fn delete(client: &DaemonClient, tags: &[String], yes: bool, force: bool) -> Result<()> {
+    // As in BentoML, a bare NAME means every version of it; NAME:latest only the newest.
+    let mut targets: Vec<String> = Vec::new();
     for tag in tags {
         tag_path(tag)?;
+        if tag.contains(':') {
+            targets.push(tag.clone());
+            continue;
+        }
+        let resp = client
+            .http()
+            .get(client.url("/models"))
+            .query(&[("name", tag)])
+            .send()
+            .await
+            .map_err(|e| client.unreachable(e))?;
+        let versions: Vec<ModelEntry> = client::decode(resp).await?;
+        if versions.is_empty() {
+            // Let the daemon say what the store holds instead.
+            targets.push(tag.clone());
+        }
+        targets.extend(versions.into_iter().map(|e| e.tag));
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
             bail!(
                 "not deleting without confirmation: pass -y to delete {}",
-                tags.join(" ")
+                targets.join(" ")
             );
         }
-        eprint!("delete {}? [y/N] ", tags.join(", "));
+        eprint!("delete {}? [y/N] ", targets.join(", "));
         std::io::stderr().flush().ok();
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
@@ -255,7 +275,7 @@ async fn delete(client: &DaemonClient, tags: &[String], yes: bool, force: bool) 
         }
     }
     let mut failed = Vec::new();
-    for tag in tags {
+    for tag in &targets {
         let mut request = client.http().delete(client.url(&tag_path(tag)?));
         if force {
             request = request.query(&[("force", "true")]);
@@ -263,7 +283,7 @@ async fn delete(client: &DaemonClient, tags: &[String], yes: bool, force: bool) 
         let resp = request.send().await.map_err(|e| client.unreachable(e))?;
         match client::decode::<ModelEntry>(resp).await {
             Ok(e) => println!("deleted {}", e.tag),
-            Err(e) => failed.push(format!("{tag}: {e}")),
+            Err(e) => failed.push(e.to_string()),
         }
     }
     if failed.is_empty() {
@@ -296,13 +316,19 @@ fn model_files(path: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
+        if !is_onnx_name(&name) {
+            bail!(
+                "{} is not an ONNX model: gyrus models save takes a .onnx file, or a directory \
+                 with one .onnx file and its external data",
+                path.display()
+            );
+        }
         // A single ONNX file is stored as saved_model.onnx (the store's layout).
-        let stored = if name.ends_with(".onnx") {
-            "saved_model.onnx".to_string()
-        } else {
-            name
-        };
-        return Ok(vec![(path.to_path_buf(), stored, meta.len())]);
+        return Ok(vec![(
+            path.to_path_buf(),
+            "saved_model.onnx".to_string(),
+            meta.len(),
+        )]);
     }
     let mut out = Vec::new();
     for entry in ignore::WalkBuilder::new(path)
@@ -333,7 +359,33 @@ fn model_files(path: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
     if out.is_empty() {
         bail!("{} is an empty directory", path.display());
     }
+    // The store's rule for a model directory (checked again by the daemon): saved_model.onnx,
+    // else exactly one top-level .onnx file.
+    let top: Vec<&str> = out
+        .iter()
+        .map(|(_, rel, _)| rel.as_str())
+        .filter(|rel| !rel.contains('/') && is_onnx_name(rel))
+        .collect();
+    if !top.contains(&"saved_model.onnx") && top.len() != 1 {
+        bail!(
+            "{} holds {} top-level .onnx files{}; a model directory holds exactly one (or a \
+             saved_model.onnx beside its other files)",
+            path.display(),
+            top.len(),
+            if top.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", top.join(", "))
+            }
+        );
+    }
     Ok(out)
+}
+
+fn is_onnx_name(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// Writes into a channel, so a tar built on a blocking thread streams out as a request body.
@@ -379,16 +431,22 @@ async fn save(
         tx: tx.clone(),
         bar: bar.clone(),
     };
+    // The packer holds the last sender: the body ends when it is done (or has failed).
     let packer = tokio::task::spawn_blocking(move || -> Result<()> {
         let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, writer));
         for (src, rel, _) in &files {
-            tar.append_path_with_name(src, rel)
-                .with_context(|| format!("reading {}", src.display()))?;
+            if let Err(e) = tar.append_path_with_name(src, rel) {
+                let message = format!("reading {}: {e}", src.display());
+                // A dropped Builder finishes the archive, which would upload a valid tar
+                // missing this file; fail the body instead so the daemon saves nothing.
+                std::mem::forget(tar);
+                let _ = tx.blocking_send(Err(std::io::Error::other(message.clone())));
+                bail!("{message}");
+            }
         }
         tar.into_inner()?.flush()?;
         Ok(())
     });
-    drop(tx);
     let header = data_encoding::BASE64.encode(&serde_json::to_vec(request)?);
     if bar.is_none() {
         eprintln!(
@@ -409,11 +467,12 @@ async fn save(
         b.finish_and_clear();
     }
     let packed = packer.await.map_err(|e| anyhow!("{e}"))?;
+    // A file that could not be read is the error to report, whatever the daemon said.
+    packed?;
     let resp = resp.map_err(|e| client.unreachable(e))?;
     let entry: ModelEntry = client::decode(resp)
         .await
         .map_err(|e| anyhow!("cannot save {}: {e}", path.display()))?;
-    packed?;
     match output {
         ListOutput::Table => {
             println!("saved {} ({})", entry.tag, bytes(entry.info.size));

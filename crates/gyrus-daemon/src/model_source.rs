@@ -14,10 +14,20 @@ use gyrus_store::ModelStore;
 
 /// What a deploy brings for fetching URLs: the deploying user's environment (credentials,
 /// region, endpoint) and whether to ask the server for the current version.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FetchContext {
     pub env: BTreeMap<String, String>,
     pub freshness: Freshness,
+}
+
+/// Names only: the values are credentials.
+impl std::fmt::Debug for FetchContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchContext")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("freshness", &self.freshness)
+            .finish()
+    }
 }
 
 impl FetchContext {
@@ -199,11 +209,16 @@ fn onnx_file(path: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// `models.dir`: each `*.onnx` file is named by its stem and each subdirectory holding exactly
-/// one `.onnx` file by the subdirectory's name.
+/// `models.dir`: each `*.onnx` file is named by its stem and each subdirectory holding a model
+/// (by the store's rule: `saved_model.onnx`, else its one `.onnx` file) by the subdirectory's
+/// name.
 fn models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, String> {
     let entries = std::fs::read_dir(root).map_err(|e| format!("models.dir {dir}: {e}"))?;
-    let is_onnx = |p: &Path| p.is_file() && p.extension().is_some_and(|e| e == "onnx");
+    let is_onnx = |p: &Path| {
+        p.is_file()
+            && p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    };
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -215,21 +230,13 @@ fn models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, Strin
                 .unwrap_or(name);
             found.push((stem, path));
         } else if path.is_dir() {
-            let inner: Vec<PathBuf> = std::fs::read_dir(&path)
-                .map_err(|e| format!("models.dir {dir}/{name}: {e}"))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| is_onnx(p))
-                .collect();
-            match inner.as_slice() {
-                [one] => found.push((name, one.clone())),
-                [] => {}
-                _ => {
-                    return Err(format!(
-                        "models.dir {dir}/{name} holds {} .onnx files; a model directory holds exactly one",
-                        inner.len()
-                    ))
-                }
+            match gyrus_store::model_file(&path) {
+                Ok(file) => found.push((name, file)),
+                // A subdirectory without any .onnx file is not a model; one with several
+                // (and no saved_model.onnx) is a mistake worth stopping for.
+                Err(gyrus_store::StoreError::NoModelFile { found: files, .. })
+                    if !files.iter().any(|f| is_onnx(&path.join(f))) => {}
+                Err(e) => return Err(format!("models.dir {dir}/{name}: {e}")),
             }
         }
     }

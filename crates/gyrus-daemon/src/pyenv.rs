@@ -131,6 +131,18 @@ impl PythonEnvs {
         Ok(OnnxSetup { python, library })
     }
 
+    /// Only the ONNX Runtime library, for work that is no API's (validating a model at save):
+    /// `ORT_DYLIB_PATH`, else the managed environment. No project's requirements are read.
+    pub async fn onnx_library(&self, log: &Path) -> Result<PathBuf, EnvError> {
+        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|s| !s.is_empty()) {
+            if !Path::new(&p).is_file() {
+                return Err(EnvError::BadOrtPath(p.to_string_lossy().into_owned()));
+            }
+            return Ok(PathBuf::from(p));
+        }
+        Ok(self.managed_onnx(log).await?.library)
+    }
+
     /// The environment gyrus manages for ONNX Runtime, installed on first use.
     async fn managed_onnx(&self, log: &Path) -> Result<OnnxSetup, EnvError> {
         let base = self.base()?.clone();

@@ -41,15 +41,23 @@ fn parse_tag(raw: &str) -> Result<ModelTag, DaemonError> {
     ModelTag::parse(raw).map_err(DaemonError::BadRequest)
 }
 
-/// Which deployed APIs use each store version (`name:version` → API names).
+/// Which deployed APIs use each store version (`name:version` → API names): their stored
+/// specs, and what the supervisor runs (an older generation still serving after a failed
+/// deploy needs its version to restart replicas).
 fn usage(app: &AppState) -> Result<BTreeMap<String, Vec<String>>, DaemonError> {
-    let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut specs: Vec<(String, gyrus_spec::ApiSpec)> = app.supervisor.specs_in_use();
     for api in app.state.list()? {
-        let Ok(spec) = serde_json::from_str::<gyrus_spec::ApiSpec>(&api.spec_json) else {
-            continue;
-        };
+        if let Ok(spec) = serde_json::from_str::<gyrus_spec::ApiSpec>(&api.spec_json) {
+            specs.push((api.name, spec));
+        }
+    }
+    let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, spec) in specs {
         for tag in ModelSources::store_tags(&spec) {
-            used.entry(tag).or_default().push(api.name.clone());
+            let apis = used.entry(tag).or_default();
+            if !apis.contains(&name) {
+                apis.push(name.clone());
+            }
         }
     }
     Ok(used)
@@ -205,22 +213,28 @@ async fn save(
     })
     .await?;
     let file = gyrus_store::model_file(staging.dir()).map_err(|e| {
+        // Name what was uploaded, not the staging directory it sits in.
+        let found = match &e {
+            gyrus_store::StoreError::NoModelFile { found, .. } => found.join(", "),
+            other => other.to_string(),
+        };
         DaemonError::BadRequest(format!(
-            "gyrus models save takes an ONNX model (a .onnx file, or a directory with one .onnx \
-             file and its external data): {e}"
+            "gyrus models save takes an ONNX model (a .onnx file, or a directory with \
+             saved_model.onnx or exactly one top-level .onnx file, and its external data); \
+             found: {found}"
         ))
     })?;
 
     let log = app.home.logs().join("models.log");
-    let setup = app
+    let library = app
         .envs
-        .resolve_onnx(staging.dir(), false, &log)
+        .onnx_library(&log)
         .await
         .map_err(|e| DaemonError::Internal(format!("preparing ONNX Runtime: {e}")))?;
     let output = tokio::process::Command::new(&app.self_exe)
         .arg("inspect-model")
         .arg("--onnx-library")
-        .arg(&setup.library)
+        .arg(&library)
         .arg(&file)
         .stdin(std::process::Stdio::null())
         .output()

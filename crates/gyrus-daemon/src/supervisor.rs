@@ -786,6 +786,23 @@ impl Supervisor {
         v
     }
 
+    /// Each API's specs in use: the one being deployed and the serving generation's (which
+    /// differ while a new version starts, or after it failed and the old one keeps serving).
+    pub fn specs_in_use(&self) -> Vec<(String, ApiSpec)> {
+        let apis: Vec<Arc<ApiRuntime>> = self.apis().values().cloned().collect();
+        let mut out = Vec::new();
+        for rt in apis {
+            let g = rt.lock();
+            out.push((rt.name.clone(), (*g.spec).clone()));
+            if let Some(plan) = &g.serving {
+                if let Ok(spec) = serde_json::from_str::<ApiSpec>(&plan.spec_json) {
+                    out.push((rt.name.clone(), spec));
+                }
+            }
+        }
+        out
+    }
+
     pub fn info(&self, name: &str) -> Option<ApiInfo> {
         let rt = self.apis().get(name).cloned()?;
         let g = rt.lock();
