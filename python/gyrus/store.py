@@ -358,6 +358,25 @@ def _file_entries(root: Path) -> List[Dict[str, Any]]:
     return entries
 
 
+def _latest_is_older(ndir: Path, version: str, now: _dt.datetime) -> bool:
+    """Whether ``latest`` of ``ndir`` should move to ``version`` (created at ``now``): unless it
+    names a readable version at least as new, by creation_time and then version (versions are
+    base32hex, so they sort by time as strings). A missing, dangling or unreadable ``latest``
+    counts as older; one that is newer was published by a concurrent save or import."""
+    try:
+        current = (ndir / LATEST).read_text(encoding="utf-8").strip()
+        check_part("version", current)
+    except (OSError, ValueError):  # ValueError: not UTF-8, or not a version
+        return True
+    if current == LATEST:
+        return True
+    model = _read_version(ndir.name, ndir / current)
+    created = _parse_time(model.info.get("creation_time")) if model is not None else None
+    if created is None:
+        return True
+    return (now, version) > (created, current)
+
+
 def save(
     name: str,
     module: str,
@@ -372,8 +391,8 @@ def save(
 
     ``write_files(dir)`` writes the model files into a staging directory (and may check them
     there) and returns the signatures; this adds model.yaml, publishes the version with one
-    rename, then points ``latest`` at it. On any error the staging directory is removed and
-    nothing is left.
+    rename, then points ``latest`` at it unless ``latest`` already names a newer version (a
+    concurrent save's). On any error the staging directory is removed and nothing is left.
     """
     check_part("name", name)
     root = models_dir()
@@ -418,14 +437,15 @@ def save(
             with contextlib.suppress(OSError):  # only if still empty: a concurrent save may own it
                 ndir.rmdir()
         raise
-    tmp = ndir / f"{LATEST}.{secrets.token_hex(8)}"
-    try:
-        tmp.write_text(version, encoding="utf-8")  # no newline, as the contract says
-        os.replace(tmp, ndir / LATEST)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    if _latest_is_older(ndir, version, now):
+        tmp = ndir / f"{LATEST}.{secrets.token_hex(8)}"
+        try:
+            tmp.write_text(version, encoding="utf-8")  # no newline, as the contract says
+            os.replace(tmp, ndir / LATEST)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
     with contextlib.suppress(OSError):
         _fsync(ndir)
     return Model(Tag(name, version), vdir, info)

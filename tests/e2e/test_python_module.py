@@ -281,6 +281,43 @@ def test_latest_pointer_missing_or_stale_falls_back_to_the_newest(home):
     assert gyrus.get("adder") == first  # the pointer wins when it names a version
 
 
+def test_save_moves_latest_only_forward(home, monkeypatch):
+    newest = gyrus.onnx.save_model("adder", add_model())
+    latest = models(home) / "adder" / "latest"
+    # A save created earlier that finishes later (a slower, concurrent one) leaves `latest` to
+    # the newer version.
+    hour_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    times = iter(hour_ago + dt.timedelta(minutes=i) for i in range(10))
+    monkeypatch.setattr(store, "_now", lambda: next(times))
+    slower = gyrus.onnx.save_model("adder", add_model())
+    assert latest.read_text() == newest.tag.version
+    assert gyrus.get("adder") == newest
+    assert gyrus.list_models("adder") == [newest, slower]
+    # A dangling, missing or unreadable `latest` counts as older.
+    latest.write_text("zzzzzzzzzzzzzzzz")
+    a = gyrus.onnx.save_model("adder", add_model())
+    assert latest.read_text() == a.tag.version
+    latest.unlink()
+    b = gyrus.onnx.save_model("adder", add_model())
+    assert latest.read_text() == b.tag.version
+    broken = models(home) / "adder" / "broken000000000"
+    broken.mkdir()
+    (broken / "model.yaml").write_text("name: [adder\n")
+    latest.write_text(broken.name)
+    c = gyrus.onnx.save_model("adder", add_model())
+    assert latest.read_text() == c.tag.version
+    # Same creation time: the larger version wins.
+    monkeypatch.setattr(store, "_now", lambda: hour_ago + dt.timedelta(minutes=30))
+    fixed_versions(monkeypatch, ["0000000000000002", "0000000000000001", "0000000000000003"])
+    d2 = gyrus.onnx.save_model("adder", add_model())
+    assert latest.read_text() == d2.tag.version
+    gyrus.onnx.save_model("adder", add_model())
+    assert latest.read_text() == d2.tag.version
+    d3 = gyrus.onnx.save_model("adder", add_model())
+    assert latest.read_text() == d3.tag.version
+    assert [p.name for p in latest.parent.iterdir() if p.name.startswith("latest.")] == []
+
+
 def test_readers_skip_what_is_not_a_version(home):
     m = gyrus.onnx.save_model("adder", add_model())
     ndir = models(home) / "adder"

@@ -26,8 +26,8 @@ use crate::error::DaemonError;
 use crate::model_source::ModelSources;
 use crate::server::AppState;
 
-/// The largest model upload or import accepted (the body streams to disk, not to memory).
-const MAX_MODEL_BYTES: u64 = 64 << 30;
+// The largest model upload or import accepted (the body streams to disk, not to memory).
+use gyrus_store::MAX_MODEL_BYTES;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()

@@ -24,7 +24,7 @@ use tar::{Archive, EntryType, Header};
 
 use crate::info::{FileEntry, ModelInfo, MODEL_YAML};
 use crate::store::{hash_file, write_synced, Staging, StoredModel};
-use crate::StoreError;
+use crate::{StoreError, MAX_MODEL_BYTES};
 
 /// The largest `model.yaml` an import reads.
 const MAX_MODEL_YAML: u64 = 1 << 20;
@@ -34,14 +34,25 @@ const MAX_ENTRIES: usize = 100_000;
 /// (with long names and pax records) or the end-of-archive blocks and record padding.
 const HEADER_ALLOWANCE: u64 = 64 * 1024;
 const BLOCK: u64 = 512;
+/// The longest path component an entry may have, in bytes (`NAME_MAX` on Linux).
+const MAX_COMPONENT_BYTES: usize = 255;
+/// The longest relative path an entry may have, in bytes (`PATH_MAX` on Linux).
+const MAX_PATH_BYTES: usize = 4096;
 
 /// Checks a path from an archive entry, an upload or `model.yaml`'s `files`: UTF-8, relative,
-/// '/'-separated normal components (no empty, `.` or `..` component, no backslash or NUL).
+/// '/'-separated normal components (no empty, `.` or `..` component, no backslash or NUL), at
+/// most 255 bytes a component and 4096 in all, so that no file system refuses the name.
 /// Returns it as a string, or why it is refused.
 pub(crate) fn check_rel_path(raw: &[u8]) -> Result<String, String> {
     let path = std::str::from_utf8(raw).map_err(|_| "the path is not UTF-8".to_string())?;
     if path.is_empty() {
         return Err("the path is empty".into());
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "the path is {} bytes long; at most {MAX_PATH_BYTES} are allowed",
+            path.len()
+        ));
     }
     if path.starts_with('/') {
         return Err("absolute paths are not allowed".into());
@@ -57,6 +68,12 @@ pub(crate) fn check_rel_path(raw: &[u8]) -> Result<String, String> {
         match part {
             ".." => return Err("'..' components are not allowed".into()),
             "." | "" => return Err("'.' and empty components are not allowed".into()),
+            long if long.len() > MAX_COMPONENT_BYTES => {
+                return Err(format!(
+                    "a path component is {} bytes long; at most {MAX_COMPONENT_BYTES} are allowed",
+                    long.len()
+                ))
+            }
             _ => {}
         }
     }
@@ -166,20 +183,39 @@ fn kind_name(kind: EntryType) -> String {
     }
 }
 
-/// Copies an entry's `size` bytes into a new file at `dest`, returning the lowercase hex
-/// sha256. Read errors (the archive's fault) and write errors (ours) are told apart.
+/// A file-system error creating or writing the entry `rel` (`what` is "archive entry" or
+/// "upload entry") under a staging directory. The paths were checked, so what is left is the
+/// input's doing (a name the file system refuses, say); the message names the entry, never
+/// the staging directory.
+fn unwritable(what: &str, rel: &str, e: &io::Error) -> StoreError {
+    StoreError::BadArchive(format!("{what} {rel:?} cannot be written: {e}"))
+}
+
+/// Creates the directory `rel` (and its parents) under `dir` for the entry `entry`.
+fn create_dirs(dir: &Path, rel: &str, what: &str, entry: &str) -> Result<(), StoreError> {
+    fs::create_dir_all(dir.join(rel)).map_err(|e| unwritable(what, entry, &e))
+}
+
+/// Copies an entry's `size` bytes into a new file at `dir/rel`, creating its parent
+/// directories, and returns the lowercase hex sha256. Read errors are the archive's; write
+/// errors are refusals naming the entry (see [`unwritable`]).
 fn copy_entry(
     entry: &mut impl Read,
-    dest: &Path,
+    dir: &Path,
+    rel: &str,
     size: u64,
-    shown: &str,
+    what: &str,
     read_error: &dyn Fn(io::Error) -> StoreError,
 ) -> Result<String, StoreError> {
-    let write_err = |e| StoreError::io(format!("cannot write {}", dest.display()), e);
+    let write_err = |e: io::Error| unwritable(what, rel, &e);
+    if let Some((parent, _)) = rel.rsplit_once('/') {
+        create_dirs(dir, parent, what, rel)?;
+    }
+    let dest = dir.join(rel);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(dest)
+        .open(&dest)
         .map_err(write_err)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -199,7 +235,7 @@ fn copy_entry(
     }
     if copied != size {
         return Err(StoreError::BadArchive(format!(
-            "{shown} is truncated: {copied} of its {size} bytes are in the archive"
+            "{rel} is truncated: {copied} of its {size} bytes are in the archive"
         )));
     }
     file.sync_all().map_err(write_err)?;
@@ -307,7 +343,7 @@ pub(crate) fn export(model: &StoredModel, out: impl Write) -> Result<(), StoreEr
 }
 
 /// Checks an archive's `model.yaml` before any file is read: the tag rule for name and version,
-/// an RFC 3339 creation time, safe unique paths that do not clash (`a` and `a/b`), digests of
+/// an RFC 3339 creation time, a `size` of at most [`MAX_MODEL_BYTES`], safe unique paths that do not clash (`a` and `a/b`), digests of
 /// 64 lowercase hex digits, and `size` equal to the sum of the files' sizes.
 fn check_manifest(info: &ModelInfo) -> Result<(), String> {
     let in_yaml = |m: String| format!("model.yaml in the archive: {m}");
@@ -322,6 +358,13 @@ fn check_manifest(info: &ModelInfo) -> Result<(), String> {
             info.creation_time
         ))
     })?;
+    if info.size > MAX_MODEL_BYTES {
+        return Err(in_yaml(format!(
+            "size is {} bytes; models of at most {} GiB ({MAX_MODEL_BYTES} bytes) are accepted",
+            info.size,
+            MAX_MODEL_BYTES >> 30
+        )));
+    }
     if info.files.len() > MAX_ENTRIES {
         return Err(in_yaml(format!("more than {MAX_ENTRIES} files")));
     }
@@ -462,6 +505,8 @@ pub(crate) fn import(
         info.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let parents: BTreeSet<&str> = listed.keys().flat_map(|p| ancestors(p)).collect();
     let mut seen = BTreeSet::new();
+    // The directories the entries so far make: those announced and the files' parents.
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
     let mut total = 0u64;
     let mut count = 1usize;
     for entry in entries {
@@ -494,6 +539,8 @@ pub(crate) fn import(
                     )));
                 }
                 allow(&budget, entry.raw_file_position(), 0);
+                dirs.extend(ancestors(&path).map(str::to_string));
+                dirs.insert(path);
             }
             EntryType::Regular => {
                 let path = check_rel_path(&raw).map_err(|reason| {
@@ -511,6 +558,19 @@ pub(crate) fn import(
                         "{path} appears twice in the archive"
                     )));
                 }
+                // model.yaml's paths do not clash, so neither of these passes a listed file;
+                // they keep the file system from ever being asked to.
+                if dirs.contains(&path) {
+                    return Err(StoreError::BadArchive(format!(
+                        "archive entry {shown:?} is a file, but an earlier entry made it a \
+                         directory"
+                    )));
+                }
+                if let Some(file) = ancestors(&path).find(|a| seen.contains(*a)) {
+                    return Err(StoreError::BadArchive(format!(
+                        "archive entry {shown:?} lies inside {file:?}, which is a file"
+                    )));
+                }
                 // Refused on the header alone, before a byte of the data is inflated.
                 if total.saturating_add(size) > info.size {
                     return Err(too_much());
@@ -523,13 +583,9 @@ pub(crate) fn import(
                 }
                 total += size;
                 allow(&budget, entry.raw_file_position(), size);
-                let dest = dir.join(&path);
-                if let Some(parent) = dest.parent() {
-                    fs::create_dir_all(parent).map_err(|e| {
-                        StoreError::io(format!("cannot create {}", parent.display()), e)
-                    })?;
-                }
-                let digest = copy_entry(&mut entry, &dest, size, &path, &read_error)?;
+                dirs.extend(ancestors(&path).map(str::to_string));
+                let digest =
+                    copy_entry(&mut entry, dir, &path, size, "archive entry", &read_error)?;
                 if digest != file.sha256 {
                     return Err(StoreError::BadArchive(format!(
                         "the sha256 of {path} in the archive is {digest}, model.yaml says {}",
@@ -669,9 +725,8 @@ pub(crate) fn unpack_upload(
                 )));
             }
             allow(&budget, entry.raw_file_position(), 0);
-            let dest = dir.join(&path);
-            fs::create_dir_all(&dest)
-                .map_err(|e| StoreError::io(format!("cannot create {}", dest.display()), e))?;
+            create_dirs(dir, &path, "upload entry", &path)?;
+            dirs.extend(ancestors(&path).map(str::to_string));
             dirs.insert(path);
             continue;
         }
@@ -681,9 +736,14 @@ pub(crate) fn unpack_upload(
                     .into(),
             ));
         }
-        if dirs.contains(&path) || files.contains(&path) {
+        if files.contains(&path) {
             return Err(StoreError::BadArchive(format!(
                 "upload entry {shown:?} appears twice"
+            )));
+        }
+        if dirs.contains(&path) {
+            return Err(StoreError::BadArchive(format!(
+                "upload entry {shown:?} is a file, but an earlier entry made it a directory"
             )));
         }
         total = total.saturating_add(size);
@@ -693,15 +753,8 @@ pub(crate) fn unpack_upload(
             )));
         }
         allow(&budget, entry.raw_file_position(), size);
-        let dest = dir.join(&path);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| StoreError::io(format!("cannot create {}", parent.display()), e))?;
-        }
-        for a in ancestors(&path) {
-            dirs.insert(a.to_string());
-        }
-        copy_entry(&mut entry, &dest, size, &path, &read_error)?;
+        dirs.extend(ancestors(&path).map(str::to_string));
+        copy_entry(&mut entry, dir, &path, size, "upload entry", &read_error)?;
         files.insert(path);
     }
     drain(archive.into_inner(), &read_error)
@@ -731,6 +784,51 @@ mod tests {
         }
         assert!(check_rel_path(b"\xff").unwrap_err().contains("not UTF-8"));
         assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), ["a", "a/b"]);
+    }
+
+    #[test]
+    fn path_lengths() {
+        let part = "a".repeat(255);
+        assert!(check_rel_path(part.as_bytes()).is_ok());
+        let err = check_rel_path(format!("x/{part}a/y").as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            "a path component is 256 bytes long; at most 255 are allowed"
+        );
+        let path = format!("{}/{}", vec!["b".repeat(200); 20].join("/"), "c".repeat(76));
+        assert_eq!(path.len(), 4096);
+        assert!(check_rel_path(path.as_bytes()).is_ok());
+        let err = check_rel_path(format!("{path}d").as_bytes()).unwrap_err();
+        assert_eq!(err, "the path is 4097 bytes long; at most 4096 are allowed");
+    }
+
+    #[test]
+    fn import_write_errors_name_the_entry_not_the_staging_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::ModelStore::open(tmp.path().join("models")).unwrap();
+        let staging = store.begin().unwrap();
+        // A file where the entry needs a directory: what the path rules cannot foresee of a
+        // file system (a case-insensitive one, say) comes out the same way.
+        fs::write(staging.dir().join("data"), b"in the way").unwrap();
+        let yaml = format!(
+            "name: m\nversion: 0vd8k1s2m4q6r8tu\ncreation_time: '2026-01-01T00:00:00+00:00'\n\
+             size: 1\nfiles:\n- path: data/w.bin\n  size: 1\n  sha256: {}\n",
+            hex::encode(Sha256::digest(b"w"))
+        );
+        let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+        for (path, data) in [("model.yaml", yaml.as_bytes()), ("data/w.bin", b"w")] {
+            let mut header = export_header(data.len() as u64, 0);
+            builder.append_data(&mut header, path, data).unwrap();
+        }
+        let archive = builder.into_inner().unwrap().finish().unwrap();
+        let err = import(&staging, &archive[..], |_, _| false).unwrap_err();
+        assert!(matches!(err, StoreError::BadArchive(_)), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("archive entry \"data/w.bin\" cannot be written: "),
+            "{message}"
+        );
+        assert!(!message.contains(tmp.path().to_str().unwrap()), "{message}");
     }
 
     #[test]

@@ -18,7 +18,11 @@ use std::path::PathBuf;
 
 pub use info::{model_file, Context, FileEntry, ModelInfo, Signature, TensorSpec};
 pub use store::{ModelStore, NewModel, Staging, StoredModel};
-pub use version::generate_version;
+
+/// The largest model the store takes in, in bytes (all files but `model.yaml`): an import
+/// whose `model.yaml` claims more is refused before anything is extracted, and the daemon
+/// caps uploads at it.
+pub const MAX_MODEL_BYTES: u64 = 64 << 30;
 
 /// How many names a message lists before saying "and N more".
 const LIST_AT_MOST: usize = 5;

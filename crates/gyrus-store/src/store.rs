@@ -163,11 +163,11 @@ impl ModelStore {
 
     /// Removes one version: its directory is renamed into `.staging/` (one atomic step) and
     /// then removed. If it was `latest`, `latest` moves to the newest remaining version; the
-    /// last version takes `<name>/` with it.
+    /// last version takes `<name>/` with it. Only `latest` itself is touched: the
+    /// `latest.<random>` files of concurrent saves are theirs.
     pub fn delete(&self, tag: &ModelTag) -> Result<StoredModel, StoreError> {
         let model = self.resolve(tag)?;
         let name = model.info.name.clone();
-        let pointed = self.read_latest(&name);
         let trash = self.root.join(STAGING).join(random_name());
         fs::rename(&model.path, &trash)
             .map_err(|e| StoreError::io(format!("cannot remove {}", model.path.display()), e))?;
@@ -177,17 +177,20 @@ impl ModelStore {
 
         let remaining = self.versions_of(&name)?;
         let name_dir = self.root.join(&name);
+        // Read now, not before the rename: a concurrent save may have moved `latest` since.
+        // After the rename, a `latest` naming the deleted version names no version at all.
+        let stale = self.read_latest(&name).is_none();
         match remaining.first() {
             None => {
-                remove_latest_files(&name_dir);
-                // Fails, harmlessly, if something that is not a model is left in it.
+                if stale {
+                    let _ = fs::remove_file(name_dir.join(LATEST));
+                }
+                // Fails, harmlessly, if something is left in it (a concurrent save's version
+                // or `latest.<random>`, or what is not a model).
                 let _ = fs::remove_dir(&name_dir);
             }
             Some(newest) => {
-                let still_valid = pointed.as_deref().is_some_and(|v| {
-                    v != model.info.version && remaining.iter().any(|m| m.info.version == v)
-                });
-                if !still_valid {
+                if stale {
                     write_latest(&name_dir, &newest.info.version)?;
                 }
             }
@@ -215,17 +218,15 @@ impl ModelStore {
                 .symlink_metadata()
                 .is_ok()
         })?;
-        let current = self.latest(&info.name).ok().flatten();
         let path = staging.install(&info.name, &info.version)?;
-        let newer = current.is_none_or(|c| time_key(&info) > time_key(&c.info));
-        if newer {
-            write_latest(&self.root.join(&info.name), &info.version)?;
-        }
+        self.advance_latest(&info)?;
         Ok(StoredModel { info, path })
     }
 
-    /// Removes `.staging` entries last modified more than `age` ago: what crashed saves and
-    /// imports left. Best effort; errors are ignored.
+    /// Removes `.staging` entries in which nothing was modified for more than `age`: what
+    /// crashed saves and imports left. An entry's age is that of the newest thing in it (found
+    /// without following links), so a long save still writing a big file is kept. Best
+    /// effort; errors are ignored.
     pub fn clean_staging(&self, age: Duration) {
         let Ok(entries) = fs::read_dir(self.root.join(STAGING)) else {
             return;
@@ -236,9 +237,7 @@ impl ModelStore {
             let Ok(meta) = path.symlink_metadata() else {
                 continue;
             };
-            let old = meta
-                .modified()
-                .ok()
+            let old = newest_mtime(&path, &meta)
                 .and_then(|m| now.duration_since(m).ok())
                 .is_some_and(|elapsed| elapsed > age);
             if old {
@@ -322,6 +321,21 @@ impl ModelStore {
         .then(|| version.to_string())
     }
 
+    /// Points `latest` of `info.name` at `info.version` (just stored) unless it names a version
+    /// at least as new, by `creation_time` and then version: a concurrent save or import that
+    /// published a newer one keeps it. A missing, dangling or unreadable `latest` counts as
+    /// older.
+    fn advance_latest(&self, info: &ModelInfo) -> Result<(), StoreError> {
+        let current = self
+            .read_latest(&info.name)
+            .and_then(|version| self.load(&info.name, &version).ok());
+        let newer = current.is_none_or(|c| newness(info) > newness(&c.info));
+        if newer {
+            write_latest(&self.root.join(&info.name), &info.version)?;
+        }
+        Ok(())
+    }
+
     /// The version `latest` names, else the newest by `creation_time`, else none.
     fn latest(&self, name: &str) -> Result<Option<StoredModel>, StoreError> {
         match self.read_latest(name) {
@@ -364,7 +378,7 @@ impl Staging {
 
     /// Describes the staged files (paths, sizes, sha256), gives the model a version and a
     /// creation time, writes `model.yaml`, renames the directory into `<name>/<version>` and
-    /// points `latest` at it.
+    /// points `latest` at it unless `latest` already names a newer version (a concurrent save's).
     pub fn commit(self, new: NewModel) -> Result<StoredModel, StoreError> {
         check_tag_part("name", &new.name).map_err(StoreError::InvalidTag)?;
         let yaml_path = self.dir.join(MODEL_YAML);
@@ -398,10 +412,12 @@ impl Staging {
             )
         })?;
         write_synced(&yaml_path, text.as_bytes())?;
-        let name_dir = self.root.join(&info.name);
+        let store = ModelStore {
+            root: self.root.clone(),
+        };
         let path = self.install(&info.name, &info.version)?;
         // If this fails the version is stored but `latest` is stale; the error says so.
-        write_latest(&name_dir, &info.version)?;
+        store.advance_latest(&info)?;
         Ok(StoredModel { info, path })
     }
 
@@ -451,6 +467,12 @@ fn sort_newest_first(models: &mut [StoredModel]) {
     models.sort_by_cached_key(|m| std::cmp::Reverse((time_key(&m.info), m.info.version.clone())));
 }
 
+/// What `latest` compares: `creation_time`, then the version (base32hex, so it sorts by time
+/// as a string too).
+fn newness(info: &ModelInfo) -> (i64, &str) {
+    (time_key(info), info.version.as_str())
+}
+
 /// Microseconds since the epoch of `creation_time`; an unreadable time sorts oldest.
 pub(crate) fn time_key(info: &ModelInfo) -> i64 {
     DateTime::parse_from_rfc3339(&info.creation_time)
@@ -484,13 +506,33 @@ fn write_latest(name_dir: &Path, version: &str) -> Result<(), StoreError> {
     result
 }
 
-/// Removes `latest` and any `latest.<random>` a crashed update left.
-fn remove_latest_files(name_dir: &Path) {
-    for name in read_dir_names(name_dir).unwrap_or_default() {
-        if name == LATEST || name.starts_with("latest.") {
-            let _ = fs::remove_file(name_dir.join(name));
+/// The newest modification time of `path` (whose metadata is `meta`) and, for a directory,
+/// of everything under it, without following links. What cannot be read is skipped.
+fn newest_mtime(path: &Path, meta: &fs::Metadata) -> Option<SystemTime> {
+    let mut newest = meta.modified().ok();
+    // A stack, not recursion: an upload may nest directories some thousands deep.
+    let mut dirs = if meta.is_dir() {
+        vec![path.to_path_buf()]
+    } else {
+        Vec::new()
+    };
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if let Ok(modified) = meta.modified() {
+                newest = newest.max(Some(modified));
+            }
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
         }
     }
+    newest
 }
 
 /// Writes a file and flushes it to disk, so the rename that publishes it publishes data.

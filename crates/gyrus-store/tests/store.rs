@@ -290,6 +290,38 @@ fn delete_moves_latest_and_removes_the_last() {
 }
 
 #[test]
+fn delete_touches_only_latest() {
+    let (_tmp, store) = store();
+    let v1 = onnx(&store, "iris");
+    let v2 = onnx(&store, "iris");
+    // A concurrent save's pointer, not yet renamed over `latest`: not delete's to remove.
+    let theirs = store.root().join("iris/latest.0123456789abcdef");
+    fs::write(&theirs, &v2.info.version).unwrap();
+
+    store.delete(&tag(&v2.tag())).unwrap();
+    assert_eq!(latest(&store, "iris"), v1.info.version);
+    assert!(theirs.exists());
+
+    // A missing `latest` is pointed at the newest remaining version.
+    let v3 = onnx(&store, "iris");
+    fs::remove_file(store.root().join("iris/latest")).unwrap();
+    store.delete(&tag(&v1.tag())).unwrap();
+    assert_eq!(latest(&store, "iris"), v3.info.version);
+
+    // The last version: `latest` goes, the other writer's file stays, and so does the name
+    // directory holding it; the name has no versions left.
+    store.delete(&tag("iris")).unwrap();
+    assert!(!store.root().join("iris/latest").exists());
+    assert!(theirs.exists());
+    assert!(store.list(Some("iris")).unwrap().is_empty());
+    assert!(matches!(
+        store.resolve(&tag("iris")),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(staging_is_empty(&store));
+}
+
+#[test]
 fn dangling_or_missing_latest_falls_back_to_the_newest() {
     let (_tmp, store) = store();
     onnx(&store, "iris");
@@ -381,20 +413,46 @@ fn commit_refuses_links() {
     assert!(staging_is_empty(&store));
 }
 
+fn set_mtime(path: &Path, time: std::time::SystemTime) {
+    fs::File::open(path).unwrap().set_modified(time).unwrap();
+}
+
 #[test]
 fn clean_staging_removes_only_old_entries() {
     let (_tmp, store) = store();
-    let old = store.root().join(".staging/old");
-    let fresh = store.root().join(".staging/fresh");
-    fs::create_dir_all(old.join("sub")).unwrap();
-    fs::create_dir_all(&fresh).unwrap();
+    let staging = store.root().join(".staging");
     let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
-    fs::File::open(&old)
-        .unwrap()
-        .set_modified(two_hours_ago)
-        .unwrap();
+    // Nothing in it is recent: removed.
+    let old = staging.join("old");
+    fs::create_dir_all(old.join("sub")).unwrap();
+    fs::write(old.join("sub/w.bin"), b"w").unwrap();
+    for p in ["sub/w.bin", "sub", ""] {
+        set_mtime(&old.join(p), two_hours_ago);
+    }
+    // A long save still writing a file deep inside: its directories' own times are old (they
+    // change only when entries are added), the file's is not. Kept.
+    let writing = staging.join("writing");
+    fs::create_dir_all(writing.join("a/b")).unwrap();
+    fs::write(writing.join("a/b/big.bin"), b"still growing").unwrap();
+    for p in ["a/b", "a", ""] {
+        set_mtime(&writing.join(p), two_hours_ago);
+    }
+    // An old directory with a fresh empty directory inside: kept.
+    let fresh_dir = staging.join("fresh-dir");
+    fs::create_dir_all(fresh_dir.join("new")).unwrap();
+    set_mtime(&fresh_dir, two_hours_ago);
+    // A fresh one, and an old stray file.
+    let fresh = staging.join("fresh");
+    fs::create_dir_all(&fresh).unwrap();
+    let stray = staging.join("latest.0123");
+    fs::write(&stray, b"x").unwrap();
+    set_mtime(&stray, two_hours_ago);
+
     store.clean_staging(Duration::from_secs(3600));
     assert!(!old.exists());
+    assert!(!stray.exists());
+    assert!(writing.join("a/b/big.bin").exists());
+    assert!(fresh_dir.exists());
     assert!(fresh.exists());
 }
 
@@ -523,6 +581,81 @@ fn import_moves_latest_only_forward() {
         versions(&c.list(Some("iris")).unwrap()),
         [&new.info.version, &old.info.version]
     );
+}
+
+/// An archive of `manifest(&[("saved_model.onnx", MODEL)])` with `creation_time` and
+/// `version` replaced.
+fn archive_at(creation_time: &str, version: &str) -> Vec<u8> {
+    let text = manifest(&[("saved_model.onnx", MODEL)])
+        .replace("2026-11-21T22:53:53.123456+00:00", creation_time)
+        .replace("0vd8k1s2m4q6r8tu", version);
+    assert!(
+        text.contains(creation_time) && text.contains(version),
+        "{text}"
+    );
+    RawTar::default()
+        .file("model.yaml", text.as_bytes())
+        .file("saved_model.onnx", MODEL)
+        .gz()
+}
+
+#[test]
+fn import_breaks_creation_time_ties_by_version() {
+    let (_tmp, store) = store();
+    let time = "2026-11-21T22:53:53.123456+00:00";
+    store
+        .import(&archive_at(time, "0vd8k1s2m4q6r8tv")[..])
+        .unwrap();
+    store
+        .import(&archive_at(time, "0vd8k1s2m4q6r8tu")[..])
+        .unwrap();
+    assert_eq!(latest(&store, "evil"), "0vd8k1s2m4q6r8tv");
+    store
+        .import(&archive_at(time, "0vd8k1s2m4q6r8u0")[..])
+        .unwrap();
+    assert_eq!(latest(&store, "evil"), "0vd8k1s2m4q6r8u0");
+}
+
+#[test]
+fn commit_moves_latest_only_forward() {
+    let (_tmp, store) = store();
+    // A version created later than any save below stands for a concurrent save that started
+    // after this one and published first: a slower, older save must not take `latest` back.
+    let newest = store
+        .import(&archive_at("2999-01-01T00:00:00+00:00", "0vd8k1s2m4q6r8tu")[..])
+        .unwrap();
+    let slower = onnx(&store, "evil");
+    assert_eq!(latest(&store, "evil"), newest.info.version);
+    assert_eq!(store.resolve(&tag("evil")).unwrap(), newest);
+    assert_eq!(store.resolve(&tag(&slower.tag())).unwrap(), slower);
+    let name_dir = store.root().join("evil");
+    let no_temp_files = || {
+        fs::read_dir(&name_dir)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("latest."))
+    };
+    assert!(no_temp_files());
+
+    // A dangling `latest` counts as older.
+    fs::write(name_dir.join("latest"), "gone0000000000aa").unwrap();
+    let a = onnx(&store, "evil");
+    assert_eq!(latest(&store, "evil"), a.info.version);
+    // So does a missing one.
+    fs::remove_file(name_dir.join("latest")).unwrap();
+    let b = onnx(&store, "evil");
+    assert_eq!(latest(&store, "evil"), b.info.version);
+    // And one naming a version whose model.yaml cannot be read.
+    let broken = name_dir.join("broken000000000");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(broken.join("model.yaml"), "name: [evil\n").unwrap();
+    fs::write(name_dir.join("latest"), "broken000000000").unwrap();
+    let c = onnx(&store, "evil");
+    assert_eq!(latest(&store, "evil"), c.info.version);
+    // A newer save still moves it.
+    let d = onnx(&store, "evil");
+    assert_eq!(latest(&store, "evil"), d.info.version);
+    assert!(no_temp_files());
 }
 
 // ---- Hostile archives, written header by header. ----
@@ -1013,4 +1146,154 @@ fn upload_refusals() {
     // A huge announced size is refused from the header, without reading.
     let header = RawTar::header(b"huge.onnx", EntryType::Regular, 1 << 40, b"");
     upload_refused(header.as_bytes(), 1 << 30, "larger than the limit");
+}
+
+/// A tar written by the `tar` crate's builder, which adds GNU long-name entries for paths
+/// that do not fit a header.
+fn built_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        builder.append_data(&mut header, path, *data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// 21 components of 200 bytes and a file name: 4222 bytes.
+fn deep_path() -> String {
+    format!("{}f", format!("{}/", "d".repeat(200)).repeat(21))
+}
+
+#[test]
+fn refuses_names_no_file_system_takes() {
+    let long = "a".repeat(256);
+    let deep = deep_path();
+    let yaml = manifest(&[("saved_model.onnx", MODEL)]);
+    for (path, why) in [
+        (
+            &long,
+            "a path component is 256 bytes long; at most 255 are allowed",
+        ),
+        (
+            &deep,
+            "the path is 4222 bytes long; at most 4096 are allowed",
+        ),
+    ] {
+        // As an archive entry.
+        let archive = gzip(&built_tar(&[
+            ("model.yaml", yaml.as_bytes()),
+            ("saved_model.onnx", MODEL),
+            (path, b"x"),
+        ]));
+        refused(&archive[..], &format!("archive entry {path:?}: {why}"));
+        // As a path in model.yaml.
+        let archive = gzip(&built_tar(&[
+            ("model.yaml", manifest(&[(path, MODEL)]).as_bytes()),
+            (path, MODEL),
+        ]));
+        refused(&archive[..], &format!("files lists {path:?}: {why}"));
+        // In an upload.
+        upload_refused(
+            &built_tar(&[(path, b"x")]),
+            100,
+            &format!("upload entry {path:?}: {why}"),
+        );
+    }
+
+    // At the limit is fine.
+    let (_tmp, store) = store();
+    let name = format!("{}.onnx", "b".repeat(250));
+    let archive = gzip(&built_tar(&[
+        ("model.yaml", manifest(&[(&name, MODEL)]).as_bytes()),
+        (&name, MODEL),
+    ]));
+    let model = store.import(&archive[..]).unwrap();
+    assert_eq!(fs::read(model.path.join(&name)).unwrap(), MODEL);
+    let staging = store.begin().unwrap();
+    staging
+        .unpack_upload(&built_tar(&[(&name, MODEL)])[..], 100)
+        .unwrap();
+    staging.commit(new_model("long")).unwrap();
+}
+
+#[test]
+fn refuses_a_file_where_a_directory_entry_was() {
+    let upload = RawTar::default().dir("a/b/").file("a", b"1").tar();
+    upload_refused(
+        &upload,
+        100,
+        "upload entry \"a\" is a file, but an earlier entry made it a directory",
+    );
+    let upload = RawTar::default().dir("a/b/").file("a/b", b"1").tar();
+    upload_refused(
+        &upload,
+        100,
+        "upload entry \"a/b\" is a file, but an earlier entry made it a directory",
+    );
+    let archive = RawTar::default()
+        .file(
+            "model.yaml",
+            manifest(&[("saved_model.onnx", MODEL), ("a/b/w.bin", b"w")]).as_bytes(),
+        )
+        .dir("a/b/")
+        .file("a", b"w")
+        .gz();
+    refused(
+        &archive[..],
+        "a is in the archive but not listed in model.yaml",
+    );
+}
+
+#[test]
+fn upload_write_errors_name_the_entry_not_the_staging_dir() {
+    let (_tmp, store) = store();
+    let root = store.root().to_str().unwrap().to_string();
+    // Something already in the staging directory stands for whatever the file system may
+    // refuse that the path rules do not foresee.
+    for (in_the_way, upload, entry) in [
+        ("a", RawTar::default().file("a/b", b"1").tar(), "a/b"),
+        (
+            "x.onnx",
+            RawTar::default().file("x.onnx", b"1").tar(),
+            "x.onnx",
+        ),
+        ("d", RawTar::default().dir("d/").tar(), "d"),
+    ] {
+        let staging = store.begin().unwrap();
+        fs::write(staging.dir().join(in_the_way), b"in the way").unwrap();
+        let err = staging.unpack_upload(&upload[..], 100).unwrap_err();
+        assert!(matches!(err, StoreError::BadArchive(_)), "{err:?}");
+        assert!(err.is_client_error());
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("upload entry {entry:?} cannot be written: ")),
+            "{message}"
+        );
+        assert!(!message.contains(&root), "{message}");
+    }
+    assert!(staging_is_empty(&store));
+}
+
+#[test]
+fn refuses_a_model_larger_than_the_cap() {
+    let claimed = gyrus_store::MAX_MODEL_BYTES + 1;
+    let text =
+        manifest(&[("saved_model.onnx", MODEL)]).replace("size: 10", &format!("size: {claimed}"));
+    assert_eq!(
+        text.matches(&format!("size: {claimed}")).count(),
+        2,
+        "{text}"
+    );
+    let archive = RawTar::default()
+        .file("model.yaml", text.as_bytes())
+        .file("saved_model.onnx", MODEL)
+        .gz();
+    refused(
+        &archive[..],
+        "model.yaml in the archive: size is 68719476737 bytes; models of at most 64 GiB \
+         (68719476736 bytes) are accepted",
+    );
 }
