@@ -64,13 +64,22 @@ def bucket(s3):
     return s3.bucket(f"t-{uuid.uuid4().hex[:16]}")
 
 
-def key_dir(home: Path, url: str) -> Path:
-    return home / "cache" / "remote" / hashlib.sha256(url.encode()).hexdigest()[:32]
+def key_dirs(home: Path, url: str) -> list[Path]:
+    """The cache's directories for `url` (one per place it was fetched from): each names the
+    URL's hash in its `current` file."""
+    root = home / "cache" / "remote"
+    marker = "url=" + hashlib.sha256(url.encode()).hexdigest()[:32]
+    if not root.is_dir():
+        return []
+    return [
+        d for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".")
+        and (d / "current").is_file() and marker in (d / "current").read_text()
+    ]
 
 
 def entries_of(home: Path, url: str) -> list[Path]:
-    d = key_dir(home, url)
-    return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+    return sorted(p for d in key_dirs(home, url) for p in d.iterdir() if p.is_dir())
 
 
 def predict_iris(g: Gyrus, api: str, endpoint: str | None = None) -> dict:
@@ -91,7 +100,7 @@ def deploy_fails(g: Gyrus, env_g: Gyrus, proj: Path, api: str, url: str, expect:
     assert info["status"] == "error", info
     for s in expect:
         assert s in (info["error"] or ""), info
-    assert entries_of(g.home, url) == [], list(key_dir(g.home, url).rglob("*"))
+    assert entries_of(g.home, url) == [], list((g.home / "cache" / "remote").rglob("*"))
     assert tmp_contents(g.home) == [], tmp_contents(g.home)
     return proc.stderr
 

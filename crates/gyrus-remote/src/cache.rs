@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
@@ -131,15 +131,25 @@ impl Cache {
         progress: &(dyn Fn(&Progress) + Send + Sync),
     ) -> Result<Fetched, FetchError> {
         let target = location::parse(url)?;
-        let url_dir = self.root.join(short_hash(&target.url));
+        let place = location::location(&target, opts);
+        let url_key = short_hash(&target.url);
+        let url_dir = self
+            .root
+            .join(short_hash(&format!("{}\n{}", target.url, place.key)));
         if freshness == Freshness::PreferCached {
             if let Some(fetched) = read_current(&url_dir) {
                 debug!(url = %target.url, path = %fetched.path.display(), "using the cached copy without asking the server");
                 return Ok(fetched);
             }
+            if !place.certain {
+                if let Some(fetched) = self.only_location(&target, &url_key)? {
+                    debug!(url = %target.url, path = %fetched.path.display(), "using the only cached location without asking the server");
+                    return Ok(fetched);
+                }
+            }
         }
         let remote = location::connect(&target, opts)?;
-        let plan = resolve(&target, &remote).await?;
+        let (plan, body) = resolve(&target, &remote).await?;
         let is_dir = matches!(plan, Plan::Dir(_));
         let total = plan.total();
 
@@ -151,13 +161,18 @@ impl Cache {
             source,
         };
 
+        let record = |entry: &str| Record {
+            entry: entry.to_string(),
+            url_key: url_key.clone(),
+            location: place.shown.clone(),
+        };
         let validator = plan.validator();
         if let Some(validator) = &validator {
             let entry_name = short_hash(validator);
             let payload = url_dir.join(&entry_name).join(&target.name);
             if payload.exists() {
                 debug!(url = %target.url, path = %payload.display(), "the cached copy is current");
-                write_current(&url_dir, &entry_name, &target.name, is_dir, total)
+                write_current(&url_dir, &record(&entry_name), &target.name, is_dir, total)
                     .map_err(|e| io_err(&url_dir, e))?;
                 return Ok(Fetched {
                     path: payload,
@@ -186,7 +201,7 @@ impl Cache {
                     meta,
                     sha256: validator.is_none(),
                 };
-                download::object(&target, &remote, expected, &local, &mut reporter).await?
+                download::object(&target, &remote, expected, body, &local, &mut reporter).await?
             }
             Plan::Dir(files) => {
                 std::fs::create_dir(&local).map_err(|e| io_err(&local, e))?;
@@ -201,7 +216,8 @@ impl Cache {
                         meta: &file.meta,
                         sha256: false,
                     };
-                    download::object(&target, &remote, expected, &dest, &mut reporter).await?;
+                    download::object(&target, &remote, expected, None, &dest, &mut reporter)
+                        .await?;
                 }
                 None
             }
@@ -237,7 +253,7 @@ impl Cache {
             }
             Err(e) => return Err(io_err(&entry, e)),
         }
-        write_current(&url_dir, &entry_name, &target.name, is_dir, total)
+        write_current(&url_dir, &record(&entry_name), &target.name, is_dir, total)
             .map_err(|e| io_err(&url_dir, e))?;
         Ok(Fetched {
             path: entry.join(&target.name),
@@ -245,6 +261,49 @@ impl Cache {
             bytes: total,
             from_cache: false,
         })
+    }
+
+    /// The last complete download of `target` from whichever location it was fetched, when it
+    /// was fetched from one location only; an error when from several (which one the caller
+    /// means cannot be told without the deploy's environment).
+    fn only_location(&self, target: &Target, url_key: &str) -> Result<Option<Fetched>, FetchError> {
+        let Ok(dirs) = std::fs::read_dir(&self.root) else {
+            return Ok(None);
+        };
+        let mut found: Vec<(String, Fetched)> = Vec::new();
+        for dir in dirs.flatten() {
+            if dir.file_name() == TMP {
+                continue;
+            }
+            let dir = dir.path();
+            let Some(fields) = read_record(&dir) else {
+                continue;
+            };
+            if fields.get("url").map(String::as_str) != Some(url_key) {
+                continue;
+            }
+            if let Some(fetched) = read_current(&dir) {
+                found.push((fields.get("location").cloned().unwrap_or_default(), fetched));
+            }
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop().map(|(_, fetched)| fetched)),
+            _ => {
+                let mut places: Vec<String> = found.into_iter().map(|(place, _)| place).collect();
+                places.sort();
+                Err(FetchError::BadConfig {
+                    url: target.url.clone(),
+                    detail: format!(
+                        "it was downloaded from {} places ({}), and without the environment of \
+                         the deploy (after a restart of the daemon) which one is meant cannot \
+                         be told; deploy the API again",
+                        places.len(),
+                        places.join("; ")
+                    ),
+                })
+            }
+        }
     }
 
     pub(crate) fn clean_tmp(&self, age: Duration) {
@@ -278,15 +337,23 @@ impl Cache {
     }
 }
 
-/// Decides between one object and a prefix, and lists the prefix.
-async fn resolve(target: &Target, remote: &Remote) -> Result<Plan, FetchError> {
+/// Decides between one object and a prefix, and lists the prefix. For an HTTP(S) server that
+/// refuses HEAD and ignores ranges, also the GET whose body is the download.
+async fn resolve(
+    target: &Target,
+    remote: &Remote,
+) -> Result<(Plan, Option<GetResult>), FetchError> {
     let store = &remote.store;
     // A HEAD error that is kept in case the listing finds nothing either.
     let mut head_error = None;
     if !target.prefix_only {
         match tokio::time::timeout(STALL, store.head(&target.path)).await {
             Err(_) => return Err(download::stalled(target, remote)),
-            Ok(Ok(meta)) => return Ok(Plan::File(meta)),
+            Ok(Ok(meta)) => return Ok((Plan::File(meta), None)),
+            Ok(Err(e)) if target.scheme == Scheme::Http && head_refused(&e) => {
+                debug!(url = %target.url, error = %e, "HEAD refused; asking with a GET");
+                return head_by_get(target, remote).await;
+            }
             Ok(Err(e)) => match error::classify(&e) {
                 Class::NotFound { .. } if target.scheme != Scheme::Http => {}
                 Class::Denied { .. } if target.scheme == Scheme::S3 => {
@@ -333,7 +400,47 @@ async fn resolve(target: &Target, remote: &Remote) -> Result<Plan, FetchError> {
         })?;
         files.push(DirFile { rel, meta });
     }
-    Ok(Plan::Dir(drop_markers(target, files)?))
+    Ok((Plan::Dir(drop_markers(target, files)?), None))
+}
+
+/// An HTTP(S) HEAD refused with a client error other than 404: a presigned GET URL answers 403
+/// (its signature covers GET only), some servers 405 (which object_store reads as "not
+/// found"). A GET may still work.
+fn head_refused(err: &object_store::Error) -> bool {
+    error::status_of(err).is_some_and(|status| (400..500).contains(&status) && status != 404)
+}
+
+/// The object's size and validators from a GET instead of a HEAD: a one-byte range when the
+/// server honours ranges, else the whole body, which is then kept as the download itself.
+async fn head_by_get(
+    target: &Target,
+    remote: &Remote,
+) -> Result<(Plan, Option<GetResult>), FetchError> {
+    let ranged = GetOptions {
+        range: Some(GetRange::Bounded(0..1)),
+        ..GetOptions::default()
+    };
+    match tokio::time::timeout(STALL, remote.store.get_opts(&target.path, ranged)).await {
+        Err(_) => return Err(download::stalled(target, remote)),
+        // The meta of a 206 has the whole size (from Content-Range); the one byte is dropped.
+        Ok(Ok(result)) => return Ok((Plan::File(result.meta), None)),
+        Ok(Err(e)) => {
+            // A 200 to a range request (object_store refuses it as "not supported") or a 416
+            // (an empty object has no byte 0) calls for the plain GET; anything else is the
+            // answer.
+            let unranged = matches!(e, object_store::Error::NotSupported { .. })
+                || error::status_of(&e) == Some(416);
+            if !unranged {
+                return Err(error::from_store(target, remote, Step::Lookup, &e));
+            }
+            debug!(url = %target.url, error = %e, "no range support; the GET is the download");
+        }
+    }
+    match tokio::time::timeout(STALL, remote.store.get(&target.path)).await {
+        Err(_) => Err(download::stalled(target, remote)),
+        Ok(Ok(result)) => Ok((Plan::File(result.meta.clone()), Some(result))),
+        Ok(Err(e)) => Err(error::from_store(target, remote, Step::Lookup, &e)),
+    }
 }
 
 /// A HEAD answer has no body, so a 403 to it does not say whether the secret key is wrong, the
@@ -409,15 +516,31 @@ fn drop_markers(target: &Target, files: Vec<DirFile>) -> Result<Vec<DirFile>, Fe
     Ok(kept)
 }
 
+/// What `current` says besides the file: the entry, and the URL (as its hash: a presigned URL's
+/// signature stays off the disk) and location the download came from.
+struct Record {
+    entry: String,
+    url_key: String,
+    location: String,
+}
+
 fn write_current(
     url_dir: &Path,
-    entry: &str,
+    record: &Record,
     name: &str,
     is_dir: bool,
     bytes: u64,
 ) -> std::io::Result<()> {
     let kind = if is_dir { "dir" } else { "file" };
-    let text = format!("entry={entry}\nname={name}\nkind={kind}\nbytes={bytes}\n");
+    let Record {
+        entry,
+        url_key,
+        location,
+    } = record;
+    let text = format!(
+        "entry={entry}\nname={name}\nkind={kind}\nbytes={bytes}\nurl={url_key}\n\
+         location={location}\n"
+    );
     let path = url_dir.join(CURRENT);
     if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
         return Ok(());
@@ -436,17 +559,23 @@ fn write_current(
     written
 }
 
-/// The last complete download recorded for a URL, if it is still there.
-fn read_current(url_dir: &Path) -> Option<Fetched> {
+/// The fields of a `current` record.
+fn read_record(url_dir: &Path) -> Option<HashMap<String, String>> {
     let text = std::fs::read_to_string(url_dir.join(CURRENT)).ok()?;
     let mut fields = HashMap::new();
     for line in text.lines() {
         let (k, v) = line.split_once('=')?;
-        fields.insert(k, v);
+        fields.insert(k.to_string(), v.to_string());
     }
-    let entry = *fields.get("entry")?;
-    let name = *fields.get("name")?;
-    let is_dir = match *fields.get("kind")? {
+    Some(fields)
+}
+
+/// The last complete download recorded for a URL and location, if it is still there.
+fn read_current(url_dir: &Path) -> Option<Fetched> {
+    let fields = read_record(url_dir)?;
+    let entry = fields.get("entry")?.as_str();
+    let name = fields.get("name")?.as_str();
+    let is_dir = match fields.get("kind")?.as_str() {
         "dir" => true,
         "file" => false,
         _ => return None,
@@ -516,7 +645,12 @@ mod tests {
     fn current_records_round_trip_and_need_the_entry() {
         let dir = tempfile::tempdir().unwrap();
         let url_dir = dir.path();
-        write_current(url_dir, "abc", "m.onnx", false, 5).unwrap();
+        let record = Record {
+            entry: "abc".to_string(),
+            url_key: "k".to_string(),
+            location: "http://x".to_string(),
+        };
+        write_current(url_dir, &record, "m.onnx", false, 5).unwrap();
         assert!(read_current(url_dir).is_none(), "no entry on disk yet");
         std::fs::create_dir_all(url_dir.join("abc")).unwrap();
         std::fs::write(url_dir.join("abc/m.onnx"), "12345").unwrap();

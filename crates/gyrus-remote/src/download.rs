@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectMeta, ObjectStoreExt};
+use object_store::{GetResult, ObjectMeta, ObjectStoreExt};
 use sha2::Sha256;
 
 use crate::error::{self, FetchError, Step};
@@ -83,12 +83,14 @@ pub(crate) fn etag_md5(e_tag: Option<&str>) -> Option<String> {
 }
 
 /// Downloads `expected` into `dest`, which must not exist, and returns the SHA-256 of the bytes
-/// when `expected.sha256` asked for it. On error `dest` may hold a partial
+/// when `expected.sha256` asked for it. `body` is a GET already under way for it (made while
+/// looking the object up), read instead of making another. On error `dest` may hold a partial
 /// file: the caller's temporary directory is what keeps it from ever being read.
 pub(crate) async fn object(
     target: &Target,
     remote: &Remote,
     expected: Expected<'_>,
+    body: Option<GetResult>,
     dest: &Path,
     reporter: &mut Reporter<'_>,
 ) -> Result<Option<String>, FetchError> {
@@ -100,10 +102,13 @@ pub(crate) async fn object(
     };
 
     remote.etag_not_md5.store(false, Ordering::SeqCst);
-    let result = match tokio::time::timeout(STALL, remote.store.get(expected.location)).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => return Err(error::from_store(target, remote, Step::Download, &e)),
-        Err(_) => return Err(stalled(target, remote)),
+    let result = match body {
+        Some(result) => result,
+        None => match tokio::time::timeout(STALL, remote.store.get(expected.location)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => return Err(error::from_store(target, remote, Step::Download, &e)),
+            Err(_) => return Err(stalled(target, remote)),
+        },
     };
     // The listing or HEAD said one thing, the GET says another: the object was replaced in
     // between. Caching it under the old validator would be wrong.

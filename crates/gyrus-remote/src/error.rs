@@ -380,6 +380,11 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
+/// The HTTP status an object_store error reports, when it has one.
+pub(crate) fn status_of(err: &object_store::Error) -> Option<u16> {
+    status_in(&err.to_string())
+}
+
 /// The HTTP status in object_store's "Server returned non-2xx status code: 404 Not Found: …".
 fn status_in(text: &str) -> Option<u16> {
     let rest = text.split("status code: ").nth(1)?;

@@ -7,11 +7,15 @@
 //! cache/remote/
 //!   .tmp/dl-<random>/          downloads in progress (removed on failure; leftovers of killed
 //!                              processes are removed by `clean_tmp`)
-//!   <sha256(url)[..32]>/
+//!   <sha256(url + "\n" + location)[..32]>/
 //!     current                  text file naming the last complete entry (for PreferCached)
 //!     <sha256(validator)[..32]>/
 //!       <name>                 the file, or the directory tree of a prefix
 //! ```
+//!
+//! The location is where the URL is resolved, without credentials: for S3 the endpoint (or the
+//! AWS partition) and the bucket, for Azure the account (and a custom endpoint), for GCS the
+//! endpoint; the same `s3://bucket/key` at two endpoints is two objects with two caches.
 //!
 //! An entry directory only ever comes into being by one `rename(2)` of a finished, verified and
 //! fsynced download, so whatever a reader finds there is complete; a download that fails, is
@@ -30,7 +34,7 @@ use std::time::Duration;
 pub use error::FetchError;
 
 /// Where the fetch's credentials and endpoints come from.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct FetchOptions {
     /// The environment of the user who ran `gyrus deploy` (the CLI forwards its `AWS_*`,
     /// `GOOGLE_*`, `AZURE_*` variables and `HOME`). Credentials, region, endpoint and profile
@@ -42,14 +46,36 @@ pub struct FetchOptions {
     pub s3_region: Option<String>,
 }
 
+/// The environment holds secrets (`AWS_SECRET_ACCESS_KEY`, `AZURE_STORAGE_ACCOUNT_KEY`, …): only
+/// its names are shown.
+impl std::fmt::Debug for FetchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Hidden<'a>(&'a BTreeMap<String, String>);
+        impl std::fmt::Debug for Hidden<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map()
+                    .entries(self.0.keys().map(|k| (k, format_args!("…"))))
+                    .finish()
+            }
+        }
+        f.debug_struct("FetchOptions")
+            .field("env", &Hidden(&self.env))
+            .field("s3_endpoint_url", &self.s3_endpoint_url)
+            .field("s3_region", &self.s3_region)
+            .finish()
+    }
+}
+
 /// How much the cache may be trusted without asking the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
     /// Ask the server for the current ETag/size (a deploy). Re-downloads only when it changed.
     CheckRemote,
-    /// Use the last complete download of this URL without any network call if there is one
-    /// (daemon restart restoring APIs: the user's credentials are not available then); else
-    /// behave as `CheckRemote`.
+    /// Use the last complete download of this URL from this location without any network call
+    /// if there is one (daemon restart restoring APIs: the user's credentials are not available
+    /// then); else behave as `CheckRemote`. With an empty environment the location may be
+    /// unknown (the endpoint came from the deploy's environment): then the URL's only cached
+    /// location is used, and several are an error rather than a guess.
     PreferCached,
 }
 

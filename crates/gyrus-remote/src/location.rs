@@ -26,8 +26,6 @@ use crate::error::FetchError;
 use crate::profile;
 use crate::FetchOptions;
 
-const SUPPORTED: &str = "s3://, gs://, az://, azure://, http:// and https://";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
     S3,
@@ -62,16 +60,21 @@ pub(crate) fn parse(raw: &str) -> Result<Target, FetchError> {
     };
     let mut url = Url::parse(raw.trim()).map_err(|e| bad(format!("not a URL ({e})")))?;
     url.set_fragment(None);
+    // The list is gyrus-spec's, so a config that validates is one this crate can fetch.
     let scheme = match url.scheme() {
-        "s3" | "s3a" => Scheme::S3,
-        "gs" => Scheme::Gcs,
-        "az" | "azure" | "abfs" | "abfss" => Scheme::Azure,
-        "http" | "https" => Scheme::Http,
-        other => {
-            return Err(bad(format!(
-                "unsupported scheme \"{other}\"; supported are {SUPPORTED}"
-            )))
-        }
+        s if !gyrus_spec::MODEL_URL_SCHEMES.contains(&s) => None,
+        "s3" | "s3a" => Some(Scheme::S3),
+        "gs" => Some(Scheme::Gcs),
+        "az" | "azure" | "abfs" | "abfss" => Some(Scheme::Azure),
+        "http" | "https" => Some(Scheme::Http),
+        _ => None,
+    };
+    let Some(scheme) = scheme else {
+        return Err(bad(format!(
+            "unsupported scheme \"{}\"; supported are {}",
+            url.scheme(),
+            gyrus_spec::model_url_schemes_text()
+        )));
     };
     let host = url.host_str().unwrap_or("").to_string();
     if host.is_empty() {
@@ -143,6 +146,116 @@ fn percent_decode(s: &str) -> String {
     ObjectPath::from_url_path(s)
         .map(|p| p.as_ref().to_string())
         .unwrap_or_else(|_| s.to_string())
+}
+
+/// Where a URL is resolved, as far as the options tell without any credentials: the same URL at
+/// two endpoints (or in two Azure accounts) names two different objects, and their downloads
+/// must not share cache entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Location {
+    /// Part of the cache key: the endpoint (or provider), account and bucket. Never a
+    /// credential.
+    pub key: String,
+    /// The place in words, recorded with a download (for messages).
+    pub shown: String,
+    /// False when the key rests on defaults only because the options carry no environment at
+    /// all (a daemon restart): the deploy's environment may have named another endpoint or
+    /// account.
+    pub certain: bool,
+}
+
+pub(crate) fn location(target: &Target, opts: &FetchOptions) -> Location {
+    let env_known = !opts.env.is_empty();
+    let (key, shown, certain) = match target.scheme {
+        Scheme::Http => ("http".to_string(), "the URL's server".to_string(), true),
+        Scheme::S3 => {
+            // An unreadable profile file is reported by `connect`; here it just adds nothing.
+            let profile = profile::load(&opts.env).unwrap_or_default();
+            let certain = env_known || s3_spec_endpoint(opts).is_some();
+            match s3_endpoint(opts, &profile) {
+                Some(endpoint) => {
+                    let endpoint = without_userinfo(&endpoint);
+                    (
+                        format!("s3\t{endpoint}\t{}", target.bucket),
+                        endpoint,
+                        certain,
+                    )
+                }
+                None => {
+                    // Bucket names are unique within an AWS partition, so the region (which
+                    // may come from the environment, absent after a restart) stays out.
+                    let partition = aws_partition(&s3_region(opts, &profile));
+                    (
+                        format!("s3\t{partition}\t{}", target.bucket),
+                        format!("AWS ({partition})"),
+                        certain,
+                    )
+                }
+            }
+        }
+        Scheme::Gcs => {
+            let (builder, _) = gcs_config(opts);
+            let base = builder
+                .get_config_value(&GoogleConfigKey::BaseUrl)
+                .map(|b| without_userinfo(b.trim().trim_end_matches('/')))
+                .filter(|b| !b.is_empty());
+            let shown = base.unwrap_or_else(|| GCS_ENDPOINT.to_string());
+            (format!("gs\t{shown}\t{}", target.bucket), shown, env_known)
+        }
+        Scheme::Azure => {
+            let (builder, _) = azure_config(opts);
+            let account = azure_account(target, &builder).unwrap_or_default();
+            let endpoint = azure_custom_endpoint(&builder).unwrap_or_default();
+            let shown = match endpoint.as_str() {
+                "" => format!("account {account}"),
+                endpoint => format!("account {account} at {endpoint}"),
+            };
+            (
+                format!("az\t{account}\t{endpoint}\t{}", target.bucket),
+                shown,
+                env_known,
+            )
+        }
+    };
+    Location {
+        key,
+        shown: shown
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+        certain,
+    }
+}
+
+/// An endpoint without the `user:password@` some people write into it.
+fn without_userinfo(endpoint: &str) -> String {
+    match Url::parse(endpoint) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string().trim_end_matches('/').to_string()
+        }
+        _ => endpoint.to_string(),
+    }
+}
+
+/// The AWS partition of a region: bucket names are unique within one.
+fn aws_partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else if region.starts_with("us-isob-") {
+        "aws-iso-b"
+    } else if region.starts_with("us-iso-") {
+        "aws-iso"
+    } else if region.starts_with("eu-isoe-") {
+        "aws-iso-e"
+    } else if region.starts_with("us-isof-") {
+        "aws-iso-f"
+    } else {
+        "aws"
+    }
 }
 
 /// A store ready to use, with what error messages need to know about it.
@@ -297,27 +410,10 @@ fn s3(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
         }
     }
 
-    let region = opts
-        .s3_region
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .or_else(|| non_empty(env, "AWS_REGION"))
-        .or_else(|| non_empty(env, "AWS_DEFAULT_REGION"))
-        .or(profile.region.as_deref())
-        .unwrap_or("us-east-1")
-        .to_string();
+    let region = s3_region(opts, &profile);
     builder = builder.with_region(&region);
 
-    let endpoint = opts
-        .s3_endpoint_url
-        .as_deref()
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .or_else(|| non_empty(env, "AWS_ENDPOINT_URL_S3"))
-        .or_else(|| non_empty(env, "AWS_ENDPOINT_URL"))
-        .or(profile.endpoint_url.as_deref())
-        .map(|e| e.trim_end_matches('/').to_string());
+    let endpoint = s3_endpoint(opts, &profile);
     let endpoint_shown = match &endpoint {
         Some(endpoint) => {
             let parsed = Url::parse(endpoint).map_err(|e| {
@@ -357,6 +453,38 @@ fn s3(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
     })
 }
 
+/// `predictor.s3.endpoint_url`, when the config gives one.
+fn s3_spec_endpoint(opts: &FetchOptions) -> Option<&str> {
+    opts.s3_endpoint_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+}
+
+/// The S3 endpoint: the config's, else the environment's, else the profile's; `None` for AWS.
+fn s3_endpoint(opts: &FetchOptions, profile: &profile::AwsProfile) -> Option<String> {
+    let env = &opts.env;
+    s3_spec_endpoint(opts)
+        .or_else(|| non_empty(env, "AWS_ENDPOINT_URL_S3"))
+        .or_else(|| non_empty(env, "AWS_ENDPOINT_URL"))
+        .or_else(|| non_empty(env, "AWS_ENDPOINT"))
+        .or(profile.endpoint_url.as_deref())
+        .map(|e| e.trim().trim_end_matches('/').to_string())
+}
+
+fn s3_region(opts: &FetchOptions, profile: &profile::AwsProfile) -> String {
+    let env = &opts.env;
+    opts.s3_region
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .or_else(|| non_empty(env, "AWS_REGION"))
+        .or_else(|| non_empty(env, "AWS_DEFAULT_REGION"))
+        .or(profile.region.as_deref())
+        .unwrap_or("us-east-1")
+        .to_string()
+}
+
 fn missing_aws_hint(profile: &profile::AwsProfile) -> String {
     let ways = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, add the keys to a profile in \
                 ~/.aws/credentials (AWS_PROFILE picks one), or set AWS_SKIP_SIGNATURE=true if \
@@ -385,7 +513,11 @@ fn missing_aws_hint(profile: &profile::AwsProfile) -> String {
     }
 }
 
-fn gcs(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
+const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// A builder with every `GOOGLE_*` setting of the environment, and whether one of them is a way
+/// to authenticate.
+fn gcs_config(opts: &FetchOptions) -> (GoogleCloudStorageBuilder, bool) {
     let env = &opts.env;
     let mut builder = GoogleCloudStorageBuilder::new()
         .with_client_options(client_options())
@@ -407,6 +539,17 @@ fn gcs(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
             builder = builder.with_config(key, value.trim());
         }
     }
+    (builder, has_credentials)
+}
+
+fn gcs(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
+    let env = &opts.env;
+    let (mut builder, mut has_credentials) = gcs_config(opts);
+    let endpoint = builder
+        .get_config_value(&GoogleConfigKey::BaseUrl)
+        .map(|b| b.trim().trim_end_matches('/').to_string())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| GCS_ENDPOINT.to_string());
     // gcloud's application default credentials, from the user's HOME: object_store would read
     // the daemon's.
     if !has_credentials {
@@ -437,7 +580,7 @@ fn gcs(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
         })?;
     Ok(Remote {
         store: Arc::new(store),
-        endpoint: "https://storage.googleapis.com".to_string(),
+        endpoint,
         access_key_id: None,
         anonymous: false,
         md5_etags: false,
@@ -445,7 +588,9 @@ fn gcs(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
     })
 }
 
-fn azure(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
+/// A builder with every `AZURE_*` setting of the environment, and whether one of them is a way
+/// to authenticate.
+fn azure_config(opts: &FetchOptions) -> (MicrosoftAzureBuilder, bool) {
     let env = &opts.env;
     let mut builder = MicrosoftAzureBuilder::new()
         .with_client_options(client_options())
@@ -471,6 +616,41 @@ fn azure(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
             builder = builder.with_config(key, value.trim());
         }
     }
+    (builder, has_credentials)
+}
+
+/// The storage account: the one the URL names (az://container@account.dfs.core.windows.net/…),
+/// else `AZURE_STORAGE_ACCOUNT_NAME`. object_store applies the URL only when building, so the
+/// URL's account is read here.
+fn azure_account(target: &Target, builder: &MicrosoftAzureBuilder) -> Option<String> {
+    let url_account = Url::parse(&target.url).ok().and_then(|u| {
+        let host = u.host_str()?.to_string();
+        (!u.username().is_empty()).then(|| host.split('.').next().unwrap_or("").to_string())
+    });
+    url_account
+        .or_else(|| builder.get_config_value(&AzureConfigKey::AccountName))
+        .filter(|a| !a.is_empty())
+}
+
+/// The endpoint when it is not the account's default: `AZURE_STORAGE_ENDPOINT`, or the local
+/// emulator.
+fn azure_custom_endpoint(builder: &MicrosoftAzureBuilder) -> Option<String> {
+    builder
+        .get_config_value(&AzureConfigKey::Endpoint)
+        .map(|e| without_userinfo(e.trim().trim_end_matches('/')))
+        .filter(|e| !e.is_empty())
+        .or_else(|| {
+            truthy(
+                builder
+                    .get_config_value(&AzureConfigKey::UseEmulator)
+                    .as_deref(),
+            )
+            .then(|| "the storage emulator".to_string())
+        })
+}
+
+fn azure(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
+    let (mut builder, has_credentials) = azure_config(opts);
     if !has_credentials {
         return Err(FetchError::NoCredentials {
             url: target.url.clone(),
@@ -484,15 +664,7 @@ fn azure(target: &Target, opts: &FetchOptions) -> Result<Remote, FetchError> {
     // The URL may name the account (az://container@account.dfs.core.windows.net/…).
     builder = builder.with_url(&target.url);
     builder = builder.with_container_name(&target.bucket);
-    // object_store applies the URL only when building, so the account it names is read here.
-    let url_account = Url::parse(&target.url).ok().and_then(|u| {
-        let host = u.host_str()?.to_string();
-        (!u.username().is_empty()).then(|| host.split('.').next().unwrap_or("").to_string())
-    });
-    let Some(account) = url_account
-        .or_else(|| builder.get_config_value(&AzureConfigKey::AccountName))
-        .filter(|a| !a.is_empty())
-    else {
+    let Some(account) = azure_account(target, &builder) else {
         return Err(FetchError::BadConfig {
             url: target.url.clone(),
             detail: "no storage account: set AZURE_STORAGE_ACCOUNT_NAME, or name it in the URL \
@@ -649,8 +821,112 @@ mod tests {
     fn rejects_what_it_cannot_fetch() {
         let e = parse("ftp://host/file").unwrap_err().to_string();
         assert!(e.contains("unsupported scheme \"ftp\""), "{e}");
-        assert!(e.contains("s3://, gs://"), "{e}");
+        assert!(e.contains(&gyrus_spec::model_url_schemes_text()), "{e}");
         assert!(parse("not a url").is_err());
         assert!(parse("s3:///key").is_err());
+    }
+
+    #[test]
+    fn every_scheme_the_spec_accepts_is_fetched() {
+        for scheme in gyrus_spec::MODEL_URL_SCHEMES {
+            let url = format!("{scheme}://container/m.onnx");
+            assert!(parse(&url).is_ok(), "{url}");
+        }
+    }
+
+    fn options(env: &[(&str, &str)]) -> FetchOptions {
+        FetchOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..FetchOptions::default()
+        }
+    }
+
+    #[test]
+    fn locations_name_the_place_and_never_a_credential() {
+        let s3 = parse("s3://models/iris.onnx").unwrap();
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "AKIDSECRETID"),
+            ("AWS_SECRET_ACCESS_KEY", "verysecret"),
+        ];
+        let at = |endpoint: &str| {
+            let mut env = keys.to_vec();
+            env.push(("AWS_ENDPOINT_URL", endpoint));
+            location(&s3, &options(&env))
+        };
+        let a = at("http://minio-a:9000");
+        let b = at("http://minio-b:9000/");
+        assert_ne!(a.key, b.key);
+        assert!(a.certain && b.certain);
+        assert_eq!(b.shown, "http://minio-b:9000");
+        // The config's endpoint wins over the environment, and suffices without it.
+        let spec = FetchOptions {
+            s3_endpoint_url: Some("http://minio-a:9000".into()),
+            ..FetchOptions::default()
+        };
+        let from_spec = location(&s3, &spec);
+        assert_eq!(from_spec.key, a.key);
+        assert!(from_spec.certain);
+        // user:password in an endpoint stays out.
+        let with_user = at("http://user:pw@minio-a:9000");
+        assert_eq!(with_user.key, a.key);
+        for l in [&a, &b, &with_user] {
+            for secret in ["AKIDSECRETID", "verysecret", "pw"] {
+                assert!(
+                    !l.key.contains(secret) && !l.shown.contains(secret),
+                    "{l:?}"
+                );
+            }
+        }
+        // AWS itself: the partition, not the region, which may be missing after a restart.
+        let east = location(&s3, &options(&[("AWS_REGION", "us-east-1")]));
+        let west = location(&s3, &options(&[("AWS_REGION", "eu-west-1")]));
+        let china = location(&s3, &options(&[("AWS_REGION", "cn-north-1")]));
+        assert_eq!(east.key, west.key);
+        assert_ne!(east.key, china.key);
+        assert_ne!(east.key, a.key);
+        let restart = location(&s3, &FetchOptions::default());
+        assert_eq!(restart.key, east.key);
+        assert!(!restart.certain);
+        // Another bucket is another place.
+        let other = location(&parse("s3://other/iris.onnx").unwrap(), &options(&keys));
+        assert_ne!(other.key, east.key);
+
+        // Azure: the account, from the URL or the environment.
+        let az = parse("az://container/m.onnx").unwrap();
+        let acct = |name: &str| {
+            location(
+                &az,
+                &options(&[
+                    ("AZURE_STORAGE_ACCOUNT_NAME", name),
+                    ("AZURE_STORAGE_ACCOUNT_KEY", "aGVsbG8="),
+                ]),
+            )
+        };
+        assert_ne!(acct("one").key, acct("two").key);
+        assert!(!acct("one").key.contains("aGVsbG8="));
+        let in_url = parse("abfss://container@one.dfs.core.windows.net/m.onnx").unwrap();
+        assert_eq!(
+            location(&in_url, &options(&[("AZURE_STORAGE_ACCOUNT_KEY", "k")])).key,
+            acct("one").key
+        );
+
+        // GCS: the custom endpoint, when there is one.
+        let gs = parse("gs://b/m.onnx").unwrap();
+        let google = location(&gs, &options(&[("GOOGLE_SKIP_SIGNATURE", "true")]));
+        let fake = location(
+            &gs,
+            &options(&[("GOOGLE_BASE_URL", "http://127.0.0.1:4443")]),
+        );
+        assert_ne!(google.key, fake.key);
+        assert_eq!(google.shown, "https://storage.googleapis.com");
+
+        // HTTP(S): the URL says it all.
+        let http = parse("https://example.com/m.onnx?sig=x").unwrap();
+        let l = location(&http, &FetchOptions::default());
+        assert!(l.certain);
+        assert!(!l.key.contains("sig=x"));
     }
 }

@@ -777,3 +777,199 @@ async fn sigkill_child() {
         .await;
     panic!("the fetch through a stalled proxy ended before the parent killed this process");
 }
+
+/// The same `s3://bucket/key` at two endpoints is two objects: two cache entries, and
+/// PreferCached (a daemon restart) gives each endpoint its own, whichever was fetched last.
+#[tokio::test]
+async fn same_url_at_two_endpoints_has_two_cache_entries() {
+    let a = S3Server::start(&["models"]);
+    let b = S3Server::start(&["models"]);
+    a.put("models", "iris.onnx", b"the model at endpoint A");
+    b.put("models", "iris.onnx", b"endpoint B's model, another one");
+    let home = tempfile::tempdir().unwrap();
+    let opts_a = s3_env(&a.endpoint(), home.path());
+    let opts_b = s3_env(&b.endpoint(), home.path());
+    let (_dir, cache) = cache();
+    let url = "s3://models/iris.onnx";
+
+    let got_a = fetch(&cache, url, &opts_a, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    let got_b = fetch(&cache, url, &opts_b, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    assert!(!got_a.from_cache && !got_b.from_cache);
+    assert_ne!(got_a.path, got_b.path);
+    assert_eq!(
+        std::fs::read(&got_a.path).unwrap(),
+        b"the model at endpoint A"
+    );
+    assert_eq!(
+        std::fs::read(&got_b.path).unwrap(),
+        b"endpoint B's model, another one"
+    );
+    let url_dirs: Vec<String> = tree(cache.root())
+        .into_iter()
+        .filter(|p| p.ends_with('/') && p.matches('/').count() == 1 && p != ".tmp/")
+        .collect();
+    assert_eq!(url_dirs.len(), 2, "{:?}", tree(cache.root()));
+    // The record names the endpoint, never a key.
+    let records: String = url_dirs
+        .iter()
+        .map(|d| std::fs::read_to_string(cache.root().join(d).join("current")).unwrap())
+        .collect();
+    assert!(records.contains(&a.endpoint()) && records.contains(&b.endpoint()));
+    assert!(!records.contains(SK) && !records.contains(AK), "{records}");
+    drop(a);
+    drop(b);
+
+    // B was fetched last; A still gets A's bytes, without a request (both servers are gone).
+    for (opts, want) in [(&opts_a, &got_a), (&opts_b, &got_b)] {
+        let again = fetch(&cache, url, opts, Freshness::PreferCached)
+            .await
+            .unwrap();
+        assert!(again.from_cache);
+        assert_eq!(&again.path, &want.path);
+    }
+    // After a restart the config's endpoint is all there is, and it is enough.
+    let spec_a = FetchOptions {
+        s3_endpoint_url: Some(format!("{}/", opts_a.env["AWS_ENDPOINT_URL"])),
+        ..FetchOptions::default()
+    };
+    let again = fetch(&cache, url, &spec_a, Freshness::PreferCached)
+        .await
+        .unwrap();
+    assert_eq!(again.path, got_a.path);
+    // With nothing to tell the two apart, no guess: an error naming both endpoints.
+    let err = fetch(
+        &cache,
+        url,
+        &FetchOptions::default(),
+        Freshness::PreferCached,
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, FetchError::BadConfig { .. }), "{err:?}");
+    assert!(
+        text.contains(&opts_a.env["AWS_ENDPOINT_URL"])
+            && text.contains(&opts_b.env["AWS_ENDPOINT_URL"])
+            && text.contains("deploy the API again"),
+        "{text}"
+    );
+}
+
+/// The same endpoint reached by two names is two locations too (nothing can tell they are one
+/// server); each name gets its own entry, with the right bytes.
+#[tokio::test]
+async fn endpoint_names_are_part_of_the_location() {
+    let s3 = S3Server::start(&["models"]);
+    s3.put("models", "m.onnx", b"first bytes");
+    let home = tempfile::tempdir().unwrap();
+    let by_ip = s3_env(&s3.endpoint(), home.path());
+    let by_name = s3_env(&format!("http://localhost:{}", s3.addr.port()), home.path());
+    let (_dir, cache) = cache();
+    let url = "s3://models/m.onnx";
+    let first = fetch(&cache, url, &by_ip, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    s3.put("models", "m.onnx", b"second bytes!");
+    let second = fetch(&cache, url, &by_name, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    assert_ne!(first.path, second.path);
+    let cached = fetch(&cache, url, &by_ip, Freshness::PreferCached)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&cached.path).unwrap(), b"first bytes");
+    let cached = fetch(&cache, url, &by_name, Freshness::PreferCached)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&cached.path).unwrap(), b"second bytes!");
+}
+
+/// Servers that refuse HEAD (405 here; a presigned GET URL answers 403) are asked with a GET:
+/// a one-byte range when they honour ranges, else the whole body, which is then the download.
+#[tokio::test]
+async fn http_server_refusing_head_is_asked_with_a_get() {
+    let server = StaticServer::start().await;
+    server.refuse_head(hyper::StatusCode::METHOD_NOT_ALLOWED);
+    server.set(
+        "/m.onnx",
+        Resource::new(b"served without HEAD", Some("\"e1\""), None),
+    );
+    let (_dir, cache) = cache();
+    let opts = FetchOptions::default();
+    let url = server.url("/m.onnx");
+
+    // No range support: the answer to the ranged GET (a 200) is dropped at its headers, and the
+    // plain GET after it is the download.
+    let first = fetch(&cache, &url, &opts, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    assert!(!first.from_cache);
+    assert_eq!(std::fs::read(&first.path).unwrap(), b"served without HEAD");
+    assert_eq!(server.gets(), 2);
+    // Its ETag is the validator: the next look asks with GETs too, but caches nothing new.
+    let second = fetch(&cache, &url, &opts, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    assert!(second.from_cache);
+    assert_eq!(second.path, first.path);
+    assert_eq!(server.gets(), 4);
+
+    // A real 404 stays "not found".
+    let err = fetch(
+        &cache,
+        &server.url("/gone.onnx"),
+        &opts,
+        Freshness::CheckRemote,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, FetchError::NotFound { .. }), "{err:?}");
+
+    // With ranges (and a 403 to HEAD, as a presigned URL): a one-byte GET, then the download.
+    server.refuse_head(hyper::StatusCode::FORBIDDEN);
+    server.honour_ranges(true);
+    server.set(
+        "/m.onnx",
+        Resource::new(b"version two, ranged", Some("\"e2\""), None),
+    );
+    let third = fetch(&cache, &url, &opts, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    assert!(!third.from_cache);
+    assert_eq!(third.bytes, 19);
+    assert_eq!(std::fs::read(&third.path).unwrap(), b"version two, ranged");
+    assert_eq!(server.gets(), 6, "a ranged GET, then the whole body");
+    let fourth = fetch(&cache, &url, &opts, Freshness::CheckRemote)
+        .await
+        .unwrap();
+    assert!(fourth.from_cache);
+    assert_eq!(fourth.path, third.path);
+    assert_eq!(server.gets(), 7, "the one-byte GET only");
+
+    // An empty file has no byte 0 (416): the plain GET it is.
+    server.set("/empty.onnx", Resource::new(b"", Some("\"e0\""), None));
+    let empty = fetch(
+        &cache,
+        &server.url("/empty.onnx"),
+        &opts,
+        Freshness::CheckRemote,
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&empty.path).unwrap(), b"");
+    assert!(tree(&cache.root().join(".tmp")).is_empty());
+}
+
+#[test]
+fn fetch_options_debug_shows_no_secrets() {
+    let home = tempfile::tempdir().unwrap();
+    let opts = s3_env("http://127.0.0.1:9", home.path());
+    let shown = format!("{opts:?}");
+    assert!(shown.contains("AWS_SECRET_ACCESS_KEY"), "{shown}");
+    assert!(!shown.contains(SK) && !shown.contains(AK), "{shown}");
+    assert!(!shown.contains("127.0.0.1"), "{shown}");
+}

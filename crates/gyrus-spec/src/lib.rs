@@ -30,7 +30,9 @@ pub use spec::{
     ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
     PredictorSpec, PredictorType, S3Options, TrackerSpec, UpdateStrategySpec,
 };
-pub use tag::{check_tag_part, ModelRef, ModelTag, TAG_RULE};
+pub use tag::{
+    check_tag_part, model_url_schemes_text, ModelRef, ModelTag, MODEL_URL_SCHEMES, TAG_RULE,
+};
 pub use units::{CountOrPercent, Cpu, DurationSpec, Memory, UnitError};
 
 /// The rule for model names (they become part of URLs, `/v2/models/<name>`): letters, digits,

@@ -9,6 +9,25 @@ pub const TAG_RULE: &str = "lowercase letters, digits, '.', '_' and '-', startin
                             a letter or digit, at most 63 characters \
                             (^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$)";
 
+/// The URL schemes a model can be fetched from: every one of them is fetched by gyrus-remote,
+/// and validation accepts exactly these (compared in lowercase).
+pub const MODEL_URL_SCHEMES: &[&str] = &[
+    "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http", "https",
+];
+
+/// [`MODEL_URL_SCHEMES`] for messages: `s3://, s3a://, …, http:// and https://`.
+pub fn model_url_schemes_text() -> String {
+    let all: Vec<String> = MODEL_URL_SCHEMES
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect();
+    match all.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// The version that means "the newest saved".
 pub const LATEST: &str = "latest";
 

@@ -272,12 +272,11 @@ fn url_syntax(raw: &str) -> Result<(), String> {
             quote(raw)
         ));
     }
-    const SCHEMES: &[&str] = &["s3", "gs", "az", "azure", "http", "https"];
-    if !SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+    if !crate::tag::MODEL_URL_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
         return Err(format!(
-            "unsupported URL scheme {}: models can come from s3://, gs://, az://, https:// and \
-             http:// URLs",
-            quote(scheme)
+            "unsupported URL scheme {}: models can come from {} URLs",
+            quote(scheme),
+            crate::tag::model_url_schemes_text()
         ));
     }
     Ok(())
@@ -362,7 +361,20 @@ mod tests {
         assert!(model_location("s3://bucket/model.onnx", Need::Model, Some(dir)).is_ok());
         assert!(model_location("https://x.y/m.onnx", Need::Model, Some(dir)).is_ok());
         assert!(model_location("://x", Need::Model, Some(dir)).is_err());
-        assert!(model_location("ftp://x/m.onnx", Need::Model, Some(dir)).is_err());
+        let ftp = model_location("ftp://x/m.onnx", Need::Model, Some(dir)).unwrap_err();
+        assert_eq!(
+            ftp,
+            "unsupported URL scheme \"ftp\": models can come from s3://, s3a://, gs://, az://, \
+             azure://, abfs://, abfss://, http:// and https:// URLs"
+        );
+        // Every scheme gyrus-remote fetches passes, in any case.
+        for scheme in crate::tag::MODEL_URL_SCHEMES {
+            let url = format!("{}://container/m.onnx", scheme.to_ascii_uppercase());
+            assert!(
+                model_location(&url, Need::Model, Some(dir)).is_ok(),
+                "{url}"
+            );
+        }
         assert!(model_location("iris:latest", Need::Model, Some(dir)).is_ok());
         assert!(model_location("iris:latest", Need::Dir, Some(dir)).is_err());
         assert!(model_location("Iris:latest", Need::Model, Some(dir)).is_err());

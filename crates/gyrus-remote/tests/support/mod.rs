@@ -315,7 +315,23 @@ pub struct StaticServer {
     pub addr: SocketAddr,
     files: Arc<Mutex<HashMap<String, Resource>>>,
     gets: Arc<Mutex<usize>>,
+    behaviour: Arc<Mutex<Behaviour>>,
     task: JoinHandle<()>,
+}
+
+/// How the static server treats HEAD and Range requests.
+#[derive(Debug, Clone, Copy, Default)]
+struct Behaviour {
+    /// Answer every HEAD with this status (a presigned URL's 403, a server's 405).
+    refuse_head: Option<StatusCode>,
+    /// Honour `Range: bytes=A-B` (else a range is ignored and the whole body sent).
+    ranges: bool,
+}
+
+/// `bytes=A-B` of a Range header.
+fn parse_range(value: &str) -> Option<(usize, usize)> {
+    let (a, b) = value.strip_prefix("bytes=")?.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 impl StaticServer {
@@ -324,9 +340,11 @@ impl StaticServer {
         let addr = listener.local_addr().unwrap();
         let files: Arc<Mutex<HashMap<String, Resource>>> = Arc::default();
         let gets: Arc<Mutex<usize>> = Arc::default();
+        let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
         let task = {
             let files = files.clone();
             let gets = gets.clone();
+            let behaviour = behaviour.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -334,11 +352,23 @@ impl StaticServer {
                     };
                     let files = files.clone();
                     let gets = gets.clone();
+                    let behaviour = behaviour.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<Incoming>| {
                             let files = files.clone();
                             let gets = gets.clone();
+                            let behaviour = *behaviour.lock().unwrap();
                             async move {
+                                if let Some(status) = behaviour.refuse_head {
+                                    if req.method() == hyper::Method::HEAD {
+                                        return Ok::<_, Infallible>(
+                                            Response::builder()
+                                                .status(status)
+                                                .body(full(Bytes::new()))
+                                                .unwrap(),
+                                        );
+                                    }
+                                }
                                 let found = files.lock().unwrap().get(req.uri().path()).cloned();
                                 let Some(resource) = found else {
                                     return Ok::<_, Infallible>(
@@ -351,8 +381,35 @@ impl StaticServer {
                                 if req.method() == hyper::Method::GET {
                                     *gets.lock().unwrap() += 1;
                                 }
-                                let mut response = Response::builder()
-                                    .header("content-length", resource.body.len());
+                                let range = req
+                                    .headers()
+                                    .get("range")
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(parse_range)
+                                    .filter(|_| behaviour.ranges);
+                                let len = resource.body.len();
+                                let mut response = Response::builder();
+                                let mut body = resource.body.clone();
+                                match range {
+                                    Some((start, _)) if start >= len => {
+                                        return Ok(Response::builder()
+                                            .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                                            .header("content-range", format!("bytes */{len}"))
+                                            .body(full(Bytes::new()))
+                                            .unwrap());
+                                    }
+                                    Some((start, end)) => {
+                                        let end = end.min(len - 1);
+                                        body = resource.body.slice(start..end + 1);
+                                        response =
+                                            response.status(StatusCode::PARTIAL_CONTENT).header(
+                                                "content-range",
+                                                format!("bytes {start}-{end}/{len}"),
+                                            );
+                                    }
+                                    None => {}
+                                }
+                                response = response.header("content-length", body.len());
                                 if let Some(etag) = &resource.etag {
                                     response = response.header("etag", etag);
                                 }
@@ -364,7 +421,7 @@ impl StaticServer {
                                 }
                                 let body = match req.method() == hyper::Method::HEAD {
                                     true => full(Bytes::new()),
-                                    false => full(resource.body),
+                                    false => full(body),
                                 };
                                 Ok(response.body(body).unwrap())
                             }
@@ -380,8 +437,19 @@ impl StaticServer {
             addr,
             files,
             gets,
+            behaviour,
             task,
         }
+    }
+
+    /// Answers every HEAD with `status` from now on.
+    pub fn refuse_head(&self, status: StatusCode) {
+        self.behaviour.lock().unwrap().refuse_head = Some(status);
+    }
+
+    /// Honours (or, by default, ignores) Range headers.
+    pub fn honour_ranges(&self, ranges: bool) {
+        self.behaviour.lock().unwrap().ranges = ranges;
     }
 
     pub fn set(&self, path: &str, resource: Resource) {
