@@ -130,18 +130,16 @@ impl Autoscaler {
         };
 
         // Signed so that `cur - 1` at `cur == 0` is simply -1: no downscale floor, since
-        // there is nothing to scale down (the brief's "cur can be 0 only transiently").
+        // there is nothing to scale down. (0 is transient: scaled to zero with min_replicas 0,
+        // or before the first replica is counted.)
         let cur = i64::from(current);
         let curf = current as f64;
 
         // An invalid target (0, negative, NaN; gyrus-spec rejects them) must not panic:
         // 0/0 and x/NaN are NaN, read as no load; x/0 is +inf, which saturates and is then
         // held back by the upscale factor and max_replicas.
-        let mut raw = avg / params.target;
-        if raw.is_nan() {
-            raw = 0.0;
-        }
-        raw = raw.max(0.0);
+        // `f64::max` returns the non-NaN operand, so this also maps NaN to 0.
+        let raw = (avg / params.target).max(0.0);
 
         let ceil = ceil_count(raw);
         let mut rec = ceil;
