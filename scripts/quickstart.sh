@@ -46,8 +46,8 @@ The same model as ONNX, served by gyrus's Rust engine (no Python in the request 
 
   curl -X POST localhost:8888/iris-model -d '{"input": [[5.2, 3.6, 1.5, 0.3]]}'
 
-and over the Open Inference Protocol (e.g. tritonclient with url "localhost:8888"). From the
-model store (`gyrus models list`):
+and over the Open Inference Protocol (e.g. tritonclient with url "localhost:8888"). The same
+model from the model store (see: gyrus models list):
 
   curl -X POST localhost:8888/iris-store -d '{"input": [[5.2, 3.6, 1.5, 0.3]]}'
 
