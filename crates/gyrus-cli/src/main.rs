@@ -405,6 +405,11 @@ async fn deploy(
         .await
         .map_err(|e| client.unreachable(e))?;
     let deployed: DeployResponse = client::decode(resp).await?;
+    // The daemon adds what only it knows (e.g. limits this machine cannot enforce).
+    let local: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+    for w in deployed.warnings.iter().filter(|w| !local.contains(w)) {
+        eprintln!("warning: {w}");
+    }
     if output == Output::Table {
         eprintln!(
             "packed {} file(s), {} from {}",
@@ -551,21 +556,69 @@ async fn get(api: Option<String>, output: Output) -> Result<()> {
                 i.name.clone(),
                 i.status.clone(),
                 format!("{}/{}", i.replicas.ready, i.replicas.requested),
+                i.autoscaling
+                    .as_ref()
+                    .and_then(|a| a.in_flight_avg)
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "-".into()),
                 i.url.clone(),
                 age(&i.updated_at),
             ]
         })
         .collect();
     print_table(
-        &["API", "STATUS", "READY/REQUESTED", "URL", "LAST UPDATE"],
+        &[
+            "API",
+            "STATUS",
+            "READY/REQUESTED",
+            "IN-FLIGHT",
+            "URL",
+            "LAST UPDATE",
+        ],
         rows,
     );
+    if let [one] = infos.as_slice() {
+        if api.is_some() {
+            print_scaling(one);
+        }
+    }
     for i in &infos {
         if let Some(e) = &i.error {
             println!("\n{} error: {e}", i.name);
         }
     }
     Ok(())
+}
+
+/// The replica counts, the load and the autoscaler's reasoning of one API.
+fn print_scaling(i: &ApiInfo) {
+    let r = &i.replicas;
+    println!(
+        "\nreplicas:    {} requested, {} ready, {} starting, {} failed",
+        r.requested, r.ready, r.starting, r.failed
+    );
+    if let Some(a) = &i.autoscaling {
+        match (a.in_flight_avg, a.in_flight_now) {
+            (Some(avg), now) => println!(
+                "in-flight:   {avg:.2} average over {}s{}",
+                a.window_secs,
+                now.map(|n| format!(" (now {n})")).unwrap_or_default()
+            ),
+            (None, _) => println!("in-flight:   no samples in the last {}s", a.window_secs),
+        }
+        if let Some(c) = &a.last_change {
+            println!(
+                "last scale:  {} → {} replicas, {} ago: {}",
+                c.from,
+                c.to,
+                age(&c.at),
+                c.reason
+            );
+        }
+        if let Some(d) = &a.last_decision {
+            println!("autoscaler:  {} ago: {}", age(&d.at), d.reason);
+        }
+    }
 }
 
 async fn describe(api: &str, output: Output) -> Result<()> {
@@ -586,10 +639,6 @@ async fn describe(api: &str, output: Output) -> Result<()> {
         println!("doing:       {m}");
     }
     println!("url:         {}", info.url);
-    println!(
-        "replicas:    {} ready of {} requested",
-        info.replicas.ready, info.replicas.requested
-    );
     println!("generation:  {}", info.generation);
     println!("created:     {}", info.created_at);
     println!(
@@ -630,6 +679,12 @@ async fn describe(api: &str, output: Output) -> Result<()> {
         ],
         rows,
     );
+    for r in &info.replica_details {
+        if let Some(e) = &r.error {
+            println!("{}: {e}", r.id);
+        }
+    }
+    print_scaling(&info);
     Ok(())
 }
 

@@ -31,6 +31,9 @@ pub struct ApiInfo {
     pub progress: Option<DownloadProgress>,
     pub error: Option<String>,
     pub replicas: ReplicaCounts,
+    /// The in-flight load and the autoscaler's decisions, once a version serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingInfo>,
     pub generation: u64,
     pub created_at: String,
     pub updated_at: String,
@@ -46,8 +49,36 @@ pub struct DownloadProgress {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
 pub struct ReplicaCounts {
+    /// The desired count (set by the autoscaler between min_replicas and max_replicas).
     pub requested: u32,
     pub ready: u32,
+    #[serde(default)]
+    pub starting: u32,
+    /// Dead and waiting to be restarted, or failed to start.
+    #[serde(default)]
+    pub failed: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoscalingInfo {
+    /// The total in-flight requests averaged over `window` (what the autoscaler acts on).
+    pub in_flight_avg: Option<f64>,
+    /// The total of the last second.
+    pub in_flight_now: Option<u32>,
+    pub window_secs: u64,
+    /// The autoscaler's last tick.
+    pub last_decision: Option<ScalingDecision>,
+    /// The last tick that changed the replica count.
+    pub last_change: Option<ScalingDecision>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScalingDecision {
+    pub at: String,
+    pub from: u32,
+    pub to: u32,
+    pub avg_in_flight: Option<f64>,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +92,12 @@ pub struct ReplicaInfo {
     pub in_flight: usize,
     pub started_at: String,
     pub restarts: u32,
+    /// Why it failed or was stopped (e.g. out of memory), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why the replica this one replaced exited (a crash, out of memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

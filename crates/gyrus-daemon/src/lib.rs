@@ -63,14 +63,33 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         store: Arc::new(store),
         remote,
     });
+    // Limits are per daemon: its home names its cgroups.
+    let instance = {
+        use sha2::{Digest, Sha256};
+        hex::encode(&Sha256::digest(home.root().as_os_str().as_encoded_bytes())[..6])
+    };
+    let compute = Arc::new(gyrus_compute::Compute::detect(&instance));
+    tracing::info!("compute limits: {}", compute.describe());
     let routes = RouteTable::new();
     let supervisor = Supervisor::new(
         home.clone(),
         routes.clone(),
         envs.clone(),
         sources.clone(),
+        compute.clone(),
         format!("http://{local}"),
     );
+
+    // Cortex ran its autoscaler every 10 s; tests set a shorter interval.
+    let interval = match std::env::var("GYRUS_AUTOSCALE_INTERVAL") {
+        Ok(v) if !v.is_empty() => humantime::parse_duration(&v).map_err(|e| {
+            DaemonError::BadRequest(format!(
+                "GYRUS_AUTOSCALE_INTERVAL={v:?}: expected a duration like 10s or 500ms ({e})"
+            ))
+        })?,
+        _ => std::time::Duration::from_secs(10),
+    };
+    supervisor.start_autoscaler(interval.max(std::time::Duration::from_millis(100)));
 
     // Nothing runs yet, so snapshots no API refers to (older versions, interrupted
     // extractions) can go.
@@ -105,6 +124,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         ops: tokio::sync::Mutex::new(()),
         envs,
         sources,
+        compute,
         self_exe: std::env::current_exe().unwrap_or_else(|_| "gyrus".into()),
     });
     tracing::info!(

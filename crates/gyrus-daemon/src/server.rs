@@ -36,6 +36,7 @@ pub struct AppState {
     pub ops: tokio::sync::Mutex<()>,
     pub envs: Arc<PythonEnvs>,
     pub sources: Arc<ModelSources>,
+    pub compute: Arc<gyrus_compute::Compute>,
     /// This executable, for `gyrus inspect-model`.
     pub self_exe: std::path::PathBuf,
 }
@@ -148,6 +149,10 @@ async fn deploy(
                 api.name, api.predictor.kind
             )));
         }
+        let limits = gyrus_compute::Limits::from_spec(&api.compute);
+        app.compute
+            .check_gpus(limits.gpus)
+            .map_err(|e| DaemonError::BadRequest(format!("api {:?}: {e}", api.name)))?;
         if let Some((other, _)) = deployed_endpoints
             .iter()
             .find(|(name, endpoint)| *name != api.name && *endpoint == api.endpoint)
@@ -166,6 +171,7 @@ async fn deploy(
         app.sources.pin(api).map_err(DaemonError::BadRequest)?;
     }
 
+    let deployed_specs = apis.clone();
     let mut deployed = Vec::new();
     for api in apis {
         let spec_json =
@@ -222,9 +228,19 @@ async fn deploy(
             },
         );
     }
+    let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+    for api in &deployed_specs {
+        let limits = gyrus_compute::Limits::from_spec(&api.compute);
+        warnings.extend(
+            app.compute
+                .deploy_warnings(&limits)
+                .into_iter()
+                .map(|w| format!("api {:?}: {w}", api.name)),
+        );
+    }
     Ok(Json(DeployResponse {
         apis: deployed,
-        warnings: parsed.warnings.iter().map(|w| w.to_string()).collect(),
+        warnings,
     }))
 }
 

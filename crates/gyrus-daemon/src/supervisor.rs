@@ -2,10 +2,13 @@
 //! generation (deployed version) to the next, publishes ready replicas to the gateway's route
 //! table, and restarts replicas that die.
 //!
-//! A deploy of generation `g` starts `init_replicas` replicas of `g`; only when every one is
-//! ready does the route table switch to them and the replicas of older generations drain and
-//! stop. If they fail, the API shows `error` and older replicas (if any) keep serving. A newer
-//! deploy supersedes one still starting.
+//! The first deploy of an API starts `init_replicas` replicas and goes live when all are ready.
+//! A redeploy rolls: new replicas start within `update_strategy.max_surge` above the desired
+//! count, old ones drain and stop once enough new ones are ready, never leaving fewer than
+//! desired − `max_unavailable` ready; a new version that fails halts the rollout and the old one
+//! keeps serving. A newer deploy supersedes one still rolling. Each replica reports its
+//! in-flight count every second; every autoscaling interval the autoscaler (gyrus-autoscaler)
+//! turns those series into a desired replica count, which `Supervisor::reconcile` applies.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,11 +22,15 @@ use gyrus_gateway::{ApiRoute, ReplicaTarget, RouteTable};
 use gyrus_spec::{ApiSpec, PredictorType};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::api::{ApiInfo, DownloadProgress, ReplicaCounts, ReplicaInfo};
+use crate::api::{
+    ApiInfo, AutoscalingInfo, DownloadProgress, ReplicaCounts, ReplicaInfo, ScalingDecision,
+};
 use crate::home::GyrusHome;
 use crate::model_source::{FetchContext, ModelSources, ResolvedModels};
 use crate::pyenv::PythonEnvs;
 use crate::state::StoredApi;
+use gyrus_autoscaler::{Autoscaler, MetricSeries, Params};
+use gyrus_compute::{Compute, Limits};
 
 /// How long a stopping replica may drain before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(35);
@@ -88,6 +95,13 @@ struct ReplicaInner {
     error: Option<String>,
     /// Dropping it closes the replica's stdin, which the replica takes as "stop".
     stdin: Option<tokio::process::ChildStdin>,
+    /// The replica died and waits out its backoff before a replacement starts; scaling down
+    /// clears it to cancel the restart.
+    pending_restart: bool,
+    /// Its in-flight requests, as it last reported them.
+    in_flight: u32,
+    /// Why the replica it replaced exited (a crash, out of memory).
+    last_exit: Option<String>,
 }
 
 impl Replica {
@@ -144,16 +158,38 @@ impl Replica {
 
     fn info(&self) -> ReplicaInfo {
         let g = self.lock();
+        let state = if g.pending_restart {
+            "restarting"
+        } else {
+            g.state.as_str()
+        };
         ReplicaInfo {
             id: self.id.clone(),
             generation: self.generation,
             pid: g.pid,
             port: g.port,
-            state: g.state.as_str().to_owned(),
+            state: state.to_owned(),
             in_flight: g.target.as_ref().map(|t| t.in_flight()).unwrap_or(0),
             started_at: self.started_at.clone(),
             restarts: self.restarts,
+            error: g.error.clone(),
+            last_exit: g.last_exit.clone(),
         }
+    }
+
+    /// Scaling down or replacing a dead replica: do not bring it back.
+    fn cancel_restart(&self) {
+        self.lock().pending_restart = false;
+    }
+
+    /// Serving or about to: starting, ready, or dead and waiting to be restarted.
+    fn counts_toward_desired(&self) -> bool {
+        let g = self.lock();
+        matches!(g.state, ReplicaState::Starting | ReplicaState::Ready) || g.pending_restart
+    }
+
+    fn is_ready(&self) -> bool {
+        self.state() == ReplicaState::Ready
     }
 }
 
@@ -171,10 +207,41 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// The first error among replicas that failed to start, if any.
+fn first_failure(replicas: &[Arc<Replica>]) -> Option<String> {
+    replicas.iter().find_map(|r| {
+        let i = r.lock();
+        matches!(
+            i.state,
+            ReplicaState::Failed | ReplicaState::Exited | ReplicaState::Stopping
+        )
+        .then(|| {
+            i.error
+                .clone()
+                .unwrap_or_else(|| "replica exited before it was ready".into())
+        })
+    })
+}
+
+/// Until one of `replicas` changes state, or 200 ms.
+async fn wait_any(replicas: &[Arc<Replica>]) {
+    if replicas.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return;
+    }
+    let waits: Vec<_> = replicas
+        .iter()
+        .map(|r| r.state_changed.notified())
+        .collect();
+    let any = futures_util::future::select_all(waits.into_iter().map(Box::pin));
+    let _ = tokio::time::timeout(Duration::from_millis(200), any).await;
+}
+
 /// Everything needed to start replicas of one generation.
 #[derive(Clone)]
 struct LaunchPlan {
     generation: u64,
+    spec: Arc<ApiSpec>,
     spec_json: Arc<String>,
     project_dir: PathBuf,
     python: PathBuf,
@@ -205,8 +272,16 @@ struct ApiInner {
     progress: Option<DownloadProgress>,
     error: Option<String>,
     serving: Option<LaunchPlan>,
+    /// A new generation replacing `serving`, while its rollout runs.
+    rollout: Option<LaunchPlan>,
     replicas: Vec<Arc<Replica>>,
     deleted: bool,
+    /// How many replicas of the serving generation should run (autoscaled).
+    desired: u32,
+    metrics: MetricSeries,
+    autoscaler: Autoscaler,
+    last_decision: Option<ScalingDecision>,
+    last_change: Option<ScalingDecision>,
 }
 
 impl ApiRuntime {
@@ -220,9 +295,12 @@ pub struct Supervisor {
     routes: Arc<RouteTable>,
     envs: Arc<PythonEnvs>,
     sources: Arc<ModelSources>,
+    compute: Arc<Compute>,
     gateway_url: String,
     apis: Mutex<HashMap<String, Arc<ApiRuntime>>>,
     self_exe: PathBuf,
+    /// The origin of the metrics' and autoscaler's clock.
+    epoch: std::time::Instant,
 }
 
 impl Supervisor {
@@ -231,6 +309,7 @@ impl Supervisor {
         routes: Arc<RouteTable>,
         envs: Arc<PythonEnvs>,
         sources: Arc<ModelSources>,
+        compute: Arc<Compute>,
         gateway_url: String,
     ) -> Arc<Self> {
         let self_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gyrus"));
@@ -239,10 +318,16 @@ impl Supervisor {
             routes,
             envs,
             sources,
+            compute,
             gateway_url,
             apis: Mutex::new(HashMap::new()),
             self_exe,
+            epoch: std::time::Instant::now(),
         })
+    }
+
+    fn clock(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
     fn apis(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ApiRuntime>>> {
@@ -278,8 +363,14 @@ impl Supervisor {
                             progress: None,
                             error: None,
                             serving: None,
+                            rollout: None,
                             replicas: Vec::new(),
                             deleted: false,
+                            desired: 0,
+                            metrics: MetricSeries::new(),
+                            autoscaler: Autoscaler::new(),
+                            last_decision: None,
+                            last_change: None,
                         }),
                     })
                 })
@@ -385,58 +476,187 @@ impl Supervisor {
             }
         };
 
-        let count = spec.autoscaling.init_replicas.max(1);
-        set_message(&rt, generation, &format!("starting {count} replica(s)"));
+        if rt.lock().serving.is_some() {
+            self.roll(&rt, plan, &log).await;
+        } else {
+            self.start_first(&rt, plan, &log).await;
+        }
+    }
+
+    /// The first generation of an API (or the first since one went live): start
+    /// `init_replicas` and go live when all are ready.
+    async fn start_first(self: &Arc<Self>, rt: &Arc<ApiRuntime>, plan: LaunchPlan, log: &Path) {
+        let generation = plan.generation;
+        let a = &plan.spec.autoscaling;
+        let count = a.init_replicas.clamp(a.min_replicas, a.max_replicas).max(1);
+        set_message(rt, generation, &format!("starting {count} replica(s)"));
         let mut new = Vec::new();
         for _ in 0..count {
-            match self.spawn_replica(&rt, &plan, 0) {
+            match self.spawn_replica(rt, &plan, 0) {
                 Ok(r) => new.push(r),
                 Err(e) => {
                     for r in &new {
                         r.stop();
                     }
-                    self.fail(&rt, generation, e);
+                    self.fail(rt, generation, e);
                     return;
                 }
             }
         }
-        {
-            let mut g = rt.lock();
-            g.replicas.extend(new.iter().cloned());
-        }
+        rt.lock().replicas.extend(new.iter().cloned());
 
         // Wait until all are ready, one fails, or a newer deploy supersedes this one.
         let outcome = loop {
-            let waits: Vec<_> = new.iter().map(|r| r.state_changed.notified()).collect();
-            let states: Vec<ReplicaState> = new.iter().map(|r| r.state()).collect();
-            if superseded() || rt.lock().deleted {
+            if rt.latest_generation.load(Ordering::SeqCst) != generation || rt.lock().deleted {
                 break Err(None);
             }
-            if let Some(i) = states.iter().position(|s| {
-                matches!(
-                    s,
-                    ReplicaState::Failed | ReplicaState::Exited | ReplicaState::Stopping
-                )
-            }) {
-                let err = new[i]
-                    .lock()
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "replica exited before it was ready".into());
+            if let Some(err) = first_failure(&new) {
                 break Err(Some(err));
             }
-            if states.iter().all(|s| *s == ReplicaState::Ready) {
+            if new.iter().all(|r| r.is_ready()) {
                 break Ok(());
             }
-            let any = futures_util::future::select_all(waits.into_iter().map(Box::pin));
-            let _ = tokio::time::timeout(Duration::from_millis(200), any).await;
+            wait_any(&new).await;
         };
+        match outcome {
+            Ok(()) => {
+                {
+                    let mut g = rt.lock();
+                    g.serving = Some(plan);
+                    g.desired = count;
+                    g.status = Status::Live;
+                    g.message = None;
+                    g.error = None;
+                }
+                self.publish_routes(rt);
+                api_log(
+                    log,
+                    &format!("generation {generation} is live ({count} replica(s))"),
+                );
+                self.forget_exited(rt);
+            }
+            Err(err) => {
+                for r in &new {
+                    r.stop();
+                }
+                if let Some(err) = err {
+                    api_log(log, &format!("error: {err}"));
+                    self.fail(rt, generation, err);
+                }
+            }
+        }
+    }
 
+    /// A rolling update from the serving generation to `plan`, within `max_surge` and
+    /// `max_unavailable` of the desired count (Kubernetes' rules). Old replicas stop (and
+    /// drain) only once enough new ones are ready. A new replica that fails halts the rollout:
+    /// the new ones stop and the old generation is brought back to the desired count.
+    async fn roll(self: &Arc<Self>, rt: &Arc<ApiRuntime>, plan: LaunchPlan, log: &Path) {
+        let generation = plan.generation;
+        let old_generation = {
+            let mut g = rt.lock();
+            let a = &plan.spec.autoscaling;
+            g.desired = g.desired.clamp(a.min_replicas, a.max_replicas).max(1);
+            g.rollout = Some(plan.clone());
+            g.serving.as_ref().map(|p| p.generation)
+        };
+        api_log(
+            log,
+            &format!(
+                "rolling update to generation {generation} (max_surge {}, max_unavailable {})",
+                plan.spec.update_strategy.max_surge, plan.spec.update_strategy.max_unavailable
+            ),
+        );
+        let outcome: Result<(), Option<String>> = loop {
+            if rt.latest_generation.load(Ordering::SeqCst) != generation || rt.lock().deleted {
+                break Err(None);
+            }
+            let (desired, old, new) = {
+                let g = rt.lock();
+                let of = |gen: Option<u64>| -> Vec<Arc<Replica>> {
+                    g.replicas
+                        .iter()
+                        .filter(|r| Some(r.generation) == gen)
+                        .cloned()
+                        .collect()
+                };
+                (g.desired, of(old_generation), of(Some(generation)))
+            };
+            let new_failed = new.iter().find_map(|r| {
+                let i = r.lock();
+                match i.state {
+                    ReplicaState::Failed | ReplicaState::Exited => Some(
+                        i.error
+                            .clone()
+                            .unwrap_or_else(|| "a new replica exited".to_string()),
+                    ),
+                    _ => None,
+                }
+            });
+            if let Some(err) = new_failed {
+                break Err(Some(err));
+            }
+            let count = |v: &[Arc<Replica>], f: fn(&Replica) -> bool| -> u32 {
+                v.iter().filter(|r| f(r)).count() as u32
+            };
+            let new_alive = count(&new, Replica::counts_toward_desired);
+            let new_ready = count(&new, Replica::is_ready);
+            let old_alive = count(&old, Replica::counts_toward_desired);
+            let old_ready = count(&old, Replica::is_ready);
+            if new_ready >= desired {
+                break Ok(());
+            }
+            let (surge, unavailable) = plan.spec.update_strategy.resolve(desired);
+            set_message(
+                rt,
+                generation,
+                &format!(
+                    "rolling update: {new_ready}/{desired} new replicas ready, {old_ready} old serving"
+                ),
+            );
+            // Start new replicas while the total stays within desired + max_surge.
+            let room = (desired + surge).saturating_sub(old_alive + new_alive);
+            let wanted = desired.saturating_sub(new_alive);
+            for _ in 0..room.min(wanted) {
+                match self.spawn_replica(rt, &plan, 0) {
+                    Ok(r) => rt.lock().replicas.push(r),
+                    Err(e) => {
+                        api_log(log, &format!("error: starting a replica: {e}"));
+                        break;
+                    }
+                }
+            }
+            // Stop old replicas while at least desired − max_unavailable stay ready: those not
+            // serving first, then the least busy.
+            let min_available = desired.saturating_sub(unavailable);
+            let mut may_stop = (old_ready + new_ready).saturating_sub(min_available);
+            let mut old_alive_now = old_alive;
+            let mut candidates: Vec<&Arc<Replica>> =
+                old.iter().filter(|r| r.counts_toward_desired()).collect();
+            candidates.sort_by_key(|r| (r.is_ready(), r.lock().in_flight));
+            for r in candidates {
+                // Never fewer old than needed to keep the total at `desired` with the new ones.
+                if old_alive_now + new_alive <= desired && r.is_ready() {
+                    break;
+                }
+                if r.is_ready() {
+                    if may_stop == 0 {
+                        break;
+                    }
+                    may_stop -= 1;
+                }
+                r.cancel_restart();
+                r.stop();
+                old_alive_now -= 1;
+            }
+            self.publish_routes(rt);
+            wait_any(&new).await;
+        };
         match outcome {
             Ok(()) => {
                 let old: Vec<Arc<Replica>> = {
                     let mut g = rt.lock();
-                    g.serving = Some(plan);
+                    g.serving = g.rollout.take();
                     g.status = Status::Live;
                     g.message = None;
                     g.error = None;
@@ -446,25 +666,88 @@ impl Supervisor {
                         .cloned()
                         .collect()
                 };
-                self.publish_routes(&rt);
-                api_log(
-                    &log,
-                    &format!("generation {generation} is live ({count} replica(s))"),
-                );
-                for r in old {
+                for r in &old {
+                    r.cancel_restart();
                     r.stop();
                 }
-                self.forget_exited(&rt);
+                self.publish_routes(rt);
+                api_log(log, &format!("generation {generation} is live"));
+                self.forget_exited(rt);
+                self.reconcile(rt);
             }
             Err(err) => {
+                let new: Vec<Arc<Replica>> = {
+                    let mut g = rt.lock();
+                    if g.rollout.as_ref().map(|p| p.generation) == Some(generation) {
+                        g.rollout = None;
+                    }
+                    g.replicas
+                        .iter()
+                        .filter(|r| r.generation == generation)
+                        .cloned()
+                        .collect()
+                };
                 for r in &new {
                     r.stop();
                 }
+                self.publish_routes(rt);
                 if let Some(err) = err {
-                    api_log(&log, &format!("error: {err}"));
-                    self.fail(&rt, generation, err);
+                    api_log(
+                        log,
+                        &format!(
+                            "error: rolling update to generation {generation} halted: {err}; the previous version keeps serving"
+                        ),
+                    );
+                    self.fail(rt, generation, err);
+                    self.reconcile(rt);
                 }
             }
+        }
+    }
+
+    /// Brings the serving generation to the desired replica count: starts missing replicas,
+    /// or stops the extra ones (those not serving first, then the least busy), which drain
+    /// before they exit. A rollout does this itself while it runs.
+    fn reconcile(self: &Arc<Self>, rt: &Arc<ApiRuntime>) {
+        let (plan, alive, desired) = {
+            let g = rt.lock();
+            if g.deleted || g.rollout.is_some() {
+                return;
+            }
+            let Some(plan) = g.serving.clone() else {
+                return;
+            };
+            let alive: Vec<Arc<Replica>> = g
+                .replicas
+                .iter()
+                .filter(|r| r.generation == plan.generation && r.counts_toward_desired())
+                .cloned()
+                .collect();
+            (plan, alive, g.desired)
+        };
+        let have = alive.len() as u32;
+        if have < desired {
+            for _ in have..desired {
+                match self.spawn_replica(rt, &plan, 0) {
+                    Ok(r) => rt.lock().replicas.push(r),
+                    Err(e) => {
+                        api_log(
+                            &self.home.api_log(&rt.name),
+                            &format!("error: starting a replica: {e}"),
+                        );
+                        break;
+                    }
+                }
+            }
+        } else if have > desired {
+            let mut victims = alive;
+            victims.sort_by_key(|r| (r.is_ready(), r.lock().in_flight));
+            for r in victims.into_iter().take((have - desired) as usize) {
+                r.cancel_restart();
+                r.stop();
+            }
+            self.publish_routes(rt);
+            self.forget_exited(rt);
         }
     }
 
@@ -490,6 +773,7 @@ impl Supervisor {
     ) -> Result<Arc<Replica>, String> {
         let seq = rt.replica_seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-g{}-r{}", rt.name, plan.generation, seq);
+        let slot = seq;
         let log_path = self.home.api_log(&rt.name);
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -518,6 +802,12 @@ impl Supervisor {
         if let Some(lib) = &plan.onnx_library {
             cmd.arg("--onnx-library").arg(lib);
         }
+        let limits = Limits::from_spec(&plan.spec.compute);
+        if let Some(devices) = self.compute.gpu_devices(slot, limits.gpus) {
+            // nvidia-smi's numbering, which the assignment follows.
+            cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+                .env("CUDA_VISIBLE_DEVICES", devices);
+        }
         cmd.current_dir(&plan.project_dir)
             .envs(plan.env.iter().map(|(k, v)| (k, v)))
             .env("GYRUS_HOME", self.home.root())
@@ -542,6 +832,18 @@ impl Supervisor {
         let pid = child.id();
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
+        // Limits go on before the replica forks its workers, which then inherit them.
+        let limit = match pid.map(|p| self.compute.attach(&id, p, &limits)) {
+            Some(Ok(l)) => Some(l),
+            Some(Err(e)) => {
+                api_log(
+                    &log_path,
+                    &format!("warning: replica {id} runs without compute limits: {e}"),
+                );
+                None
+            }
+            None => None,
+        };
 
         let replica = Arc::new(Replica {
             id: id.clone(),
@@ -556,9 +858,38 @@ impl Supervisor {
                 target: None,
                 error: None,
                 stdin: None,
+                pending_restart: false,
+                in_flight: 0,
+                last_exit: None,
             }),
             state_changed: tokio::sync::Notify::new(),
         });
+
+        if let Some(mut limit) = limit.filter(|_| limits.memory_bytes.is_some()) {
+            let r = replica.clone();
+            let log = log_path.clone();
+            tokio::spawn(async move {
+                let mut every_second = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every_second.tick().await;
+                    if matches!(r.state(), ReplicaState::Exited | ReplicaState::Failed) {
+                        break;
+                    }
+                    if let Some(oom) = limit.check() {
+                        // check() has killed the replica's process group; its exit is handled
+                        // as a crash, with this as the reason.
+                        api_log(&log, &format!("replica {}: {oom}", r.id));
+                        r.lock().error = Some(oom.to_string());
+                        break;
+                    }
+                }
+                // Dropped once the replica is gone, so its cgroup can be removed.
+                while !matches!(r.state(), ReplicaState::Exited | ReplicaState::Failed) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                drop(limit);
+            });
+        }
 
         let me = self.clone();
         let rt = rt.clone();
@@ -611,6 +942,13 @@ impl Supervisor {
                 }
                 r.state_changed.notify_waiters();
                 self.publish_routes(rt);
+            }
+            Some("metrics") => {
+                let n = ev.get("in_flight").and_then(|n| n.as_u64()).unwrap_or(0);
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                r.lock().in_flight = n;
+                let now = self.clock();
+                rt.lock().metrics.record(now, &r.id, n);
             }
             Some("failed") => {
                 let err = ev
@@ -668,11 +1006,13 @@ impl Supervisor {
             r.restarts + 1
         };
         let backoff = Duration::from_secs(1u64 << restarts.min(5)).min(MAX_RESTART_BACKOFF);
+        r.lock().pending_restart = true;
         api_log(
             &log,
             &format!(
-                "replica {} exited unexpectedly ({detail}); restarting in {}s",
+                "replica {} exited unexpectedly ({}); restarting in {}s",
                 r.id,
+                r.lock().error.clone().unwrap_or_else(|| detail.clone()),
                 backoff.as_secs()
             ),
         );
@@ -681,11 +1021,19 @@ impl Supervisor {
             let g = rt.lock();
             !g.deleted && g.serving.as_ref().map(|p| p.generation) == Some(plan.generation)
         };
-        if !still_serving {
+        // Scaling down (or a finished rollout) may have cancelled the restart meanwhile.
+        let wanted = std::mem::take(&mut r.lock().pending_restart);
+        if !still_serving || !wanted {
             return;
         }
         match self.spawn_replica(rt, plan, restarts) {
             Ok(new) => {
+                new.lock().last_exit = Some(
+                    r.lock()
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| format!("exited unexpectedly ({detail})")),
+                );
                 let mut g = rt.lock();
                 g.replicas.retain(|x| !Arc::ptr_eq(x, r));
                 g.replicas.push(new.clone());
@@ -715,11 +1063,13 @@ impl Supervisor {
         if g.deleted {
             return;
         }
+        // While a rollout runs, the ready replicas of both versions serve.
         let serving = g.serving.as_ref().map(|p| p.generation);
+        let rolling = g.rollout.as_ref().map(|p| p.generation);
         let replicas = g
             .replicas
             .iter()
-            .filter(|r| Some(r.generation) == serving)
+            .filter(|r| Some(r.generation) == serving || Some(r.generation) == rolling)
             .filter_map(|r| {
                 let i = r.lock();
                 (i.state == ReplicaState::Ready)
@@ -805,33 +1155,130 @@ impl Supervisor {
 
     pub fn info(&self, name: &str) -> Option<ApiInfo> {
         let rt = self.apis().get(name).cloned()?;
+        let now = self.clock();
         let g = rt.lock();
         let serving = g.serving.as_ref().map(|p| p.generation);
+        let rolling = g.rollout.as_ref().map(|p| p.generation);
         let details: Vec<ReplicaInfo> = g.replicas.iter().map(|r| r.info()).collect();
-        let ready = g
+        let current: Vec<&Arc<Replica>> = g
             .replicas
             .iter()
-            .filter(|r| Some(r.generation) == serving && r.state() == ReplicaState::Ready)
-            .count() as u32;
+            .filter(|r| Some(r.generation) == serving || Some(r.generation) == rolling)
+            .collect();
+        let count = |f: &dyn Fn(&Replica) -> bool| current.iter().filter(|r| f(r)).count() as u32;
+        let ready = count(&|r| r.state() == ReplicaState::Ready);
+        let starting = count(&|r| r.state() == ReplicaState::Starting);
+        let failed = count(&|r| {
+            let i = r.lock();
+            i.pending_restart || i.state == ReplicaState::Failed
+        });
+        // Crashing again soon after each restart: say so rather than "live".
+        let crash_looping = current.iter().any(|r| {
+            r.restarts >= 3 && (r.lock().pending_restart || r.started.elapsed() < STABLE_AFTER)
+        });
+        let status = if g.status == Status::Live && crash_looping {
+            "crash-looping"
+        } else {
+            g.status.as_str()
+        };
+        let window = g
+            .serving
+            .as_ref()
+            .map(|p| p.spec.autoscaling.window.as_duration())
+            .unwrap_or(Duration::from_secs(60));
+        let requested = if g.desired > 0 {
+            g.desired
+        } else {
+            g.spec.autoscaling.init_replicas.max(1)
+        };
         Some(ApiInfo {
             name: g.spec.name.clone(),
             kind: g.spec.kind.to_string(),
             predictor_type: g.spec.predictor.kind.to_string(),
             endpoint: g.spec.endpoint.clone(),
             url: format!("{}{}", self.gateway_url, g.spec.endpoint),
-            status: g.status.as_str().to_owned(),
+            status: status.to_owned(),
             message: g.message.clone(),
             progress: g.progress.clone(),
             error: g.error.clone(),
             replicas: ReplicaCounts {
-                requested: g.spec.autoscaling.init_replicas.max(1),
+                requested,
                 ready,
+                starting,
+                failed,
             },
+            autoscaling: g.serving.as_ref().map(|_| AutoscalingInfo {
+                in_flight_avg: g.metrics.average(now, window),
+                in_flight_now: g.metrics.current(now),
+                window_secs: window.as_secs(),
+                last_decision: g.last_decision.clone(),
+                last_change: g.last_change.clone(),
+            }),
             generation: g.stored.generation,
             created_at: g.stored.created_at.clone(),
             updated_at: g.stored.updated_at.clone(),
             replica_details: details,
         })
+    }
+
+    /// Runs the autoscaler of every live API each `interval` (Cortex: 10 s).
+    pub fn start_autoscaler(self: &Arc<Self>, interval: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                let apis: Vec<Arc<ApiRuntime>> = me.apis().values().cloned().collect();
+                for rt in apis {
+                    me.autoscale(&rt);
+                }
+            }
+        });
+    }
+
+    fn autoscale(self: &Arc<Self>, rt: &Arc<ApiRuntime>) {
+        let now = self.clock();
+        let change = {
+            let mut g = rt.lock();
+            // A rollout manages replicas itself; scaling resumes when it is done.
+            if g.deleted || g.rollout.is_some() {
+                return;
+            }
+            let Some(spec) = g.serving.as_ref().map(|p| p.spec.clone()) else {
+                return;
+            };
+            let params = Params::from_spec(&spec.autoscaling);
+            let keep = params.window.max(Duration::from_secs(1));
+            g.metrics.prune(now, keep);
+            let avg = g.metrics.average(now, params.window);
+            let current = g.desired;
+            let d = g.autoscaler.tick(&params, now, avg, current);
+            let decision = ScalingDecision {
+                at: self::now(),
+                from: current,
+                to: d.replicas,
+                avg_in_flight: d.avg_in_flight,
+                reason: d.reason,
+            };
+            g.last_decision = Some(decision.clone());
+            if d.replicas == current {
+                None
+            } else {
+                g.desired = d.replicas;
+                g.last_change = Some(decision.clone());
+                Some(decision)
+            }
+        };
+        if let Some(d) = change {
+            api_log(
+                &self.home.api_log(&rt.name),
+                &format!("autoscaler: {} → {} replicas ({})", d.from, d.to, d.reason),
+            );
+            self.reconcile(rt);
+        }
     }
 }
 
@@ -881,6 +1328,7 @@ fn launch_plan(
     let spec_json = serde_json::to_string(&*spec).map_err(|e| e.to_string())?;
     Ok(LaunchPlan {
         generation: stored.generation,
+        spec: spec.clone(),
         spec_json: Arc::new(spec_json),
         project_dir: project_dir.to_path_buf(),
         python,

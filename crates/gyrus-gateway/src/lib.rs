@@ -339,10 +339,16 @@ impl Gateway {
         drop(guard);
         match result {
             Ok(resp) => resp.map(|b| b.boxed_unsync()),
+            // The replica went away under the request (it crashed, was killed, or ran out of
+            // memory): 503, which says "try again", because the supervisor replaces it and the
+            // other replicas keep serving.
             Err(e) => json_error(
-                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({
-                    "error": format!("replica {} of api {} did not answer: {}", target.id, route.api, error_chain(&e))
+                    "error": format!(
+                        "replica {} of api {} stopped before answering ({}); it is being replaced, retry the request",
+                        target.id, route.api, error_chain(&e)
+                    )
                 }),
             ),
         }

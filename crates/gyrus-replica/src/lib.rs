@@ -85,9 +85,17 @@ pub struct ReplicaOptions {
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum ReplicaEvent {
-    Listening { port: u16 },
+    Listening {
+        port: u16,
+    },
     Ready,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
+    /// Once a second: the requests in flight (the autoscaler's input).
+    Metrics {
+        in_flight: usize,
+    },
 }
 
 fn emit(event: &ReplicaEvent) {
@@ -299,6 +307,16 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
         .with_state(state.clone());
 
     emit(&ReplicaEvent::Ready);
+    let sampled = state.clone();
+    tokio::spawn(async move {
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every_second.tick().await;
+            emit(&ReplicaEvent::Metrics {
+                in_flight: sampled.in_flight(),
+            });
+        }
+    });
 
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         // Small request/response pairs: Nagle would add up to 40 ms per answer.
