@@ -8,6 +8,7 @@ pub mod home;
 pub mod model_source;
 pub mod project;
 pub mod pyenv;
+pub mod rollout;
 pub mod server;
 pub mod state;
 pub mod store_api;

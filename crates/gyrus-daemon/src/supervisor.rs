@@ -28,6 +28,7 @@ use crate::api::{
 use crate::home::GyrusHome;
 use crate::model_source::{FetchContext, ModelSources, ResolvedModels};
 use crate::pyenv::PythonEnvs;
+use crate::rollout;
 use crate::state::StoredApi;
 use gyrus_autoscaler::{Autoscaler, MetricSeries, Params};
 use gyrus_compute::{Compute, Limits};
@@ -614,10 +615,16 @@ impl Supervisor {
                     "rolling update: {new_ready}/{desired} new replicas ready, {old_ready} old serving"
                 ),
             );
-            // Start new replicas while the total stays within desired + max_surge.
-            let room = (desired + surge).saturating_sub(old_alive + new_alive);
-            let wanted = desired.saturating_sub(new_alive);
-            for _ in 0..room.min(wanted) {
+            let step = rollout::step(rollout::Counts {
+                desired,
+                surge,
+                unavailable,
+                old_alive,
+                old_ready,
+                new_alive,
+                new_ready,
+            });
+            for _ in 0..step.start {
                 match self.spawn_replica(rt, &plan, 0) {
                     Ok(r) => rt.lock().replicas.push(r),
                     Err(e) => {
@@ -626,19 +633,12 @@ impl Supervisor {
                     }
                 }
             }
-            // Stop old replicas while at least desired − max_unavailable stay ready: those not
-            // serving first, then the least busy.
-            let min_available = desired.saturating_sub(unavailable);
-            let mut may_stop = (old_ready + new_ready).saturating_sub(min_available);
-            let mut old_alive_now = old_alive;
+            // Old replicas not serving go first, then the least busy of the ready ones.
+            let mut may_stop = step.stop_ready;
             let mut candidates: Vec<&Arc<Replica>> =
                 old.iter().filter(|r| r.counts_toward_desired()).collect();
             candidates.sort_by_key(|r| (r.is_ready(), r.lock().in_flight));
             for r in candidates {
-                // Never fewer old than needed to keep the total at `desired` with the new ones.
-                if old_alive_now + new_alive <= desired && r.is_ready() {
-                    break;
-                }
                 if r.is_ready() {
                     if may_stop == 0 {
                         break;
@@ -647,7 +647,6 @@ impl Supervisor {
                 }
                 r.cancel_restart();
                 r.stop();
-                old_alive_now -= 1;
             }
             self.publish_routes(rt);
             wait_any(&new).await;
