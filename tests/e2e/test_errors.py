@@ -110,7 +110,7 @@ def test_killed_replica_is_restarted(fragile):
 
     fresh, info = wait_until(back, 30, interval=0.2, what=lambda: "a new replica\n" + g.diag(API))
     assert fresh[0]["restarts"] >= 1, info
-    assert info["replicas"] == {"requested": 1, "ready": 1}, info
+    assert {k: info["replicas"][k] for k in ("requested", "ready", "starting", "failed")} == {"requested": 1, "ready": 1, "starting": 0, "failed": 0}, info
 
 
 def test_constructor_failure_fails_the_deploy(gyrus, project):

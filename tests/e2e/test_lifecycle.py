@@ -51,7 +51,7 @@ def test_get_json_shows_live_one_of_one(gyrus, hello):
     info = gyrus.get(API)
     assert info["name"] == API
     assert info["status"] == "live", info
-    assert info["replicas"] == {"requested": 1, "ready": 1}, info
+    assert {k: info["replicas"][k] for k in ("requested", "ready", "starting", "failed")} == {"requested": 1, "ready": 1, "starting": 0, "failed": 0}, info
     assert info["url"] == f"{gyrus.base_url}/hello", info
     assert info["endpoint"] == "/hello", info
     assert info["error"] is None, info

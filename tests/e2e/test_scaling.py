@@ -409,7 +409,7 @@ def test_rolling_update_serves_every_request(g, project, apis, surge, unavailabl
         time.sleep(1.5)
         watcher.start()
         t_deploy = load.now()
-        proc = g.deploy(v2, timeout=90)
+        proc = g.deploy(v2, timeout=40)
         t_deployed = load.now()
         time.sleep(1.5)
     stop_watch.set()

@@ -35,6 +35,10 @@ use gyrus_compute::{Compute, Limits};
 
 /// How long a stopping replica may drain before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(35);
+/// A stopping replica is signalled once the gateway has sent it nothing for this long after it
+/// left the route table (at most `ROUTE_SETTLE_MAX`, for requests still being sent to it).
+const ROUTE_SETTLE_MIN: Duration = Duration::from_millis(50);
+const ROUTE_SETTLE_MAX: Duration = Duration::from_secs(2);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// Up this long, a replica's next crash restarts it with the shortest backoff again.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -114,34 +118,49 @@ impl Replica {
     }
 
     /// Asks the replica to drain and exit (SIGTERM and closing stdin); kills it if it has not
-    /// exited after the grace period.
+    /// exited after the grace period. The caller takes it out of the route table (a stopping
+    /// replica is not ready); the signal waits until the gateway has no request on its way to
+    /// it, so that none lands on a closed listener or a keep-alive connection being shut.
     fn stop(self: &Arc<Self>) {
-        let pid = {
+        let (pid, target, stdin) = {
             let mut g = self.lock();
             if matches!(g.state, ReplicaState::Exited | ReplicaState::Failed) {
                 return;
             }
+            if g.state == ReplicaState::Stopping {
+                return;
+            }
             g.state = ReplicaState::Stopping;
-            g.stdin = None;
-            g.pid
+            (g.pid, g.target.clone(), g.stdin.take())
         };
         self.state_changed.notify_waiters();
-        if let Some(pid) = pid {
+        let Some(pid) = pid else {
+            drop(stdin);
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Requests the gateway routed here before the route table changed.
+            let settle = tokio::time::Instant::now() + ROUTE_SETTLE_MAX;
+            tokio::time::sleep(ROUTE_SETTLE_MIN).await;
+            while target.as_ref().is_some_and(|t| t.in_flight() > 0)
+                && tokio::time::Instant::now() < settle
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             signal(pid, libc::SIGTERM);
-            let me = self.clone();
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + STOP_GRACE;
-                while me.state() == ReplicaState::Stopping {
-                    if tokio::time::Instant::now() >= deadline {
-                        // The whole group: the replica, its Python workers and anything the
-                        // user's code started.
-                        signal_group(pid, libc::SIGKILL);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(stdin);
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while me.state() == ReplicaState::Stopping {
+                if tokio::time::Instant::now() >= deadline {
+                    // The whole group: the replica, its Python workers and anything the
+                    // user's code started.
+                    signal_group(pid, libc::SIGKILL);
+                    break;
                 }
-            });
-        }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
 
     async fn wait_exited(&self, timeout: Duration) {
@@ -1004,7 +1023,9 @@ impl Supervisor {
         } else {
             r.restarts + 1
         };
-        let backoff = Duration::from_secs(1u64 << restarts.min(5)).min(MAX_RESTART_BACKOFF);
+        // 1 s, 2 s, 4 s ... for the 1st, 2nd, 3rd quick crash in a row.
+        let backoff =
+            Duration::from_secs(1u64 << restarts.saturating_sub(1).min(5)).min(MAX_RESTART_BACKOFF);
         r.lock().pending_restart = true;
         api_log(
             &log,
