@@ -683,6 +683,9 @@ async fn describe(api: &str, output: Output) -> Result<()> {
         if let Some(e) = &r.error {
             println!("{}: {e}", r.id);
         }
+        if let Some(e) = &r.last_exit {
+            println!("{}: replaces one that stopped: {e}", r.id);
+        }
     }
     print_scaling(&info);
     Ok(())

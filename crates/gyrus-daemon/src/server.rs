@@ -230,7 +230,12 @@ async fn deploy(
     }
     let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
     for api in &deployed_specs {
-        let limits = gyrus_compute::Limits::from_spec(&api.compute);
+        let mut limits = gyrus_compute::Limits::from_spec(&api.compute);
+        // Every API has the default 200m; warning about it on every deploy would be noise, so
+        // only a CPU written in the config (another value) is reported as not enforced.
+        if api.compute.cpu == gyrus_spec::ComputeSpec::default().cpu {
+            limits.cpu_millis = 0;
+        }
         warnings.extend(
             app.compute
                 .deploy_warnings(&limits)

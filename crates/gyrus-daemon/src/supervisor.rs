@@ -148,6 +148,10 @@ impl Replica {
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Exited meanwhile: the pid may belong to another process by now.
+            if me.state() != ReplicaState::Stopping {
+                return;
+            }
             signal(pid, libc::SIGTERM);
             drop(stdin);
             let deadline = tokio::time::Instant::now() + STOP_GRACE;
@@ -573,13 +577,12 @@ impl Supervisor {
     /// the new ones stop and the old generation is brought back to the desired count.
     async fn roll(self: &Arc<Self>, rt: &Arc<ApiRuntime>, plan: LaunchPlan, log: &Path) {
         let generation = plan.generation;
-        let old_generation = {
+        {
             let mut g = rt.lock();
             let a = &plan.spec.autoscaling;
             g.desired = g.desired.clamp(a.min_replicas, a.max_replicas).max(1);
             g.rollout = Some(plan.clone());
-            g.serving.as_ref().map(|p| p.generation)
-        };
+        }
         api_log(
             log,
             &format!(
@@ -591,16 +594,16 @@ impl Supervisor {
             if rt.latest_generation.load(Ordering::SeqCst) != generation || rt.lock().deleted {
                 break Err(None);
             }
-            let (desired, old, new) = {
+            // "Old" is every other version: the serving one, and a rollout this one superseded
+            // (whose ready replicas kept serving).
+            let (desired, old, new): (u32, Vec<Arc<Replica>>, Vec<Arc<Replica>>) = {
                 let g = rt.lock();
-                let of = |gen: Option<u64>| -> Vec<Arc<Replica>> {
-                    g.replicas
-                        .iter()
-                        .filter(|r| Some(r.generation) == gen)
-                        .cloned()
-                        .collect()
-                };
-                (g.desired, of(old_generation), of(Some(generation)))
+                let (new, old) = g
+                    .replicas
+                    .iter()
+                    .cloned()
+                    .partition(|r| r.generation == generation);
+                (g.desired, old, new)
             };
             let new_failed = new.iter().find_map(|r| {
                 let i = r.lock();
@@ -645,7 +648,7 @@ impl Supervisor {
             });
             for _ in 0..step.start {
                 match self.spawn_replica(rt, &plan, 0) {
-                    Ok(r) => rt.lock().replicas.push(r),
+                    Ok(r) => self.adopt(rt, r),
                     Err(e) => {
                         api_log(log, &format!("error: starting a replica: {e}"));
                         break;
@@ -674,6 +677,12 @@ impl Supervisor {
             Ok(()) => {
                 let old: Vec<Arc<Replica>> = {
                     let mut g = rt.lock();
+                    // A newer deploy may have started its rollout since the loop looked.
+                    if rt.latest_generation.load(Ordering::SeqCst) != generation
+                        || g.rollout.as_ref().map(|p| p.generation) != Some(generation)
+                    {
+                        return;
+                    }
                     g.serving = g.rollout.take();
                     g.status = Status::Live;
                     g.message = None;
@@ -693,6 +702,14 @@ impl Supervisor {
                 self.forget_exited(rt);
                 self.reconcile(rt);
             }
+            // Superseded: the newer deploy's rollout takes these replicas as old ones and
+            // replaces them within its own limits, so the ready ones keep serving meanwhile.
+            Err(None) => {
+                let mut g = rt.lock();
+                if g.rollout.as_ref().map(|p| p.generation) == Some(generation) {
+                    g.rollout = None;
+                }
+            }
             Err(err) => {
                 let new: Vec<Arc<Replica>> = {
                     let mut g = rt.lock();
@@ -709,6 +726,7 @@ impl Supervisor {
                     r.stop();
                 }
                 self.publish_routes(rt);
+                self.forget_exited(rt);
                 if let Some(err) = err {
                     api_log(
                         log,
@@ -747,7 +765,7 @@ impl Supervisor {
         if have < desired {
             for _ in have..desired {
                 match self.spawn_replica(rt, &plan, 0) {
-                    Ok(r) => rt.lock().replicas.push(r),
+                    Ok(r) => self.adopt(rt, r),
                     Err(e) => {
                         api_log(
                             &self.home.api_log(&rt.name),
@@ -766,6 +784,45 @@ impl Supervisor {
             }
             self.publish_routes(rt);
             self.forget_exited(rt);
+        }
+        // Replicas of a superseded rollout whose successor never started (it failed while
+        // preparing): they served meanwhile; once the serving version is whole, they go.
+        let leftovers: Vec<Arc<Replica>> = {
+            let g = rt.lock();
+            let ready = g
+                .replicas
+                .iter()
+                .filter(|r| r.generation == plan.generation && r.is_ready())
+                .count() as u32;
+            if ready < desired {
+                Vec::new()
+            } else {
+                g.replicas
+                    .iter()
+                    .filter(|r| r.generation != plan.generation && r.counts_toward_desired())
+                    .cloned()
+                    .collect()
+            }
+        };
+        if !leftovers.is_empty() {
+            for r in &leftovers {
+                r.cancel_restart();
+                r.stop();
+            }
+            self.publish_routes(rt);
+            self.forget_exited(rt);
+        }
+    }
+
+    /// Adds a replica just started to the API's list, unless the API was deleted meanwhile
+    /// (then nothing else would stop it).
+    fn adopt(&self, rt: &Arc<ApiRuntime>, r: Arc<Replica>) {
+        let mut g = rt.lock();
+        let deleted = g.deleted;
+        g.replicas.push(r.clone());
+        drop(g);
+        if deleted {
+            r.stop();
         }
     }
 
@@ -883,21 +940,25 @@ impl Supervisor {
             state_changed: tokio::sync::Notify::new(),
         });
 
-        if let Some(mut limit) = limit.filter(|_| limits.memory_bytes.is_some()) {
+        // Kept for the replica's whole life (its cgroup can only go once it is empty).
+        if let Some(mut limit) = limit {
             let r = replica.clone();
             let log = log_path.clone();
+            let watch_memory = limits.memory_bytes.is_some();
             tokio::spawn(async move {
                 let mut every_second = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     every_second.tick().await;
-                    if matches!(r.state(), ReplicaState::Exited | ReplicaState::Failed) {
-                        break;
-                    }
-                    if let Some(oom) = limit.check() {
+                    // Checked before the state: with cgroup v2 the kernel kills the replica and
+                    // the exit is seen first; memory.events still tells why.
+                    if let Some(oom) = watch_memory.then(|| limit.check()).flatten() {
                         // check() has killed the replica's process group; its exit is handled
                         // as a crash, with this as the reason.
                         api_log(&log, &format!("replica {}: {oom}", r.id));
                         r.lock().error = Some(oom.to_string());
+                        break;
+                    }
+                    if matches!(r.state(), ReplicaState::Exited | ReplicaState::Failed) {
                         break;
                     }
                 }
@@ -999,6 +1060,10 @@ impl Supervisor {
                 ReplicaState::Exited
             };
             g.stdin = None;
+            // Counted as "waiting to restart" from the moment it died, so a reconcile in
+            // between does not start a second replacement; cleared below when no restart
+            // follows.
+            g.pending_restart = prev != ReplicaState::Stopping;
             prev
         };
         r.state_changed.notify_waiters();
@@ -1012,9 +1077,7 @@ impl Supervisor {
         let log = self.home.api_log(&rt.name);
         let serving_gen = rt.lock().serving.as_ref().map(|p| p.generation);
         if rt.lock().deleted || serving_gen != Some(plan.generation) {
-            return;
-        }
-        if previous == ReplicaState::Starting && r.restarts == 0 {
+            r.cancel_restart();
             return;
         }
         // A replica that stayed up a while earned a quick restart again.
@@ -1026,7 +1089,6 @@ impl Supervisor {
         // 1 s, 2 s, 4 s ... for the 1st, 2nd, 3rd quick crash in a row.
         let backoff =
             Duration::from_secs(1u64 << restarts.saturating_sub(1).min(5)).min(MAX_RESTART_BACKOFF);
-        r.lock().pending_restart = true;
         api_log(
             &log,
             &format!(
@@ -1042,8 +1104,8 @@ impl Supervisor {
             !g.deleted && g.serving.as_ref().map(|p| p.generation) == Some(plan.generation)
         };
         // Scaling down (or a finished rollout) may have cancelled the restart meanwhile.
-        let wanted = std::mem::take(&mut r.lock().pending_restart);
-        if !still_serving || !wanted {
+        if !still_serving || !r.lock().pending_restart {
+            r.cancel_restart();
             return;
         }
         match self.spawn_replica(rt, plan, restarts) {
@@ -1055,15 +1117,20 @@ impl Supervisor {
                         .unwrap_or_else(|| format!("exited unexpectedly ({detail})")),
                 );
                 let mut g = rt.lock();
+                // Cancelled during the spawn (scaled down, deleted): the new one goes too.
+                let cancelled = g.deleted || !r.lock().pending_restart;
+                r.cancel_restart();
                 g.replicas.retain(|x| !Arc::ptr_eq(x, r));
                 g.replicas.push(new.clone());
-                // A delete may have copied the replica list before this push.
-                if g.deleted {
-                    drop(g);
+                drop(g);
+                if cancelled {
                     new.stop();
                 }
             }
-            Err(e) => api_log(&log, &format!("error: restarting replica: {e}")),
+            Err(e) => {
+                r.cancel_restart();
+                api_log(&log, &format!("error: restarting replica: {e}"));
+            }
         }
     }
 
@@ -1083,13 +1150,11 @@ impl Supervisor {
         if g.deleted {
             return;
         }
-        // While a rollout runs, the ready replicas of both versions serve.
-        let serving = g.serving.as_ref().map(|p| p.generation);
-        let rolling = g.rollout.as_ref().map(|p| p.generation);
+        // Every ready replica serves: during a rollout, both versions (and those of a rollout it
+        // superseded); a replica leaves the table when it stops being ready (stopping, exited).
         let replicas = g
             .replicas
             .iter()
-            .filter(|r| Some(r.generation) == serving || Some(r.generation) == rolling)
             .filter_map(|r| {
                 let i = r.lock();
                 (i.state == ReplicaState::Ready)
@@ -1228,8 +1293,16 @@ impl Supervisor {
                 failed,
             },
             autoscaling: g.serving.as_ref().map(|_| AutoscalingInfo {
-                in_flight_avg: g.metrics.average(now, window),
-                in_flight_now: g.metrics.current(now),
+                in_flight_avg: g.metrics.average(complete_seconds(now), window),
+                // What each live replica said last (the current second's bucket is still
+                // filling).
+                in_flight_now: Some(
+                    current
+                        .iter()
+                        .filter(|r| r.counts_toward_desired())
+                        .map(|r| r.lock().in_flight)
+                        .sum(),
+                ),
                 window_secs: window.as_secs(),
                 last_decision: g.last_decision.clone(),
                 last_change: g.last_change.clone(),
@@ -1273,7 +1346,7 @@ impl Supervisor {
             let params = Params::from_spec(&spec.autoscaling);
             let keep = params.window.max(Duration::from_secs(1));
             g.metrics.prune(now, keep);
-            let avg = g.metrics.average(now, params.window);
+            let avg = g.metrics.average(complete_seconds(now), params.window);
             let current = g.desired;
             let d = g.autoscaler.tick(&params, now, avg, current);
             let decision = ScalingDecision {
@@ -1297,9 +1370,16 @@ impl Supervisor {
                 &self.home.api_log(&rt.name),
                 &format!("autoscaler: {} → {} replicas ({})", d.from, d.to, d.reason),
             );
-            self.reconcile(rt);
         }
+        // Every tick, not only on a change: it also replaces replicas that could not start.
+        self.reconcile(rt);
     }
+}
+
+/// The metrics clock up to the last whole second: the current second's bucket holds only the
+/// replicas that have reported in it so far.
+fn complete_seconds(now: Duration) -> Duration {
+    Duration::from_secs(now.as_secs().saturating_sub(1))
 }
 
 fn set_message(rt: &ApiRuntime, generation: u64, msg: &str) {
