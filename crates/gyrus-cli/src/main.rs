@@ -397,7 +397,7 @@ async fn deploy(
         .query(&[("config_file", &cfg.name)])
         .header(
             gyrus_daemon::api::FETCH_ENV_HEADER,
-            data_encoding::BASE64.encode(&serde_json::to_vec(&fetch_env())?),
+            gyrus_daemon::api::encode_header(&fetch_env())?,
         )
         .header("content-type", "application/gzip")
         .body(packed.archive)
@@ -737,7 +737,7 @@ async fn refresh(api: &str, no_wait: bool, timeout: Duration) -> Result<()> {
         .post(client.url(&format!("/apis/{api}/refresh")))
         .header(
             gyrus_daemon::api::FETCH_ENV_HEADER,
-            data_encoding::BASE64.encode(&serde_json::to_vec(&fetch_env())?),
+            gyrus_daemon::api::encode_header(&fetch_env())?,
         )
         .send()
         .await

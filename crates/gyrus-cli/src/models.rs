@@ -447,7 +447,7 @@ async fn save(
         tar.into_inner()?.flush()?;
         Ok(())
     });
-    let header = data_encoding::BASE64.encode(&serde_json::to_vec(request)?);
+    let header = gyrus_daemon::api::encode_header(request)?;
     if bar.is_none() {
         eprintln!(
             "validating and saving {} ({})",

@@ -119,6 +119,20 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// The value of a header holding JSON: base64 of it, so that any value (secrets, non-ASCII)
+/// fits in a header.
+pub fn encode_header<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
+    Ok(data_encoding::BASE64.encode(&serde_json::to_vec(value)?))
+}
+
+/// The inverse of [`encode_header`].
+pub fn decode_header<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+    let bytes = data_encoding::BASE64
+        .decode(raw)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
 /// Header of `POST /deploy`: the deploying user's AWS_*, GOOGLE_*, AZURE_* variables and HOME,
 /// as base64 of a JSON object, for fetching model URLs with their credentials.
 pub const FETCH_ENV_HEADER: &str = "x-gyrus-fetch-env";

@@ -192,8 +192,7 @@ impl ModelSources {
     }
 
     fn store_path(&self, tag: &ModelTag) -> Result<PathBuf, String> {
-        let store = self.store.clone();
-        store
+        self.store
             .resolve(tag)
             .map(|m| m.path)
             .map_err(|e| e.to_string())

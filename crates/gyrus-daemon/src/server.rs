@@ -57,6 +57,20 @@ fn check_name(name: &str) -> Result<(), DaemonError> {
     }
 }
 
+/// A header written with [`crate::api::encode_header`]; `None` when absent.
+pub(crate) fn json_header<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    name: &str,
+) -> Result<Option<T>, DaemonError> {
+    headers
+        .get(name)
+        .map(|v| {
+            crate::api::decode_header(v.as_bytes())
+                .map_err(|e| DaemonError::BadRequest(format!("header {name}: {e}")))
+        })
+        .transpose()
+}
+
 pub fn router(app: Arc<AppState>) -> Router {
     let control = Router::new()
         .route("/health", get(health))
@@ -107,7 +121,7 @@ async fn deploy(
     body: Bytes,
 ) -> Result<Json<DeployResponse>, DaemonError> {
     let fetch_env: std::collections::BTreeMap<String, String> =
-        crate::store_api::decode_header(&headers, FETCH_ENV_HEADER)?.unwrap_or_default();
+        json_header(&headers, FETCH_ENV_HEADER)?.unwrap_or_default();
     let _op = app.ops.lock().await;
     let config_name = q.config_file.unwrap_or_else(|| "cortex.yaml".into());
     let home = app.home.clone();
@@ -292,7 +306,7 @@ async fn refresh_api(
     check_name(&name)?;
     // With the user's environment a refresh checks model URLs again; without, it reuses the
     // downloads it has.
-    let fetch = match crate::store_api::decode_header(&headers, FETCH_ENV_HEADER)? {
+    let fetch = match json_header(&headers, FETCH_ENV_HEADER)? {
         Some(env) => FetchContext {
             env,
             freshness: gyrus_remote::Freshness::CheckRemote,

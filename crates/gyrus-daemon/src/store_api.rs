@@ -17,7 +17,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use gyrus_spec::ModelTag;
-use gyrus_store::{Context, NewModel, Signature, StoredModel, TensorSpec};
+// MAX_MODEL_BYTES bounds uploads and imports (bodies stream to disk, not to memory).
+use gyrus_store::{Context, NewModel, Signature, StoredModel, TensorSpec, MAX_MODEL_BYTES};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
@@ -25,9 +26,6 @@ use crate::api::{ModelEntry, SaveRequest, SAVE_HEADER};
 use crate::error::DaemonError;
 use crate::model_source::ModelSources;
 use crate::server::AppState;
-
-// The largest model upload or import accepted (the body streams to disk, not to memory).
-use gyrus_store::MAX_MODEL_BYTES;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -200,7 +198,7 @@ async fn save(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ModelEntry>, DaemonError> {
-    let request: SaveRequest = decode_header(&headers, SAVE_HEADER)?
+    let request: SaveRequest = crate::server::json_header(&headers, SAVE_HEADER)?
         .ok_or_else(|| DaemonError::BadRequest(format!("missing the {SAVE_HEADER} header")))?;
     gyrus_spec::check_tag_part("name", &request.name)
         .map_err(|e| DaemonError::BadRequest(format!("--name: {e}")))?;
@@ -345,21 +343,4 @@ async fn import(
     let model = blocking(move || Ok(store.import(upload)?)).await?;
     tracing::info!("imported model {}", model.tag());
     Ok(Json(entry(model, &used)))
-}
-
-/// A header holding base64 of JSON (so any value, secrets and non-ASCII included, fits).
-pub fn decode_header<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    name: &str,
-) -> Result<Option<T>, DaemonError> {
-    let Some(value) = headers.get(name) else {
-        return Ok(None);
-    };
-    let bad = |e: String| DaemonError::BadRequest(format!("header {name}: {e}"));
-    let bytes = data_encoding::BASE64
-        .decode(value.as_bytes())
-        .map_err(|e| bad(e.to_string()))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| bad(e.to_string()))
 }

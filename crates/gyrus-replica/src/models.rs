@@ -79,6 +79,13 @@ fn model_param(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// A slot under `max_replica_concurrency`, or the 503 that says the replica is full.
+fn admit(state: &ReplicaState) -> Result<tokio::sync::SemaphorePermit<'_>, ServeError> {
+    state
+        .admit()
+        .ok_or_else(|| ServeError::Busy(state.busy_message()))
+}
+
 /// `POST /predict` of a model API: `{"input": nested list}` in, `{"output": nested list}` out.
 pub(crate) async fn predict(
     state: &ReplicaState,
@@ -87,9 +94,7 @@ pub(crate) async fn predict(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServeError> {
-    let _permit = state
-        .admit()
-        .ok_or_else(|| ServeError::Busy(state.busy_message()))?;
+    let _permit = admit(state)?;
     let body = body_bytes(headers, &body)?;
     let model = models.get(model_param(query).as_deref())?;
     let inputs = gyrus_oip::decode_simple(&body, model.signature())?;
@@ -193,9 +198,7 @@ fn infer_inner(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServeError> {
-    let _permit = state
-        .admit()
-        .ok_or_else(|| ServeError::Busy(state.busy_message()))?;
+    let _permit = admit(state)?;
     let model = find_model(state, name, version)?;
     let body = body_bytes(headers, &body)?;
     let header_length = match headers.get(&HEADER_LENGTH) {
