@@ -296,9 +296,24 @@ class Gyrus:
 
     # --- daemon ----------------------------------------------------------------------------
 
+    def token(self) -> str | None:
+        """The daemon's control-API token (GYRUS_HOME/token), once a daemon has made it."""
+        try:
+            return (self.home / "token").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def control(self, method: str, path: str, timeout: float = 30, **kw) -> requests.Response:
+        """A request to the control API (`/_gyrus/v1` + path) with the token, as the CLI sends it."""
+        headers = dict(kw.pop("headers", None) or {})
+        token = self.token()
+        if token:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        return self.http.request(method, f"{self.base_url}/_gyrus/v1{path}", headers=headers, timeout=timeout, **kw)
+
     def health(self) -> dict | None:
         try:
-            r = self.http.get(f"{self.base_url}/_gyrus/v1/health", timeout=2)
+            r = self.control("GET", "/health", timeout=2)
             return r.json() if r.status_code == 200 else None
         except (requests.RequestException, ValueError):
             return None

@@ -14,6 +14,17 @@ pub struct DaemonClient {
     pub addr: String,
     pub home: GyrusHome,
     http: reqwest::Client,
+    /// `GYRUS_TOKEN`, for a daemon on another machine; else `GYRUS_HOME/token` is read when a
+    /// request is sent (a daemon this command starts makes it).
+    token_env: Option<String>,
+}
+
+/// What a daemon told about itself to a request with its token.
+pub struct Daemon {
+    pub pid: u32,
+    pub home: String,
+    pub addr: String,
+    pub version: String,
 }
 
 impl DaemonClient {
@@ -26,7 +37,27 @@ impl DaemonClient {
             addr: gyrus_daemon::addr_from_env(),
             home: GyrusHome::from_env(),
             http,
+            token_env: std::env::var(gyrus_daemon::auth::TOKEN_ENV)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
         })
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token_env
+            .clone()
+            .or_else(|| gyrus_daemon::auth::read_token(&self.home).ok().flatten())
+    }
+
+    /// A request to the control API, with the token. Anything but GET must also set one of
+    /// the content types the daemon accepts (`gyrus_daemon::auth::CONTROL_CONTENT_TYPES`).
+    pub fn control(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match self.token() {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -37,10 +68,11 @@ impl DaemonClient {
         &self.http
     }
 
+    /// Whatever daemon answers at the address; only one that accepted the token tells its
+    /// pid and home.
     pub async fn health(&self) -> Option<Health> {
         let resp = self
-            .http
-            .get(self.url("/health"))
+            .control(reqwest::Method::GET, "/health")
             .timeout(Duration::from_secs(2))
             .send()
             .await
@@ -49,20 +81,48 @@ impl DaemonClient {
     }
 
     /// Fails with a hint when no daemon answers (for commands that only read).
-    pub async fn require_daemon(&self) -> Result<Health> {
-        self.health().await.ok_or_else(|| {
+    pub async fn require_daemon(&self) -> Result<Daemon> {
+        let h = self.health().await.ok_or_else(|| {
             anyhow!(
                 "no gyrus daemon is running at {} (GYRUS_ADDR); `gyrus deploy` starts one, or run `gyrus daemon`",
                 self.addr
             )
-        })
+        })?;
+        self.accepted(h)
+    }
+
+    /// The daemon's own account of itself, or why it does not take this CLI's token.
+    pub fn accepted(&self, h: Health) -> Result<Daemon> {
+        match (h.pid, h.home, h.addr) {
+            (Some(pid), Some(home), Some(addr)) => Ok(Daemon {
+                pid,
+                home,
+                addr,
+                version: h.version,
+            }),
+            _ if self.token_env.is_some() => bail!(
+                "the gyrus daemon at {} refused the token in GYRUS_TOKEN; copy the content of \
+                 GYRUS_HOME/token from the daemon's machine",
+                self.addr
+            ),
+            _ => bail!(
+                "the gyrus daemon at {} does not accept the token in {}: it runs with another \
+                 GYRUS_HOME (set GYRUS_ADDR to use another address), or it is on another machine \
+                 (set GYRUS_TOKEN to the content of its GYRUS_HOME/token)",
+                self.addr,
+                self.home.token_file().display()
+            ),
+        }
     }
 
     /// Returns the running daemon, starting one in the background if needed.
-    pub async fn ensure_daemon(&self) -> Result<Health> {
+    pub async fn ensure_daemon(&self) -> Result<Daemon> {
         if let Some(h) = self.health().await {
-            check_same_home(&h, &self.home)?;
-            return Ok(h);
+            let d = self.accepted(h)?;
+            if self.token_env.is_none() {
+                check_same_home(&d, &self.home)?;
+            }
+            return Ok(d);
         }
         self.home
             .create_dirs()
@@ -101,7 +161,7 @@ impl DaemonClient {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(h) = self.health().await {
-                return Ok(h);
+                return self.accepted(h);
             }
             if let Ok(Some(status)) = child.try_wait() {
                 bail!(
@@ -121,8 +181,7 @@ impl DaemonClient {
 
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self
-            .http
-            .get(self.url(path))
+            .control(reqwest::Method::GET, path)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -131,8 +190,8 @@ impl DaemonClient {
 
     pub async fn post_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self
-            .http
-            .post(self.url(path))
+            .control(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -141,8 +200,8 @@ impl DaemonClient {
 
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self
-            .http
-            .delete(self.url(path))
+            .control(reqwest::Method::DELETE, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -154,7 +213,7 @@ impl DaemonClient {
     }
 }
 
-fn check_same_home(h: &Health, home: &GyrusHome) -> Result<()> {
+fn check_same_home(h: &Daemon, home: &GyrusHome) -> Result<()> {
     let theirs = Path::new(&h.home);
     if theirs != home.root() {
         bail!(

@@ -392,8 +392,7 @@ async fn deploy(
     let client = DaemonClient::from_env()?;
     client.ensure_daemon().await?;
     let resp = client
-        .http()
-        .post(client.url("/deploy"))
+        .control(reqwest::Method::POST, "/deploy")
         .query(&[("config_file", &cfg.name)])
         .header(
             gyrus_daemon::api::FETCH_ENV_HEADER,
@@ -697,8 +696,7 @@ async fn logs(api: &str, follow: bool, tail: Option<usize>) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
     let mut req = client
-        .http()
-        .get(client.url(&format!("/apis/{api}/logs")))
+        .control(reqwest::Method::GET, &format!("/apis/{api}/logs"))
         .query(&[("follow", follow.to_string())]);
     if let Some(n) = tail {
         req = req.query(&[("tail", n.to_string())]);
@@ -733,8 +731,8 @@ async fn refresh(api: &str, no_wait: bool, timeout: Duration) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
     let resp = client
-        .http()
-        .post(client.url(&format!("/apis/{api}/refresh")))
+        .control(reqwest::Method::POST, &format!("/apis/{api}/refresh"))
+        .header("content-type", "application/json")
         .header(
             gyrus_daemon::api::FETCH_ENV_HEADER,
             gyrus_daemon::api::encode_header(&fetch_env())?,
@@ -811,6 +809,7 @@ async fn daemon(action: Option<DaemonAction>) -> Result<()> {
                 println!("no gyrus daemon is running at {}", client.addr);
                 return Ok(());
             };
+            let h = client.accepted(h)?;
             client.post_json::<serde_json::Value>("/shutdown").await?;
             // Wait until it is gone, so a following start does not race it.
             for _ in 0..400 {
@@ -829,11 +828,12 @@ async fn daemon(action: Option<DaemonAction>) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&h)?);
                 return Ok(());
             }
-            match h {
-                Some(h) => println!(
+            match h.map(|h| client.accepted(h)) {
+                Some(Ok(h)) => println!(
                     "running: pid {} at http://{} (GYRUS_HOME={}, version {})",
                     h.pid, h.addr, h.home, h.version
                 ),
+                Some(Err(e)) => println!("running, but {e:#}"),
                 None => println!("not running (GYRUS_ADDR={})", client.addr),
             }
             Ok(())

@@ -207,7 +207,7 @@ fn print_entries(entries: &[ModelEntry], output: ListOutput) -> Result<()> {
 }
 
 async fn list(client: &DaemonClient, name: Option<String>, output: ListOutput) -> Result<()> {
-    let mut request = client.http().get(client.url("/models"));
+    let mut request = client.control(reqwest::Method::GET, "/models");
     if let Some(name) = &name {
         request = request.query(&[("name", name)]);
     }
@@ -246,8 +246,7 @@ async fn delete(client: &DaemonClient, tags: &[String], yes: bool, force: bool) 
             continue;
         }
         let resp = client
-            .http()
-            .get(client.url("/models"))
+            .control(reqwest::Method::GET, "/models")
             .query(&[("name", tag)])
             .send()
             .await
@@ -276,7 +275,9 @@ async fn delete(client: &DaemonClient, tags: &[String], yes: bool, force: bool) 
     }
     let mut failed = Vec::new();
     for tag in &targets {
-        let mut request = client.http().delete(client.url(&tag_path(tag)?));
+        let mut request = client
+            .control(reqwest::Method::DELETE, &tag_path(tag)?)
+            .header("content-type", "application/json");
         if force {
             request = request.query(&[("force", "true")]);
         }
@@ -456,8 +457,7 @@ async fn save(
         );
     }
     let resp = client
-        .http()
-        .post(client.url("/models"))
+        .control(reqwest::Method::POST, "/models")
         .header(SAVE_HEADER, header)
         .header("content-type", "application/x-tar")
         .body(channel_body(rx))
@@ -488,8 +488,7 @@ async fn save(
 
 async fn export(client: &DaemonClient, tag: &str, out: Option<PathBuf>) -> Result<()> {
     let resp = client
-        .http()
-        .get(client.url(&format!("{}/export", tag_path(tag)?)))
+        .control(reqwest::Method::GET, &format!("{}/export", tag_path(tag)?))
         .send()
         .await
         .map_err(|e| client.unreachable(e))?;
@@ -562,8 +561,7 @@ async fn import(client: &DaemonClient, path: &Path) -> Result<()> {
         chunk
     });
     let resp = client
-        .http()
-        .post(client.url("/models/import"))
+        .control(reqwest::Method::POST, "/models/import")
         .header("content-type", "application/gzip")
         .body(reqwest::Body::wrap_stream(stream))
         .send()

@@ -9,9 +9,13 @@ pub const API_PREFIX: &str = "/_gyrus/v1";
 pub struct Health {
     pub status: String,
     pub version: String,
-    pub pid: u32,
-    pub home: String,
-    pub addr: String,
+    /// The rest is only told to a request with the daemon's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
 }
 
 /// One API as `gyrus get` and `gyrus describe` show it.

@@ -10,6 +10,27 @@ pub enum DaemonError {
     BadRequest(String),
     #[error("api {0:?} is not deployed")]
     ApiNotFound(String),
+    /// No token, or not this daemon's: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A request a browser sent for another site (foreign Origin or Host): 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A control request in a content type the CLI never sends: 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The upload is larger than the daemon accepts: 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The client stopped sending in the middle of a request: 408.
+    #[error("{0}")]
+    Timeout(String),
+    /// Too much is under way (concurrent uploads); retry after the given seconds: 503.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The request conflicts with the current state (a model in use): 409.
     #[error("{0}")]
     Conflict(String),
@@ -38,6 +59,12 @@ impl DaemonError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::ApiNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Store(e) => match e {
                 gyrus_store::StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -58,10 +85,29 @@ impl IntoResponse for DaemonError {
         if status.is_server_error() {
             tracing::error!("{self}");
         }
-        (
+        let mut response = (
             status,
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"gyrus\""),
+                );
+            }
+            Self::Busy {
+                retry_after_secs, ..
+            } => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(*retry_after_secs),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }

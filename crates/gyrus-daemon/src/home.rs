@@ -35,6 +35,10 @@ impl GyrusHome {
     pub fn state_db(&self) -> PathBuf {
         self.root.join("state.db")
     }
+    /// The control API's token (mode 0600); see `auth`.
+    pub fn token_file(&self) -> PathBuf {
+        self.root.join("token")
+    }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("daemon.lock")
     }

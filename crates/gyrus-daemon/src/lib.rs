@@ -3,6 +3,8 @@
 //! supervisor, and it hosts the gateway (from `gyrus-gateway`) on the same address.
 
 pub mod api;
+pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod home;
 pub mod model_source;
@@ -14,7 +16,6 @@ pub mod state;
 pub mod store_api;
 pub mod supervisor;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use gyrus_gateway::{Gateway, RouteTable};
@@ -52,6 +53,17 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let local = listener
         .local_addr()
         .map_err(|e| DaemonError::io("reading the listening address", e))?;
+    let limits = connections::ServeLimits::from_env().map_err(DaemonError::BadRequest)?;
+    let token = auth::load_or_create_token(&home)?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {local}, which other machines can reach: the control API needs the \
+             token in {} (send it with GYRUS_TOKEN), but it travels in clear text unless a TLS \
+             proxy or an SSH tunnel carries it; the APIs on this address are open to anyone \
+             who reaches it",
+            home.token_file().display()
+        );
+    }
 
     let state = Arc::new(StateStore::open(&home.state_db())?);
     let envs = Arc::new(pyenv::PythonEnvs::discover(home.clone()).await);
@@ -74,6 +86,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let routes = RouteTable::new();
     let supervisor = Supervisor::new(
         home.clone(),
+        state.clone(),
         routes.clone(),
         envs.clone(),
         sources.clone(),
@@ -91,30 +104,57 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         _ => std::time::Duration::from_secs(10),
     };
     supervisor.start_autoscaler(interval.max(std::time::Duration::from_millis(100)));
+    supervisor.start_heartbeat_watch();
 
     // Nothing runs yet, so snapshots no API refers to (older versions, interrupted
     // extractions) can go.
     remove_unreferenced_snapshots(&home, &state);
 
-    // Bring back every API deployed before the last stop or crash.
-    for stored in state.list()? {
-        match serde_json::from_str::<gyrus_spec::ApiSpec>(&stored.spec_json) {
-            Ok(spec) => {
+    // Bring back every API deployed before the last stop or crash, as it was: the last good
+    // generation serving, a failed newer one still shown as failed.
+    for api in state.restorable()? {
+        let spec_of = |stored: &state::StoredApi| {
+            serde_json::from_str::<gyrus_spec::ApiSpec>(&stored.spec_json)
+                .map_err(|e| {
+                    tracing::error!(
+                        "cannot restore api {} (generation {}): stored spec unreadable: {e}",
+                        stored.name,
+                        stored.generation
+                    )
+                })
+                .ok()
+        };
+        let Some(desired_spec) = spec_of(&api.desired) else {
+            continue;
+        };
+        match api.serving.and_then(|s| spec_of(&s).map(|spec| (s, spec))) {
+            Some(serving) => {
+                tracing::info!(
+                    "restoring api {}: generation {} serving, generation {} {}",
+                    api.desired.name,
+                    serving.0.generation,
+                    api.desired.generation,
+                    if api.error.is_some() {
+                        "failed"
+                    } else {
+                        "deploying"
+                    }
+                );
+                supervisor.restore(serving, (api.desired, desired_spec), api.error);
+            }
+            None => {
                 tracing::info!(
                     "restoring api {} (generation {})",
-                    stored.name,
-                    stored.generation
+                    api.desired.name,
+                    api.desired.generation
                 );
-                supervisor.apply(stored, spec, FetchContext::cached());
+                supervisor.apply(api.desired, desired_spec, FetchContext::cached());
             }
-            Err(e) => tracing::error!(
-                "cannot restore api {}: stored spec unreadable: {e}",
-                stored.name
-            ),
         }
     }
 
     let app = Arc::new(AppState {
+        guard: auth::ControlGuard::new(token, &opts.addr),
         home: home.clone(),
         addr: local.to_string(),
         state,
@@ -127,6 +167,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         sources,
         compute,
         self_exe: std::env::current_exe().unwrap_or_else(|_| "gyrus".into()),
+        uploads: Arc::new(tokio::sync::Semaphore::new(server::MAX_CONCURRENT_UPLOADS)),
     });
     tracing::info!(
         "gyrus daemon listening on http://{local} (GYRUS_HOME={})",
@@ -154,15 +195,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             let _ = stop_tx.send(true);
         });
     }
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let mut graceful = stop_rx.clone();
-    let server = axum::serve(listener, server::router(app))
-        .with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|stop| *stop).await;
-        })
-        .into_future();
+    let server = connections::serve(listener, server::router(app), limits, stop_rx.clone());
     // Open connections (a hung predict, a client that never reads) may delay the stop only a
     // little: the replicas are stopped either way.
     let mut deadline = stop_rx;
@@ -171,7 +204,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     };
     tokio::select! {
-        served = server => served.map_err(|e| DaemonError::io("serving", e))?,
+        _ = server => {}
         _ = bounded => tracing::warn!("closing connections still open 5s after the stop"),
     }
     supervisor.shutdown().await;

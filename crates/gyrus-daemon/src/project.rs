@@ -1,80 +1,177 @@
-//! Project snapshots: the daemon's side of `gyrus deploy`'s archive. It extracts the project
-//! into `GYRUS_HOME/projects/<hash>/` (content-addressed, written once, renamed into place so a
-//! half-written snapshot is never used), pulls out the config file and `.env`, and parses
-//! `.env`.
+//! Project snapshots: the daemon's side of `gyrus deploy`'s archive. The upload is spooled to
+//! a temporary file (bounded, hashed as it arrives), extracted into a staging directory under
+//! `GYRUS_HOME/projects/` with one budget of bytes actually written, and published
+//! (content-addressed, renamed into place) only once the deploy has validated it; a snapshot
+//! that is not published is removed. `.env` parsing lives here too.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
+use axum::body::Body;
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::error::DaemonError;
 use crate::home::GyrusHome;
 
-/// The largest archive the daemon accepts, and the most it will write when extracting one.
+/// The largest archive the daemon accepts (bytes received, whatever Content-Length says).
 pub const MAX_ARCHIVE_BYTES: usize = 1024 * 1024 * 1024;
-const MAX_EXTRACTED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// The most a project may write once extracted (bytes actually written, PAX sizes included).
+pub const MAX_EXTRACTED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Files and folders in one project (each costs an inode, whatever its size).
+pub const MAX_ENTRIES: usize = 100_000;
 /// The config file and `.env` are read into memory: bound them.
 const MAX_TEXT_BYTES: u64 = 1024 * 1024;
+/// A client that sends nothing for this long in the middle of an upload is dropped.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// An upload on disk: an anonymous file (gone when dropped) and the sha256 of its bytes.
+pub struct Upload {
+    pub file: std::fs::File,
+    pub sha256: String,
+}
+
+/// Streams a request body to an anonymous file in `dir`, refusing it as soon as more than
+/// `limit` bytes have arrived or the client stalls for [`UPLOAD_IDLE_TIMEOUT`].
+pub async fn spool(body: Body, dir: &Path, limit: u64) -> Result<Upload, DaemonError> {
+    let file = tempfile::tempfile_in(dir)
+        .map_err(|e| DaemonError::io(format!("creating a file in {}", dir.display()), e))?;
+    let mut out = std::io::BufWriter::with_capacity(
+        256 * 1024,
+        file.try_clone()
+            .map_err(|e| DaemonError::io("duplicating a file handle", e))?,
+    );
+    let mut hasher = Sha256::new();
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    loop {
+        let chunk = match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, stream.next()).await {
+            Err(_) => {
+                return Err(DaemonError::Timeout(format!(
+                    "the upload stalled: nothing arrived for {}s",
+                    UPLOAD_IDLE_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(None) => break,
+            Ok(Some(chunk)) => {
+                chunk.map_err(|e| DaemonError::BadRequest(format!("reading the upload: {e}")))?
+            }
+        };
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(DaemonError::TooLarge(format!(
+                "the upload is larger than {} (the most the daemon accepts)",
+                human_bytes(limit)
+            )));
+        }
+        hasher.update(&chunk);
+        // Small blocking writes to a local file: cheaper than a thread hop per chunk.
+        out.write_all(&chunk)
+            .map_err(|e| DaemonError::io("writing the upload", e))?;
+    }
+    let mut file = out
+        .into_inner()
+        .map_err(|e| DaemonError::io("writing the upload", e.into_error()))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| DaemonError::io("rewinding the upload", e))?;
+    Ok(Upload {
+        file,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+pub fn human_bytes(n: u64) -> String {
+    if n >= 1 << 30 && n % (1 << 30) == 0 {
+        format!("{} GiB", n >> 30)
+    } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// A project extracted but not yet published: its files are in a staging directory that is
+/// removed when this is dropped, unless [`StagedProject::publish`] moved it into place.
 #[derive(Debug)]
-pub struct ExtractedProject {
-    pub dir: PathBuf,
+pub struct StagedProject {
+    staging: Option<tempfile::TempDir>,
+    final_dir: PathBuf,
     pub hash: String,
     pub config_text: String,
     pub dotenv_text: Option<String>,
 }
 
-/// Unpacks a gzipped tar made by `gyrus deploy`. `config_name` is the config file's name
-/// inside the archive; it and `.env` are returned, not written into the snapshot.
-pub fn extract(
-    home: &GyrusHome,
-    archive: &[u8],
-    config_name: &str,
-) -> Result<ExtractedProject, DaemonError> {
-    let hash = hex::encode(Sha256::digest(archive));
-    let hash = hash[..24].to_owned();
-    let final_dir = home.projects().join(&hash);
-    let already = final_dir.is_dir();
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp_dir = home
-        .projects()
-        .join(format!(".tmp-{hash}-{}-{seq}", std::process::id()));
-    if !already {
-        let _ = std::fs::remove_dir_all(&tmp_dir);
-        std::fs::create_dir_all(&tmp_dir)
-            .map_err(|e| DaemonError::io(format!("creating {}", tmp_dir.display()), e))?;
+impl StagedProject {
+    /// Where the files are now (to validate paths the config names).
+    pub fn dir(&self) -> &Path {
+        match &self.staging {
+            Some(t) => t.path(),
+            None => &self.final_dir,
+        }
     }
 
-    let result = unpack(
-        archive,
-        config_name,
-        (!already).then_some(tmp_dir.as_path()),
-    );
-    let (config_text, dotenv_text) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp_dir);
-            return Err(e);
-        }
-    };
-    if !already {
-        if let Err(e) = std::fs::rename(&tmp_dir, &final_dir) {
-            let _ = std::fs::remove_dir_all(&tmp_dir);
-            // Another deploy of the same archive won the race: its copy is identical.
-            if !final_dir.is_dir() {
-                return Err(DaemonError::io("saving the project snapshot", e));
+    /// Where the snapshot will be once published.
+    pub fn final_dir(&self) -> &Path {
+        &self.final_dir
+    }
+
+    /// Moves the snapshot into `GYRUS_HOME/projects/<hash>` (a no-op when it is there already).
+    pub fn publish(mut self) -> Result<PathBuf, DaemonError> {
+        if let Some(staging) = self.staging.take() {
+            let tmp = staging.keep();
+            if let Err(e) = std::fs::rename(&tmp, &self.final_dir) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                // Another deploy of the same archive won the race: its copy is identical.
+                if !self.final_dir.is_dir() {
+                    return Err(DaemonError::io("saving the project snapshot", e));
+                }
             }
         }
+        Ok(self.final_dir.clone())
     }
+}
+
+/// Unpacks a gzipped tar made by `gyrus deploy` into a staging directory. `config_name` is the
+/// config file's name inside the archive; it and `.env` are returned, not written into the
+/// snapshot. Nothing is left on disk if this fails.
+pub fn extract(
+    home: &GyrusHome,
+    upload: Upload,
+    config_name: &str,
+) -> Result<StagedProject, DaemonError> {
+    let hash = upload.sha256[..24].to_owned();
+    let final_dir = home.projects().join(&hash);
+    let staging = if final_dir.is_dir() {
+        None
+    } else {
+        Some(
+            tempfile::Builder::new()
+                .prefix(".tmp-")
+                .tempdir_in(home.projects())
+                .map_err(|e| {
+                    DaemonError::io(
+                        format!("creating a directory in {}", home.projects().display()),
+                        e,
+                    )
+                })?,
+        )
+    };
+    // Even when the snapshot exists, the archive is read for its config and `.env`.
+    let (config_text, dotenv_text) = unpack(
+        upload.file,
+        config_name,
+        staging.as_ref().map(|t| t.path()),
+        &Limits::default(),
+    )?;
     let config_text = config_text.ok_or_else(|| {
         DaemonError::BadRequest(format!(
             "the project archive does not contain the config file {config_name:?}"
         ))
     })?;
-    Ok(ExtractedProject {
-        dir: final_dir,
+    Ok(StagedProject {
+        staging,
+        final_dir,
         hash,
         config_text,
         dotenv_text,
@@ -83,15 +180,77 @@ pub fn extract(
 
 type Unpacked = (Option<String>, Option<String>);
 
-fn unpack(archive: &[u8], config_name: &str, dest: Option<&Path>) -> Result<Unpacked, DaemonError> {
+/// What one project may cost on disk.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    bytes: u64,
+    entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            bytes: MAX_EXTRACTED_BYTES,
+            entries: MAX_ENTRIES,
+        }
+    }
+}
+
+/// Counts the bytes the archive expands to, so that a gzip bomb stops at the budget even in
+/// entries that are skipped rather than written.
+struct Expansion<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Expansion<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the archive expands to more than {}",
+                human_bytes(self.limit)
+            )));
+        }
+        Ok(n)
+    }
+}
+
+fn unpack(
+    archive: impl Read,
+    config_name: &str,
+    dest: Option<&Path>,
+    limits: &Limits,
+) -> Result<Unpacked, DaemonError> {
     let bad = |m: String| DaemonError::BadRequest(format!("invalid project archive: {m}"));
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let too_large = |at: &Path| {
+        bad(format!(
+            "the project is larger than {} once extracted (at {})",
+            human_bytes(limits.bytes),
+            at.display()
+        ))
+    };
+    // Headers and padding on top of the files themselves.
+    let expansion = Expansion {
+        inner: flate2::read::GzDecoder::new(std::io::BufReader::new(archive)),
+        read: 0,
+        limit: limits.bytes + 64 * 1024 * 1024,
+    };
+    let mut tar = tar::Archive::new(expansion);
     let mut config_text = None;
     let mut dotenv_text = None;
-    let mut written: u64 = 0;
+    let mut budget = limits.bytes;
     let entries = tar.entries().map_err(|e| bad(e.to_string()))?;
-    for entry in entries {
+    for (count, entry) in entries.enumerate() {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        if count >= limits.entries {
+            return Err(bad(format!(
+                "more than {} files and folders",
+                limits.entries
+            )));
+        }
         let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
         let rel = safe_relative(&path).ok_or_else(|| {
             bad(format!(
@@ -115,13 +274,16 @@ fn unpack(archive: &[u8], config_name: &str, dest: Option<&Path>) -> Result<Unpa
         }
         let rel_str = rel.to_string_lossy();
         if rel_str == config_name || rel_str == ".env" {
-            if entry.header().size().unwrap_or(0) > MAX_TEXT_BYTES {
+            // Whatever the header claims: what the reader yields is what counts.
+            let mut raw = Vec::new();
+            (&mut entry)
+                .take(MAX_TEXT_BYTES + 1)
+                .read_to_end(&mut raw)
+                .map_err(|e| bad(format!("{rel_str}: {e}")))?;
+            if raw.len() as u64 > MAX_TEXT_BYTES {
                 return Err(bad(format!("{rel_str} is larger than 1 MiB")));
             }
-            let mut text = String::new();
-            (&mut entry)
-                .take(MAX_TEXT_BYTES)
-                .read_to_string(&mut text)
+            let text = String::from_utf8(raw)
                 .map_err(|e| bad(format!("{rel_str} is not UTF-8 text: {e}")))?;
             if rel_str == ".env" {
                 dotenv_text = Some(text);
@@ -130,28 +292,30 @@ fn unpack(archive: &[u8], config_name: &str, dest: Option<&Path>) -> Result<Unpa
             }
             continue;
         }
-        written += entry.header().size().unwrap_or(0);
-        if written > MAX_EXTRACTED_BYTES {
-            return Err(bad("the project is larger than 4 GiB once extracted".into()));
+        // The size the reader will yield (a PAX `size` included), refused before anything is
+        // written; the copy counts again in case the archive lies.
+        if entry.size() > budget {
+            return Err(too_large(&rel));
         }
-        if let Some(dest) = dest {
-            let target = dest.join(&rel);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| DaemonError::io("extracting the project", e))?;
-            }
-            // A name clash (a file where the archive has a folder) is the archive's fault.
-            let mut file = std::fs::File::create(&target)
-                .map_err(|e| bad(format!("cannot create {}: {e}", rel.display())))?;
-            copy_entry(&mut entry, &mut file).map_err(|e| match e {
-                CopyError::Read(e) => bad(format!("{}: {e}", rel.display())),
-                CopyError::Write(e) => DaemonError::io(format!("writing {}", target.display()), e),
-            })?;
-            #[cfg(unix)]
-            if let Ok(mode) = entry.header().mode() {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o755 | 0o600));
-            }
+        let Some(dest) = dest else {
+            continue;
+        };
+        let target = dest.join(&rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| DaemonError::io("extracting the project", e))?;
+        }
+        // A name clash (a file where the archive has a folder) is the archive's fault.
+        let mut file = std::fs::File::create(&target)
+            .map_err(|e| bad(format!("cannot create {}: {e}", rel.display())))?;
+        copy_entry(&mut entry, &mut file, &mut budget).map_err(|e| match e {
+            CopyError::Read(e) => bad(format!("{}: {e}", rel.display())),
+            CopyError::OverBudget => too_large(&rel),
+            CopyError::Write(e) => DaemonError::io(format!("writing {}", target.display()), e),
+        })?;
+        if let Ok(mode) = entry.header().mode() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o755 | 0o600));
         }
     }
     Ok((config_text, dotenv_text))
@@ -160,17 +324,23 @@ fn unpack(archive: &[u8], config_name: &str, dest: Option<&Path>) -> Result<Unpa
 enum CopyError {
     Read(std::io::Error),
     Write(std::io::Error),
+    OverBudget,
 }
 
 /// Copies an archive entry to a file, telling a corrupt archive (read side, the client's
-/// fault) from a full disk (write side, ours).
-fn copy_entry(from: &mut impl Read, to: &mut impl std::io::Write) -> Result<(), CopyError> {
+/// fault) from a full disk (write side, ours), and stopping before `budget` is exceeded.
+fn copy_entry(
+    from: &mut impl Read,
+    to: &mut impl std::io::Write,
+    budget: &mut u64,
+) -> Result<(), CopyError> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = from.read(&mut buf).map_err(CopyError::Read)?;
         if n == 0 {
             return Ok(());
         }
+        *budget = budget.checked_sub(n as u64).ok_or(CopyError::OverBudget)?;
         to.write_all(&buf[..n]).map_err(CopyError::Write)?;
     }
 }
@@ -255,39 +425,136 @@ mod tests {
         builder.into_inner().unwrap().finish().unwrap()
     }
 
-    #[test]
-    fn extracts_and_separates_config_and_env() {
+    fn upload(bytes: &[u8]) -> Upload {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        Upload {
+            file,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+
+    fn home() -> (tempfile::TempDir, GyrusHome) {
         let dir = tempfile::tempdir().unwrap();
         let home = GyrusHome::new(dir.path());
         home.create_dirs().unwrap();
+        (dir, home)
+    }
+
+    fn snapshots(home: &GyrusHome) -> usize {
+        std::fs::read_dir(home.projects()).unwrap().count()
+    }
+
+    #[test]
+    fn extracts_and_separates_config_and_env() {
+        let (_dir, home) = home();
         let a = archive(&[
             ("cortex.yaml", b"- name: x\n"),
             (".env", b"A=1\n"),
             ("predictor.py", b"print(1)\n"),
             ("sub/values.json", b"{}"),
         ]);
-        let p = extract(&home, &a, "cortex.yaml").unwrap();
+        let p = extract(&home, upload(&a), "cortex.yaml").unwrap();
         assert_eq!(p.config_text, "- name: x\n");
         assert_eq!(p.dotenv_text.as_deref(), Some("A=1\n"));
-        assert!(p.dir.join("predictor.py").is_file());
-        assert!(p.dir.join("sub/values.json").is_file());
-        assert!(!p.dir.join("cortex.yaml").exists());
-        assert!(!p.dir.join(".env").exists());
+        assert!(p.dir().join("predictor.py").is_file());
+        assert!(p.dir().join("sub/values.json").is_file());
+        assert!(!p.dir().join("cortex.yaml").exists());
+        assert!(!p.dir().join(".env").exists());
+        let published = p.publish().unwrap();
+        assert!(published.join("predictor.py").is_file());
+        assert_eq!(snapshots(&home), 1);
         // Same archive again: same snapshot, nothing rewritten.
-        let again = extract(&home, &a, "cortex.yaml").unwrap();
-        assert_eq!(again.dir, p.dir);
+        let again = extract(&home, upload(&a), "cortex.yaml").unwrap();
+        assert_eq!(again.dir(), published);
+        assert_eq!(again.publish().unwrap(), published);
+        assert_eq!(snapshots(&home), 1);
+    }
+
+    #[test]
+    fn an_unpublished_snapshot_leaves_nothing() {
+        let (_dir, home) = home();
+        let a = archive(&[("cortex.yaml", b"x"), ("predictor.py", b"x")]);
+        let p = extract(&home, upload(&a), "cortex.yaml").unwrap();
+        assert!(p.dir().join("predictor.py").is_file());
+        drop(p); // the deploy found the config invalid
+        assert_eq!(snapshots(&home), 0);
     }
 
     #[test]
     fn refuses_escaping_paths_and_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = GyrusHome::new(dir.path());
-        home.create_dirs().unwrap();
+        let (dir, home) = home();
         let a = archive(&[("cortex.yaml", b"x"), ("../evil.py", b"x")]);
-        let err = extract(&home, &a, "cortex.yaml").unwrap_err().to_string();
+        let err = extract(&home, upload(&a), "cortex.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("leaves the project"), "{err}");
         assert!(!dir.path().join("evil.py").exists());
-        assert_eq!(std::fs::read_dir(home.projects()).unwrap().count(), 0);
+        assert_eq!(snapshots(&home), 0);
+    }
+
+    /// A PAX header's `size` is what the tar reader yields; the ustar size field may be 0.
+    fn pax_archive(claimed: u64, data: &[u8]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        builder
+            .append_pax_extensions([("size", claimed.to_string().as_bytes())])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("big.bin").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        builder.append(&h, std::io::empty()).unwrap();
+        let mut gz = builder.into_inner().unwrap();
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn pax_sizes_count_against_the_budget_before_anything_is_written() {
+        let (_dir, home) = home();
+        let a = pax_archive(4_800_000_000, &vec![0u8; 1 << 20]);
+        let err = extract(&home, upload(&a), "cortex.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than 4 GiB once extracted"), "{err}");
+        assert_eq!(snapshots(&home), 0);
+    }
+
+    #[test]
+    fn bytes_written_count_against_the_budget() {
+        let dest = tempfile::tempdir().unwrap();
+        let a = archive(&[("a.bin", &[1u8; 600]), ("b.bin", &[2u8; 600])]);
+        let limits = Limits {
+            bytes: 1000,
+            entries: 10,
+        };
+        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("larger than 1000 bytes once extracted (at b.bin)"),
+            "{err}"
+        );
+        let limits = Limits {
+            bytes: 10_000,
+            entries: 1,
+        };
+        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than 1 files"), "{err}");
+        let mut budget = 5;
+        let mut out = Vec::new();
+        assert!(matches!(
+            copy_entry(&mut &[0u8; 6][..], &mut out, &mut budget),
+            Err(CopyError::OverBudget)
+        ));
     }
 
     #[test]

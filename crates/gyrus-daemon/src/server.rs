@@ -25,6 +25,8 @@ use crate::supervisor::{now, Supervisor};
 
 pub struct AppState {
     pub home: GyrusHome,
+    /// Who may use the control API.
+    pub guard: crate::auth::ControlGuard,
     pub addr: String,
     pub state: Arc<StateStore>,
     pub supervisor: Arc<Supervisor>,
@@ -39,6 +41,27 @@ pub struct AppState {
     pub compute: Arc<gyrus_compute::Compute>,
     /// This executable, for `gyrus inspect-model`.
     pub self_exe: std::path::PathBuf,
+    /// Uploads (deploys, model saves and imports) being received at once.
+    pub uploads: Arc<tokio::sync::Semaphore>,
+}
+
+/// Uploads received at once; more are refused with 503 and Retry-After rather than queued, so
+/// a flood of large bodies costs the daemon disk bandwidth for two at most.
+pub const MAX_CONCURRENT_UPLOADS: usize = 2;
+
+impl AppState {
+    /// A slot to receive an upload, or 503 when [`MAX_CONCURRENT_UPLOADS`] are under way.
+    pub fn upload_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, DaemonError> {
+        self.uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| DaemonError::Busy {
+                message: format!(
+                    "{MAX_CONCURRENT_UPLOADS} uploads are already being received; retry in a few seconds"
+                ),
+                retry_after_secs: 5,
+            })
+    }
 }
 
 /// API names come from URLs here: hold them to the spec's rule before they touch a path.
@@ -72,8 +95,9 @@ pub(crate) fn json_header<T: serde::de::DeserializeOwned>(
 }
 
 pub fn router(app: Arc<AppState>) -> Router {
+    // Every route needs the token except health, which answers a bare "ok" without one; the
+    // browser checks come first and cover health too.
     let control = Router::new()
-        .route("/health", get(health))
         .route("/deploy", post(deploy))
         .route("/apis", get(list_apis))
         .route("/apis/{name}", get(get_api).delete(delete_api))
@@ -81,6 +105,15 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/apis/{name}/logs", get(logs))
         .route("/shutdown", post(shutdown))
         .merge(crate::store_api::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_token,
+        ))
+        .route("/health", get(health))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            refuse_browsers,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(
             project::MAX_ARCHIVE_BYTES,
         ));
@@ -94,13 +127,33 @@ async fn gateway(State(app): State<Arc<AppState>>, req: Request) -> Response {
     app.gateway.handle(req).await.map(Body::new)
 }
 
-async fn health(State(app): State<Arc<AppState>>) -> Json<Health> {
+async fn refuse_browsers(
+    State(app): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Result<Response, DaemonError> {
+    app.guard.refuse_browsers(req.method(), req.headers())?;
+    Ok(next.run(req).await)
+}
+
+async fn require_token(
+    State(app): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Result<Response, DaemonError> {
+    app.guard.require_token(req.headers())?;
+    Ok(next.run(req).await)
+}
+
+/// Without the token: that a gyrus daemon answers, and its version. With it: where it runs.
+async fn health(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Json<Health> {
+    let authenticated = app.guard.is_authenticated(&headers);
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        pid: std::process::id(),
-        home: app.home.root().display().to_string(),
-        addr: app.addr.clone(),
+        pid: authenticated.then(std::process::id),
+        home: authenticated.then(|| app.home.root().display().to_string()),
+        addr: authenticated.then(|| app.addr.clone()),
     })
 }
 
@@ -118,22 +171,32 @@ async fn deploy(
     State(app): State<Arc<AppState>>,
     Query(q): Query<DeployQuery>,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<DeployResponse>, DaemonError> {
     let fetch_env: std::collections::BTreeMap<String, String> =
         json_header(&headers, FETCH_ENV_HEADER)?.unwrap_or_default();
-    let _op = app.ops.lock().await;
     let config_name = q.config_file.unwrap_or_else(|| "cortex.yaml".into());
+    let upload = {
+        let _permit = app.upload_permit()?;
+        project::spool(
+            body,
+            &app.home.projects(),
+            project::MAX_ARCHIVE_BYTES as u64,
+        )
+        .await?
+    };
+    let _op = app.ops.lock().await;
     let home = app.home.clone();
     let name_for_task = config_name.clone();
-    let extracted =
-        tokio::task::spawn_blocking(move || project::extract(&home, &body, &name_for_task))
+    // Dropped on any error below: the snapshot is removed unless it was published.
+    let staged =
+        tokio::task::spawn_blocking(move || project::extract(&home, upload, &name_for_task))
             .await
             .map_err(|e| DaemonError::Internal(format!("extracting the project: {e}")))??;
 
-    let parsed = gyrus_spec::load(&config_name, &extracted.config_text, Some(&extracted.dir))
+    let parsed = gyrus_spec::load(&config_name, &staged.config_text, Some(staged.dir()))
         .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-    let dotenv = match &extracted.dotenv_text {
+    let dotenv = match &staged.dotenv_text {
         Some(text) => project::parse_dotenv(text).map_err(DaemonError::BadRequest)?,
         None => Vec::new(),
     };
@@ -185,6 +248,12 @@ async fn deploy(
         app.sources.pin(api).map_err(DaemonError::BadRequest)?;
     }
 
+    // Valid: the snapshot goes into place before anything refers to it.
+    let project_hash = staged.hash.clone();
+    let project_dir = tokio::task::spawn_blocking(move || staged.publish())
+        .await
+        .map_err(|e| DaemonError::Internal(format!("publishing the project: {e}")))??;
+
     let deployed_specs = apis.clone();
     let mut deployed = Vec::new();
     for api in apis {
@@ -192,7 +261,7 @@ async fn deploy(
             serde_json::to_string(&api).map_err(|e| DaemonError::Internal(e.to_string()))?;
         let mut h = Sha256::new();
         h.update(spec_json.as_bytes());
-        h.update(extracted.hash.as_bytes());
+        h.update(project_hash.as_bytes());
         h.update(dotenv_json.as_bytes());
         let deploy_hash = hex::encode(h.finalize());
         let previous = app.state.get(&api.name)?;
@@ -212,7 +281,7 @@ async fn deploy(
         let stored = StoredApi {
             name: api.name.clone(),
             spec_json,
-            project_dir: extracted.dir.display().to_string(),
+            project_dir: project_dir.display().to_string(),
             dotenv_json: dotenv_json.clone(),
             deploy_hash,
             generation: previous.as_ref().map(|p| p.generation + 1).unwrap_or(1),

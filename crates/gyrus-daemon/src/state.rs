@@ -1,6 +1,11 @@
 //! The daemon's durable state: one SQLite database under `GYRUS_HOME`. It holds what must
-//! survive a restart (each API's spec, snapshot and generation); live replica state is in
-//! memory only and is rebuilt by starting replicas again.
+//! survive a restart: each API's desired deployment (spec, snapshot, generation), the last
+//! generation that went live (`serving`, which keeps serving when a newer one fails), and why
+//! the desired generation failed, if it did. Live replica state is in memory only and is
+//! rebuilt by starting replicas again.
+//!
+//! The schema is versioned with SQLite's `user_version`: [`MIGRATIONS`] run in order, each in
+//! its own transaction, so a database from any earlier gyrus opens.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -10,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::DaemonError;
 
 /// An API as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoredApi {
     pub name: String,
     pub spec_json: String,
@@ -24,28 +29,47 @@ pub struct StoredApi {
     pub updated_at: String,
 }
 
+/// An API as the daemon restores it at start.
+#[derive(Debug, Clone)]
+pub struct RestorableApi {
+    pub desired: StoredApi,
+    /// The last generation that went live, when it is not `desired`.
+    pub serving: Option<StoredApi>,
+    /// Why `desired` failed to deploy, if it did.
+    pub error: Option<String>,
+}
+
+/// Schema versions: `MIGRATIONS[i]` takes a database from `user_version` i to i + 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema (databases made before versioning already have it).
+    "CREATE TABLE IF NOT EXISTS apis (
+         name        TEXT PRIMARY KEY,
+         spec_json   TEXT NOT NULL,
+         project_dir TEXT NOT NULL,
+         dotenv_json TEXT NOT NULL,
+         deploy_hash TEXT NOT NULL,
+         generation  INTEGER NOT NULL,
+         created_at  TEXT NOT NULL,
+         updated_at  TEXT NOT NULL
+     );",
+    // 2: the generation serving (a StoredApi as JSON) and the desired one's failure.
+    "ALTER TABLE apis ADD COLUMN serving_json TEXT;
+     ALTER TABLE apis ADD COLUMN error TEXT;",
+];
+
 pub struct StateStore {
     conn: Mutex<Connection>,
 }
 
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, DaemonError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS apis (
-                 name        TEXT PRIMARY KEY,
-                 spec_json   TEXT NOT NULL,
-                 project_dir TEXT NOT NULL,
-                 dotenv_json TEXT NOT NULL,
-                 deploy_hash TEXT NOT NULL,
-                 generation  INTEGER NOT NULL,
-                 created_at  TEXT NOT NULL,
-                 updated_at  TEXT NOT NULL
-             );",
+             PRAGMA synchronous = NORMAL;",
         )?;
+        migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -62,7 +86,7 @@ impl StateStore {
             "INSERT INTO apis (name, spec_json, project_dir, dotenv_json, deploy_hash, generation, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT(name) DO UPDATE SET spec_json = ?2, project_dir = ?3, dotenv_json = ?4,
-                 deploy_hash = ?5, generation = ?6, updated_at = ?8",
+                 deploy_hash = ?5, generation = ?6, updated_at = ?8, error = NULL",
             params![
                 api.name,
                 api.spec_json,
@@ -106,13 +130,101 @@ impl StateStore {
             > 0)
     }
 
-    /// Project snapshots still referenced by some API (the rest may be removed).
+    /// Records the generation that went live (it keeps serving if a newer one fails).
+    pub fn set_serving(&self, api: &StoredApi) -> Result<(), DaemonError> {
+        let json = serde_json::to_string(api)
+            .map_err(|e| DaemonError::Internal(format!("encoding the serving generation: {e}")))?;
+        self.conn().execute(
+            "UPDATE apis SET serving_json = ?2,
+                 error = CASE WHEN generation = ?3 THEN NULL ELSE error END
+             WHERE name = ?1",
+            params![api.name, json, api.generation as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records why `generation` failed, if it is still the desired one.
+    pub fn set_error(&self, name: &str, generation: u64, error: &str) -> Result<(), DaemonError> {
+        self.conn().execute(
+            "UPDATE apis SET error = ?3 WHERE name = ?1 AND generation = ?2",
+            params![name, generation as i64, error],
+        )?;
+        Ok(())
+    }
+
+    /// Every API with what it needs to come back as it was: the desired generation, the one
+    /// serving when that differs, and the desired one's failure.
+    pub fn restorable(&self) -> Result<Vec<RestorableApi>, DaemonError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, spec_json, project_dir, dotenv_json, deploy_hash, generation, created_at, updated_at,
+                    serving_json, error
+             FROM apis ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                row_to_api(r)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(9)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (desired, serving_json, error) = row?;
+            let serving = match serving_json {
+                Some(json) => match serde_json::from_str::<StoredApi>(&json) {
+                    Ok(s) if s.generation != desired.generation => Some(s),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!("api {}: serving generation unreadable: {e}", desired.name);
+                        None
+                    }
+                },
+                None => None,
+            };
+            out.push(RestorableApi {
+                desired,
+                serving,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Project snapshots still referenced by some API, desired or serving (the rest may be
+    /// removed).
     pub fn referenced_projects(&self) -> Result<Vec<String>, DaemonError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT DISTINCT project_dir FROM apis")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let mut stmt = conn.prepare(
+            "SELECT project_dir FROM apis
+             UNION SELECT json_extract(serving_json, '$.project_dir') FROM apis
+                 WHERE serving_json IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, Option<String>>(0))?;
+        Ok(rows
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect())
     }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DaemonError> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(DaemonError::Internal(format!(
+            "the state database is from a newer gyrus (schema {version}, this one knows {})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 fn row_to_api(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredApi> {
@@ -162,5 +274,77 @@ mod tests {
         drop(store);
         let again = StateStore::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(again.list().unwrap().len(), 1);
+    }
+
+    fn api(generation: u64, project_dir: &str) -> StoredApi {
+        StoredApi {
+            name: "a".into(),
+            spec_json: "{}".into(),
+            project_dir: project_dir.into(),
+            dotenv_json: "[]".into(),
+            deploy_hash: format!("h{generation}"),
+            generation,
+            created_at: "t0".into(),
+            updated_at: "t0".into(),
+        }
+    }
+
+    #[test]
+    fn serving_generation_and_failure_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = StateStore::open(&path).unwrap();
+        let good = api(1, "/p1");
+        store.upsert(&good).unwrap();
+        store.set_serving(&good).unwrap();
+        // Live and desired are the same generation: nothing separate to restore.
+        let r = store.restorable().unwrap();
+        assert!(r[0].serving.is_none() && r[0].error.is_none());
+
+        let bad = api(2, "/p2");
+        store.upsert(&bad).unwrap();
+        store.set_error("a", 2, "constructor raised").unwrap();
+        store.set_error("a", 1, "stale").unwrap(); // not the desired generation: ignored
+        drop(store);
+        let store = StateStore::open(&path).unwrap();
+        let r = store.restorable().unwrap();
+        assert_eq!(r[0].desired.generation, 2);
+        assert_eq!(r[0].serving.as_ref().map(|s| s.generation), Some(1));
+        assert_eq!(r[0].error.as_deref(), Some("constructor raised"));
+        let mut dirs = store.referenced_projects().unwrap();
+        dirs.sort();
+        assert_eq!(dirs, vec!["/p1", "/p2"]);
+
+        // A new deploy clears the failure; going live makes it the serving one.
+        let next = api(3, "/p3");
+        store.upsert(&next).unwrap();
+        assert!(store.restorable().unwrap()[0].error.is_none());
+        store.set_serving(&next).unwrap();
+        assert!(store.restorable().unwrap()[0].serving.is_none());
+        assert_eq!(store.referenced_projects().unwrap(), vec!["/p3"]);
+    }
+
+    #[test]
+    fn a_database_from_before_versioning_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute(
+                "INSERT INTO apis VALUES ('old', '{}', '/p', '[]', 'h', 4, 't', 't')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = StateStore::open(&path).unwrap();
+        let r = store.restorable().unwrap();
+        assert_eq!(r[0].desired.generation, 4);
+        assert!(r[0].serving.is_none());
+        let version: i64 = store
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
     }
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom};
-use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -15,12 +14,10 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt;
 use gyrus_spec::ModelTag;
 // MAX_MODEL_BYTES bounds uploads and imports (bodies stream to disk, not to memory).
 use gyrus_store::{Context, NewModel, Signature, StoredModel, TensorSpec, MAX_MODEL_BYTES};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 
 use crate::api::{ModelEntry, SaveRequest, SAVE_HEADER};
 use crate::error::DaemonError;
@@ -148,37 +145,15 @@ async fn delete_model(
     Ok(Json(model))
 }
 
-/// Streams a request body to an anonymous file in the store's staging directory.
-async fn spool(body: Body, dir: &FsPath) -> Result<std::fs::File, DaemonError> {
-    let file = tempfile::tempfile_in(dir)
-        .map_err(|e| DaemonError::io(format!("creating a file in {}", dir.display()), e))?;
-    let mut out = tokio::fs::File::from_std(
-        file.try_clone()
-            .map_err(|e| DaemonError::io("duplicating a file handle", e))?,
-    );
-    let mut stream = body.into_data_stream();
-    let mut total: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| DaemonError::BadRequest(format!("reading the upload: {e}")))?;
-        total += chunk.len() as u64;
-        if total > MAX_MODEL_BYTES {
-            return Err(DaemonError::BadRequest(format!(
-                "the upload is larger than {} GiB",
-                MAX_MODEL_BYTES >> 30
-            )));
-        }
-        out.write_all(&chunk)
-            .await
-            .map_err(|e| DaemonError::io("writing the upload", e))?;
-    }
-    out.flush()
-        .await
-        .map_err(|e| DaemonError::io("writing the upload", e))?;
-    let mut file = out.into_std().await;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| DaemonError::io("rewinding the upload", e))?;
-    Ok(file)
+/// Streams a model upload to an anonymous file in the store's staging directory (one of the
+/// daemon's few upload slots, bounded in size and time).
+async fn spool(app: &AppState, body: Body) -> Result<std::fs::File, DaemonError> {
+    let _permit = app.upload_permit()?;
+    Ok(
+        crate::project::spool(body, &staging_dir(app), MAX_MODEL_BYTES)
+            .await?
+            .file,
+    )
 }
 
 fn staging_dir(app: &AppState) -> std::path::PathBuf {
@@ -202,7 +177,7 @@ async fn save(
         .ok_or_else(|| DaemonError::BadRequest(format!("missing the {SAVE_HEADER} header")))?;
     gyrus_spec::check_tag_part("name", &request.name)
         .map_err(|e| DaemonError::BadRequest(format!("--name: {e}")))?;
-    let upload = spool(body, &staging_dir(&app)).await?;
+    let upload = spool(&app, body).await?;
     let store = app.sources.store.clone();
     let staging = blocking(move || {
         let staging = store.begin()?;
@@ -337,7 +312,7 @@ async fn import(
     State(app): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<ModelEntry>, DaemonError> {
-    let upload = spool(body, &staging_dir(&app)).await?;
+    let upload = spool(&app, body).await?;
     let used = usage(&app)?;
     let store = app.sources.store.clone();
     let model = blocking(move || Ok(store.import(upload)?)).await?;

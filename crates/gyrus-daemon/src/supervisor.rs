@@ -29,7 +29,7 @@ use crate::home::GyrusHome;
 use crate::model_source::{FetchContext, ModelSources, ResolvedModels};
 use crate::pyenv::PythonEnvs;
 use crate::rollout;
-use crate::state::StoredApi;
+use crate::state::{StateStore, StoredApi};
 use gyrus_autoscaler::{Autoscaler, MetricSeries, Params};
 use gyrus_compute::{Compute, Limits};
 
@@ -42,6 +42,9 @@ const ROUTE_SETTLE_MAX: Duration = Duration::from_secs(2);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 /// Up this long, a replica's next crash restarts it with the shortest backoff again.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// A ready replica reports every second; one silent this long is hung (stopped, deadlocked)
+/// and is replaced.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -107,6 +110,12 @@ struct ReplicaInner {
     in_flight: u32,
     /// Why the replica it replaced exited (a crash, out of memory).
     last_exit: Option<String>,
+    /// When it last reported (any event).
+    last_seen: std::time::Instant,
+    /// Stopped reporting while ready: out of routing, killed, and restarted as a crash.
+    unresponsive: bool,
+    /// Its Python workers keep dying soon after they start (it says so in its reports).
+    workers_crash_looping: bool,
 }
 
 impl Replica {
@@ -265,6 +274,8 @@ async fn wait_any(replicas: &[Arc<Replica>]) {
 #[derive(Clone)]
 struct LaunchPlan {
     generation: u64,
+    /// The deployment as stored, recorded as the serving one when it goes live.
+    stored: StoredApi,
     spec: Arc<ApiSpec>,
     spec_json: Arc<String>,
     project_dir: PathBuf,
@@ -316,6 +327,8 @@ impl ApiRuntime {
 
 pub struct Supervisor {
     home: GyrusHome,
+    /// Where the generation that goes live, and a failed one's error, are recorded.
+    state: Arc<StateStore>,
     routes: Arc<RouteTable>,
     envs: Arc<PythonEnvs>,
     sources: Arc<ModelSources>,
@@ -330,6 +343,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         home: GyrusHome,
+        state: Arc<StateStore>,
         routes: Arc<RouteTable>,
         envs: Arc<PythonEnvs>,
         sources: Arc<ModelSources>,
@@ -339,6 +353,7 @@ impl Supervisor {
         let self_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gyrus"));
         Arc::new(Self {
             home,
+            state,
             routes,
             envs,
             sources,
@@ -364,7 +379,8 @@ impl Supervisor {
             return false;
         };
         let g = rt.lock();
-        g.status == Status::Live && g.stored.deploy_hash == deploy_hash
+        // Live, or on its way with exactly this deployment (e.g. restored after a restart).
+        g.status != Status::Error && g.stored.deploy_hash == deploy_hash
     }
 
     /// Starts (or moves to) the deployment in `stored`. Returns at once; progress shows in
@@ -544,6 +560,7 @@ impl Supervisor {
         };
         match outcome {
             Ok(()) => {
+                let plan_stored = plan.stored.clone();
                 {
                     let mut g = rt.lock();
                     g.serving = Some(plan);
@@ -553,6 +570,7 @@ impl Supervisor {
                     g.error = None;
                 }
                 self.publish_routes(rt);
+                self.record_serving(rt, &plan_stored);
                 api_log(
                     log,
                     &format!("generation {generation} is live ({count} replica(s))"),
@@ -698,6 +716,7 @@ impl Supervisor {
                     r.stop();
                 }
                 self.publish_routes(rt);
+                self.record_serving(rt, &plan.stored);
                 api_log(log, &format!("generation {generation} is live"));
                 self.forget_exited(rt);
                 self.reconcile(rt);
@@ -834,9 +853,132 @@ impl Supervisor {
             }
             g.status = Status::Error;
             g.message = None;
-            g.error = Some(error);
+            g.error = Some(error.clone());
+        }
+        // Kept so that a restart shows the same error while the last good version serves.
+        if let Err(e) = self.state.set_error(&rt.name, generation, &error) {
+            tracing::error!(
+                "api {}: recording the failure of generation {generation}: {e}",
+                rt.name
+            );
         }
         self.publish_routes(rt);
+    }
+
+    /// Records the generation that just went live: after a restart it serves again, even if
+    /// a newer deploy failed.
+    fn record_serving(&self, rt: &ApiRuntime, stored: &StoredApi) {
+        if rt.lock().deleted {
+            return;
+        }
+        if let Err(e) = self.state.set_serving(stored) {
+            tracing::error!(
+                "api {}: recording generation {} as serving: {e}",
+                rt.name,
+                stored.generation
+            );
+        }
+    }
+
+    /// Brings an API back after a restart as it was: `serving` (the last generation that went
+    /// live) serves again; then the API shows `desired` failed with `error` exactly as before,
+    /// or, when `desired` never finished deploying (the daemon stopped during its rollout),
+    /// rolls on to it.
+    pub fn restore(
+        self: &Arc<Self>,
+        serving: (StoredApi, ApiSpec),
+        desired: (StoredApi, ApiSpec),
+        error: Option<String>,
+    ) {
+        let name = serving.0.name.clone();
+        let serving_generation = serving.0.generation;
+        self.apply(serving.0, serving.1, FetchContext::cached());
+        let Some(rt) = self.apis().get(&name).cloned() else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Until the serving generation is up (or failed), unless a deploy came meanwhile.
+            loop {
+                if rt.latest_generation.load(Ordering::SeqCst) != serving_generation
+                    || rt.lock().deleted
+                {
+                    return;
+                }
+                if rt.lock().status != Status::Updating {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (stored, spec) = desired;
+            match error {
+                Some(error) => {
+                    rt.latest_generation
+                        .fetch_max(stored.generation, Ordering::SeqCst);
+                    {
+                        let mut g = rt.lock();
+                        g.stored = stored;
+                        g.spec = Arc::new(spec);
+                        g.status = Status::Error;
+                        g.message = None;
+                        g.error = Some(error);
+                    }
+                    me.publish_routes(&rt);
+                }
+                None => me.apply(stored, spec, FetchContext::cached()),
+            }
+        });
+    }
+
+    /// Replaces ready replicas that stopped reporting: out of the route table at once (their
+    /// in-flight requests end with 503 when the process dies), then killed; their exit restarts
+    /// them like any crash.
+    pub fn start_heartbeat_watch(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticker.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                let apis: Vec<Arc<ApiRuntime>> = me.apis().values().cloned().collect();
+                for rt in apis {
+                    let replicas: Vec<Arc<Replica>> = rt.lock().replicas.clone();
+                    let mut changed = false;
+                    for r in replicas {
+                        let pid = {
+                            let mut g = r.lock();
+                            if g.state != ReplicaState::Ready
+                                || g.unresponsive
+                                || g.last_seen.elapsed() < HEARTBEAT_TIMEOUT
+                            {
+                                continue;
+                            }
+                            g.unresponsive = true;
+                            g.error = Some(format!(
+                                "stopped answering (no report for {}s); replaced",
+                                HEARTBEAT_TIMEOUT.as_secs()
+                            ));
+                            g.pid
+                        };
+                        changed = true;
+                        api_log(
+                            &me.home.api_log(&rt.name),
+                            &format!(
+                                "replica {} stopped answering (no report for {}s): killing and replacing it",
+                                r.id,
+                                HEARTBEAT_TIMEOUT.as_secs()
+                            ),
+                        );
+                        if let Some(pid) = pid {
+                            signal_group(pid, libc::SIGKILL);
+                        }
+                    }
+                    if changed {
+                        me.publish_routes(&rt);
+                    }
+                }
+            }
+        });
     }
 
     /// Starts one replica process and the task that watches it.
@@ -936,6 +1078,9 @@ impl Supervisor {
                 pending_restart: false,
                 in_flight: 0,
                 last_exit: None,
+                last_seen: std::time::Instant::now(),
+                unresponsive: false,
+                workers_crash_looping: false,
             }),
             state_changed: tokio::sync::Notify::new(),
         });
@@ -1002,6 +1147,7 @@ impl Supervisor {
         let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
             return;
         };
+        r.lock().last_seen = std::time::Instant::now();
         match ev.get("event").and_then(|e| e.as_str()) {
             Some("listening") => {
                 let port = ev.get("port").and_then(|p| p.as_u64()).unwrap_or(0) as u16;
@@ -1025,7 +1171,15 @@ impl Supervisor {
             Some("metrics") => {
                 let n = ev.get("in_flight").and_then(|n| n.as_u64()).unwrap_or(0);
                 let n = u32::try_from(n).unwrap_or(u32::MAX);
-                r.lock().in_flight = n;
+                let crash_looping = ev
+                    .get("workers_crash_looping")
+                    .and_then(|c| c.as_bool())
+                    .unwrap_or(false);
+                {
+                    let mut g = r.lock();
+                    g.in_flight = n;
+                    g.workers_crash_looping = crash_looping;
+                }
                 let now = self.clock();
                 rt.lock().metrics.record(now, &r.id, n);
             }
@@ -1157,7 +1311,7 @@ impl Supervisor {
             .iter()
             .filter_map(|r| {
                 let i = r.lock();
-                (i.state == ReplicaState::Ready)
+                (i.state == ReplicaState::Ready && !i.unresponsive)
                     .then(|| i.target.clone())
                     .flatten()
             })
@@ -1257,9 +1411,12 @@ impl Supervisor {
             let i = r.lock();
             i.pending_restart || i.state == ReplicaState::Failed
         });
-        // Crashing again soon after each restart: say so rather than "live".
+        // Crashing again soon after each restart (replicas, or the Python workers inside a
+        // ready replica, which then answers 503 at once): say so rather than "live".
         let crash_looping = current.iter().any(|r| {
-            r.restarts >= 3 && (r.lock().pending_restart || r.started.elapsed() < STABLE_AFTER)
+            let g = r.lock();
+            (r.restarts >= 3 && (g.pending_restart || r.started.elapsed() < STABLE_AFTER))
+                || (g.state == ReplicaState::Ready && g.workers_crash_looping)
         });
         let status = if g.status == Status::Live && crash_looping {
             "crash-looping"
@@ -1428,6 +1585,7 @@ fn launch_plan(
     let spec_json = serde_json::to_string(&*spec).map_err(|e| e.to_string())?;
     Ok(LaunchPlan {
         generation: stored.generation,
+        stored: stored.clone(),
         spec: spec.clone(),
         spec_json: Arc::new(spec_json),
         project_dir: project_dir.to_path_buf(),

@@ -1,0 +1,313 @@
+//! The daemon's listening socket: it accepts HTTP/1 connections for the control API and the
+//! gateway and keeps slow or hostile peers from taking the daemon over.
+//!
+//! - A client has `header_timeout` to send a request head, counted from when the connection
+//!   opens or its previous response was sent; this closes half-open connections and idle
+//!   keep-alive ones alike (hyper's header-read timer).
+//! - At most `max_connections` are open. When one more arrives, the connection idle the longest
+//!   (no request in progress) is closed to make room, so a flood of idle or half-open
+//!   connections cannot lock out the CLI or real clients; when every connection is busy, the
+//!   new one is refused.
+//! - Accept errors (out of file descriptors) back off instead of spinning.
+//! - On stop, idle connections close at once and busy ones after their response.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// How the daemon's socket treats its peers.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Time to send a request head (from connect, or from the previous response).
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ServeLimits {
+    /// 10 s for a request head (Cortex's NLB and most proxies allow less idle time than
+    /// that); connections bounded by the file descriptors this process may open, two per
+    /// proxied connection (the client's and the replica's), and at most 10,000.
+    /// `GYRUS_HEADER_TIMEOUT` and `GYRUS_MAX_CONNECTIONS` override them.
+    pub fn from_env() -> Result<Self, String> {
+        let header_timeout = match std::env::var("GYRUS_HEADER_TIMEOUT") {
+            Ok(v) if !v.is_empty() => humantime::parse_duration(&v).map_err(|e| {
+                format!("GYRUS_HEADER_TIMEOUT={v:?}: expected a duration like 10s ({e})")
+            })?,
+            _ => Duration::from_secs(10),
+        };
+        let max_connections = match std::env::var("GYRUS_MAX_CONNECTIONS") {
+            Ok(v) if !v.is_empty() => {
+                v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("GYRUS_MAX_CONNECTIONS={v:?}: expected a positive number")
+                })?
+            }
+            _ => {
+                let files = raise_file_limit();
+                (files.saturating_sub(512) / 2).clamp(64, 10_000) as usize
+            }
+        };
+        Ok(Self {
+            header_timeout,
+            max_connections,
+        })
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (what `ulimit -Hn` allows); returns
+/// the limit in force.
+fn raise_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to and read from a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// One open connection, as the table sees it.
+struct Conn {
+    /// Requests whose response has not been fully sent.
+    busy: AtomicUsize,
+    /// Milliseconds since the table's epoch when it last started or finished a request.
+    last_active: AtomicU64,
+    evict: Notify,
+}
+
+struct Table {
+    epoch: Instant,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Signalled when the table becomes empty (for the stop).
+    emptied: Notify,
+}
+
+impl Table {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new connection, closing the longest-idle one if the table is full.
+    /// `None` when every open connection is busy.
+    fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>)> {
+        let mut conns = self.lock();
+        if conns.len() >= max {
+            let victim = conns
+                .iter()
+                .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+                .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)?;
+            if let Some(c) = conns.remove(&victim) {
+                c.evict.notify_one();
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            busy: AtomicUsize::new(0),
+            last_active: AtomicU64::new(self.now_ms()),
+            evict: Notify::new(),
+        });
+        conns.insert(id, conn.clone());
+        Some((id, conn))
+    }
+
+    fn remove(&self, id: u64) {
+        let mut conns = self.lock();
+        conns.remove(&id);
+        if conns.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Marks a connection busy from the moment a request arrives until its response body is
+/// sent or dropped.
+struct BusyGuard {
+    table: Arc<Table>,
+    conn: Arc<Conn>,
+}
+
+impl BusyGuard {
+    fn new(table: Arc<Table>, conn: Arc<Conn>) -> Self {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        conn.last_active.store(table.now_ms(), Ordering::Relaxed);
+        Self { table, conn }
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.conn
+            .last_active
+            .store(self.table.now_ms(), Ordering::Relaxed);
+        self.conn.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then until the open connections are
+/// done (the caller bounds that wait).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let table = Arc::new(Table {
+        epoch: Instant::now(),
+        next_id: AtomicU64::new(0),
+        conns: Mutex::new(HashMap::new()),
+        emptied: Notify::new(),
+    });
+    let service = TowerToHyperService::new(app);
+    let mut refused_logged = Instant::now() - Duration::from_secs(60);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped(&mut stop) => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _peer)) => tcp,
+            Err(e) => {
+                // Out of file descriptors (or another transient error): give connections
+                // time to close instead of spinning on accept.
+                if refused_logged.elapsed() > Duration::from_secs(10) {
+                    tracing::warn!("cannot accept connections: {e}");
+                    refused_logged = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some((id, conn)) = table.admit(limits.max_connections) else {
+            if refused_logged.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(
+                    "refusing connections: all {} are busy (GYRUS_MAX_CONNECTIONS)",
+                    limits.max_connections
+                );
+                refused_logged = Instant::now();
+            }
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let table = table.clone();
+        let service = service.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = {
+                let table = table.clone();
+                let conn = conn.clone();
+                hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let guard = BusyGuard::new(table.clone(), conn.clone());
+                    let call = hyper::service::Service::call(&service, req);
+                    async move {
+                        let response = match call.await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        };
+                        // The guard lives as long as the response body, so a streaming answer
+                        // (`logs -f`) counts as busy until it ends.
+                        let response = response.map(|body| {
+                            Body::new(body.map_frame(move |frame| {
+                                let _ = &guard;
+                                frame
+                            }))
+                        });
+                        Ok::<_, Infallible>(response)
+                    }
+                })
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = conn.evict.notified() => {}
+                _ = stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.as_mut().await;
+                }
+            }
+            table.remove(id);
+        });
+    }
+    // Stopped accepting; wait for the connections still open.
+    loop {
+        let emptied = table.emptied.notified();
+        if table.len() == 0 {
+            return;
+        }
+        emptied.await;
+    }
+}
+
+/// Resolves once `stop` is true (the borrow it takes ends here, so the future stays `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
+            emptied: Notify::new(),
+        }
+    }
+
+    #[test]
+    fn full_table_evicts_the_longest_idle_connection() {
+        let t = table();
+        let (a, ca) = t.admit(2).unwrap();
+        let (b, cb) = t.admit(2).unwrap();
+        ca.last_active.store(5, Ordering::Relaxed);
+        cb.last_active.store(1, Ordering::Relaxed);
+        let (c, _) = t.admit(2).unwrap();
+        let ids: Vec<u64> = t.lock().keys().copied().collect();
+        assert!(ids.contains(&a) && ids.contains(&c) && !ids.contains(&b));
+        // A busy connection is never the victim: with both busy, the newcomer is refused.
+        ca.busy.store(1, Ordering::Relaxed);
+        t.lock().get(&c).unwrap().busy.store(1, Ordering::Relaxed);
+        assert!(t.admit(2).is_none());
+        assert_eq!(t.len(), 2);
+    }
+}
