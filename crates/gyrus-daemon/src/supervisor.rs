@@ -317,6 +317,16 @@ struct ApiInner {
     autoscaler: Autoscaler,
     last_decision: Option<ScalingDecision>,
     last_change: Option<ScalingDecision>,
+    /// Restoring after a restart: the newer deployment that had failed, shown as failed again
+    /// once the last good one is live.
+    restored_failure: Option<FailedDeploy>,
+}
+
+/// A deployment that failed while an older one kept serving.
+struct FailedDeploy {
+    stored: StoredApi,
+    spec: Arc<ApiSpec>,
+    error: String,
 }
 
 impl ApiRuntime {
@@ -386,6 +396,18 @@ impl Supervisor {
     /// Starts (or moves to) the deployment in `stored`. Returns at once; progress shows in
     /// [`Supervisor::info`].
     pub fn apply(self: &Arc<Self>, stored: StoredApi, spec: ApiSpec, fetch: FetchContext) {
+        self.apply_restoring(stored, spec, fetch, None);
+    }
+
+    /// [`Supervisor::apply`]; with `failed`, the API shows that newer deployment as failed the
+    /// moment this one goes live (a restart restoring the last good version).
+    fn apply_restoring(
+        self: &Arc<Self>,
+        stored: StoredApi,
+        spec: ApiSpec,
+        fetch: FetchContext,
+        failed: Option<FailedDeploy>,
+    ) {
         let spec = Arc::new(spec);
         let rt = {
             let mut apis = self.apis();
@@ -411,6 +433,7 @@ impl Supervisor {
                             autoscaler: Autoscaler::new(),
                             last_decision: None,
                             last_change: None,
+                            restored_failure: None,
                         }),
                     })
                 })
@@ -425,6 +448,7 @@ impl Supervisor {
             g.status = Status::Updating;
             g.message = Some("preparing".into());
             g.error = None;
+            g.restored_failure = failed;
         }
         self.publish_routes(&rt);
         let me = self.clone();
@@ -568,6 +592,14 @@ impl Supervisor {
                     g.status = Status::Live;
                     g.message = None;
                     g.error = None;
+                    if let Some(failed) = g.restored_failure.take() {
+                        rt.latest_generation
+                            .fetch_max(failed.stored.generation, Ordering::SeqCst);
+                        g.stored = failed.stored;
+                        g.spec = failed.spec;
+                        g.status = Status::Error;
+                        g.error = Some(failed.error);
+                    }
                 }
                 self.publish_routes(rt);
                 self.record_serving(rt, &plan_stored);
@@ -890,6 +922,26 @@ impl Supervisor {
         desired: (StoredApi, ApiSpec),
         error: Option<String>,
     ) {
+        let (stored, spec) = desired;
+        let Some(error) = error else {
+            self.restore_interrupted(serving, (stored, spec));
+            return;
+        };
+        let failed = FailedDeploy {
+            stored,
+            spec: Arc::new(spec),
+            error,
+        };
+        self.apply_restoring(serving.0, serving.1, FetchContext::cached(), Some(failed));
+    }
+
+    /// The daemon stopped during a rollout: the last good generation serves again, then the
+    /// rollout to `desired` starts over.
+    fn restore_interrupted(
+        self: &Arc<Self>,
+        serving: (StoredApi, ApiSpec),
+        desired: (StoredApi, ApiSpec),
+    ) {
         let name = serving.0.name.clone();
         let serving_generation = serving.0.generation;
         self.apply(serving.0, serving.1, FetchContext::cached());
@@ -910,23 +962,7 @@ impl Supervisor {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let (stored, spec) = desired;
-            match error {
-                Some(error) => {
-                    rt.latest_generation
-                        .fetch_max(stored.generation, Ordering::SeqCst);
-                    {
-                        let mut g = rt.lock();
-                        g.stored = stored;
-                        g.spec = Arc::new(spec);
-                        g.status = Status::Error;
-                        g.message = None;
-                        g.error = Some(error);
-                    }
-                    me.publish_routes(&rt);
-                }
-                None => me.apply(stored, spec, FetchContext::cached()),
-            }
+            me.apply(desired.0, desired.1, FetchContext::cached());
         });
     }
 

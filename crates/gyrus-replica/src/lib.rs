@@ -40,6 +40,17 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// How long in-flight requests may take to finish once a replica is told to stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request waits for a free worker thread before it is answered 503: long enough
+/// to ride out a burst or a worker's restart, short of a client's patience.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first delay before restarting a worker that died (it doubles while it keeps dying).
+const WORKER_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The `Retry-After` of a 503 for load (`max_replica_concurrency`) or a replica stopping:
+/// the next attempt may well land on another replica, or on a free slot, at once.
+const RETRY_SOON: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     #[error("invalid replica spec: {0}")]
@@ -92,9 +103,12 @@ pub enum ReplicaEvent {
     Failed {
         error: String,
     },
-    /// Once a second: the requests in flight (the autoscaler's input).
+    /// Once a second: the requests in flight (the autoscaler's input), and whether the
+    /// predictor's workers are crash-looping (see [`WorkerPool::crash_looping`]; always false
+    /// for a model API, which has no workers).
     Metrics {
         in_flight: usize,
+        workers_crash_looping: bool,
     },
 }
 
@@ -314,6 +328,10 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
             every_second.tick().await;
             emit(&ReplicaEvent::Metrics {
                 in_flight: sampled.in_flight(),
+                workers_crash_looping: sampled
+                    .pool
+                    .as_ref()
+                    .is_some_and(|pool| pool.crash_looping()),
             });
         }
     });
@@ -374,6 +392,8 @@ async fn start_workers(
         init,
         threads,
         tensors: models.map(|m| m as Arc<dyn gyrus_runtime::TensorService>),
+        queue_timeout: QUEUE_TIMEOUT,
+        restart_backoff: WORKER_RESTART_BACKOFF,
     };
     let workers = spec.autoscaling.workers_per_replica as usize;
     eprintln!(
@@ -503,20 +523,61 @@ async fn predict(
             format!("the predictor's worker process died while handling this request: {e}"),
         ),
         Err(RuntimeError::InvalidRequest(msg)) => error_response(StatusCode::BAD_REQUEST, msg),
-        Err(e @ RuntimeError::ShuttingDown) => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        Err(e @ RuntimeError::ShuttingDown) => unavailable_response(e.to_string(), RETRY_SOON),
+        Err(ref e @ RuntimeError::Unavailable { retry_after, .. }) => {
+            unavailable_response(e.to_string(), retry_after)
         }
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
+/// A JSON error response. Every 503 of a replica means "try again": it says when, with
+/// `Retry-After`.
 fn error_response(status: StatusCode, message: String) -> Response {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return unavailable_response(message, RETRY_SOON);
+    }
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A 503 with `Retry-After: <retry_after in whole seconds, rounded up, at least 1>`.
+fn unavailable_response(message: String, retry_after: Duration) -> Response {
+    let seconds = retry_after
+        .as_secs()
+        .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+        .max(1);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, HeaderValue::from(seconds))],
+        axum::Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::debug_requested;
+    use super::*;
+
+    #[test]
+    fn every_503_says_when_to_retry() {
+        let retry_after = |r: &Response| {
+            r.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let r = unavailable_response("x".into(), Duration::from_millis(2100));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&r).as_deref(), Some("3"));
+        let r = unavailable_response("x".into(), Duration::ZERO);
+        assert_eq!(retry_after(&r).as_deref(), Some("1"));
+        let r = unavailable_response("x".into(), Duration::from_secs(4));
+        assert_eq!(retry_after(&r).as_deref(), Some("4"));
+        let r = error_response(StatusCode::SERVICE_UNAVAILABLE, "busy".into());
+        assert_eq!(retry_after(&r).as_deref(), Some("1"));
+        let r = error_response(StatusCode::BAD_GATEWAY, "died".into());
+        assert_eq!(retry_after(&r), None);
+    }
 
     #[test]
     fn debug_flag() {

@@ -1,6 +1,7 @@
 //! The one error type of this crate.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything that can go wrong between the replica and its Python workers.
 #[derive(Debug, thiserror::Error)]
@@ -34,4 +35,12 @@ pub enum RuntimeError {
     /// [`WorkerPool::shutdown`](crate::WorkerPool::shutdown) was called.
     #[error("the worker pool is shutting down")]
     ShuttingDown,
+    /// No worker could take the request: they keep crashing, or every thread stayed busy for
+    /// the whole queue timeout. Nothing was sent, so the request can be retried as is, after
+    /// `retry_after` (a hint, at least one second).
+    #[error("{reason}; retry later")]
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
 }

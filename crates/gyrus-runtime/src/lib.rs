@@ -104,6 +104,12 @@ pub struct WorkerConfig {
     /// Answers the workers' INFER frames (`onnx_client.predict`); `None` when the API has no
     /// models in the engine, and then INFER frames are answered with an error.
     pub tensors: Option<std::sync::Arc<dyn TensorService>>,
+    /// How long a call waits for a free worker thread before it fails with
+    /// [`RuntimeError::Unavailable`].
+    pub queue_timeout: std::time::Duration,
+    /// The delay before restarting a worker that died; it doubles on each further restart
+    /// (up to 30 s) until a worker stays up long enough to count as healthy again.
+    pub restart_backoff: std::time::Duration,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -114,6 +120,8 @@ impl std::fmt::Debug for WorkerConfig {
             .field("cwd", &self.cwd)
             .field("threads", &self.threads)
             .field("tensors", &self.tensors.is_some())
+            .field("queue_timeout", &self.queue_timeout)
+            .field("restart_backoff", &self.restart_backoff)
             .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,11 @@
 //! Capacity is counted per connection: a request holds one of the worker's `threads` from
 //! the moment it is assigned until its response arrives (or the worker dies), even when the
 //! caller stops waiting, because the Python thread is busy until then either way.
+//!
+//! A caller waits for a free thread at most `queue_timeout`. A predictor whose workers keep
+//! dying soon after they start (a crash loop, see [`WorkerPool::crash_looping`]) would make
+//! callers wait for restarts that only crash again, ever further apart; while no worker is up
+//! in a crash loop, calls fail at once with [`RuntimeError::Unavailable`] instead.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -27,10 +32,15 @@ use crate::protocol::{self, Frame, FrameReader};
 use crate::tensor_frame;
 use crate::{PredictRequest, PredictResponse, RuntimeError, WorkerConfig};
 
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A worker that stayed up this long is healthy again: its next restart is quick.
+/// A worker that stayed up this long is healthy again: its next restart is quick, and its
+/// earlier exits no longer count towards a crash loop.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Exits in a row within STABLE_AFTER of starting that make a worker crash-looping: one or
+/// two can be bad luck (an OOM kill, a bad request), three in a row are the predictor.
+const CRASH_LOOP_EXITS: u32 = 3;
+/// The `retry_after` of a call that found no free thread: the wait is load, not a failure.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long `shutdown` lets workers finish in-flight requests before killing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// After a worker exits, how long to wait for responses it wrote just before.
@@ -77,6 +87,7 @@ impl Conn {
 struct Slot {
     /// The current process of this worker; `None` while it is down.
     conn: Mutex<Option<Arc<Conn>>>,
+    health: Mutex<Health>,
 }
 
 impl Slot {
@@ -86,6 +97,35 @@ impl Slot {
 
     fn set(&self, conn: Option<Arc<Conn>>) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        // Plain values, each written whole: a panic elsewhere cannot leave them inconsistent.
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How a worker's recent processes ended: what tells a crash loop from a one-off death.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    /// When the current process started serving; `None` while the worker is down.
+    up_since: Option<Instant>,
+    /// Exits (and failed restarts) in a row, each within STABLE_AFTER of its start.
+    quick_exits: u32,
+    /// How the last process ended, for the error that calls get in a crash loop.
+    last_exit: String,
+    /// When the supervisor next tries to start the worker (in the past while it is starting).
+    restart_at: Option<Instant>,
+}
+
+impl Health {
+    fn crash_looping(&self, now: Instant) -> bool {
+        // A process that has served for STABLE_AFTER ends the loop without waiting for it to
+        // exit; one that is merely up may be about to crash like the ones before it.
+        self.quick_exits >= CRASH_LOOP_EXITS
+            && self
+                .up_since
+                .is_none_or(|t| now.saturating_duration_since(t) < STABLE_AFTER)
     }
 }
 
@@ -153,6 +193,7 @@ impl WorkerPool {
             slots: (0..workers)
                 .map(|_| Slot {
                     conn: Mutex::new(None),
+                    health: Mutex::new(Health::default()),
                 })
                 .collect(),
             next_id: AtomicU64::new(1),
@@ -177,15 +218,19 @@ impl WorkerPool {
     }
 
     /// Sends one request to the least busy worker with a free thread, waiting for a thread
-    /// if all are busy (or all workers are restarting).
+    /// if all are busy (or all workers are restarting) for at most `queue_timeout`. Fails at
+    /// once with [`RuntimeError::Unavailable`] when no worker is up and the pool is
+    /// [crash-looping](WorkerPool::crash_looping).
     pub async fn call(&self, req: PredictRequest) -> Result<PredictResponse, RuntimeError> {
         let sh = &*self.shared;
         let _counted = Counted::new(&sh.in_flight);
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
         let head =
             protocol::encode_request_head(id, &req, sh.wants_query_params, sh.wants_headers)?;
+        // `None` for a timeout too long to represent: that is waiting without a limit.
+        let deadline = Instant::now().checked_add(sh.config.queue_timeout);
         loop {
-            let (index, conn) = self.acquire().await?;
+            let (index, conn) = self.acquire(deadline).await?;
             let mut busy = Busy {
                 shared: sh,
                 conn: &conn,
@@ -240,6 +285,24 @@ impl WorkerPool {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Worker processes currently up and serving (the others are restarting).
+    pub fn workers_up(&self) -> usize {
+        self.shared.workers_up()
+    }
+
+    /// Whether the predictor's workers are crash-looping: every worker has exited (or failed
+    /// to restart) within 60 s of starting at least 3 times in a row, and none has stayed up
+    /// 60 s since. A worker that is up for a moment between two crashes does not end the
+    /// loop, so this does not flicker with each restart.
+    ///
+    /// One worker that is not crash-looping makes this false: it serves, or will soon, so
+    /// calls wait for its threads (up to `queue_timeout`) rather than fail. While this is
+    /// true and no worker is up, calls fail at once with [`RuntimeError::Unavailable`]: the
+    /// next restart is up to 30 s away and likely to crash again.
+    pub fn crash_looping(&self) -> bool {
+        self.shared.crash_looping()
+    }
+
     /// Asks every worker to finish its in-flight requests and exit, waits for them up to a
     /// few seconds, then kills what is left. Calls after this fail with `ShuttingDown`.
     pub async fn shutdown(&self) {
@@ -267,11 +330,13 @@ impl WorkerPool {
         }
     }
 
-    /// Assigns a request to the least busy worker with a free thread, waiting for one.
-    async fn acquire(&self) -> Result<(usize, Arc<Conn>), RuntimeError> {
+    /// Assigns a request to the least busy worker with a free thread, waiting for one until
+    /// `deadline` (`None`: no limit), unless the pool is crash-looping with no worker up.
+    async fn acquire(&self, deadline: Option<Instant>) -> Result<(usize, Arc<Conn>), RuntimeError> {
         let sh = &*self.shared;
         loop {
-            // Register interest before looking, so a thread freed in between is not missed.
+            // Register interest before looking, so a thread freed (or a worker found
+            // crash-looping) in between is not missed.
             let notified = sh.freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -281,7 +346,17 @@ impl WorkerPool {
             if let Some(found) = sh.try_acquire() {
                 return Ok(found);
             }
-            notified.await;
+            if let Some(e) = sh.crash_loop_error() {
+                return Err(e);
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(sh.queue_timeout_error());
+                    }
+                }
+                None => notified.await,
+            }
         }
     }
 }
@@ -337,6 +412,78 @@ impl Shared {
     fn release(&self, conn: &Conn) {
         conn.busy.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
+    }
+
+    fn workers_up(&self) -> usize {
+        self.slots.iter().filter(|s| s.get().is_some()).count()
+    }
+
+    fn crash_looping(&self) -> bool {
+        let now = Instant::now();
+        self.slots.iter().all(|s| s.health().crash_looping(now))
+    }
+
+    /// Notes that worker `index` went down (its process ended, or a restart failed) and is
+    /// next started in `restart_in`. Returns its quick exits in a row.
+    fn record_exit(&self, index: usize, quick: bool, detail: String, restart_in: Duration) -> u32 {
+        let quick_exits = {
+            let mut health = self.slots[index].health();
+            health.up_since = None;
+            health.quick_exits = if quick {
+                health.quick_exits.saturating_add(1)
+            } else {
+                0
+            };
+            health.last_exit = detail;
+            health.restart_at = Some(Instant::now() + restart_in);
+            health.quick_exits
+        };
+        // Callers waiting for a thread may now have no worker left to wait for.
+        self.freed.notify_waiters();
+        quick_exits
+    }
+
+    /// The error for a call while no worker is up and the pool is crash-looping; `None`
+    /// otherwise.
+    fn crash_loop_error(&self) -> Option<RuntimeError> {
+        if self.workers_up() > 0 || !self.crash_looping() {
+            return None;
+        }
+        let now = Instant::now();
+        // Named: the worker that restarts soonest, since its restart is when a retry may work.
+        let (index, health) = self
+            .slots
+            .iter()
+            .map(|s| s.health().clone())
+            .enumerate()
+            .min_by_key(|(_, h)| h.restart_at.unwrap_or(now))?;
+        let retry_after = health
+            .restart_at
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+            .max(Duration::from_secs(1));
+        Some(RuntimeError::Unavailable {
+            reason: format!(
+                "the predictor's workers keep crashing (worker {index} exited {} times within \
+                 {}s of starting: {})",
+                health.quick_exits,
+                STABLE_AFTER.as_secs(),
+                health.last_exit
+            ),
+            retry_after,
+        })
+    }
+
+    fn queue_timeout_error(&self) -> RuntimeError {
+        RuntimeError::Unavailable {
+            reason: format!(
+                "no worker thread became free within {:?} ({} of {} workers up, {} threads each)",
+                self.config.queue_timeout,
+                self.workers_up(),
+                self.slots.len(),
+                self.threads
+            ),
+            retry_after: BUSY_RETRY_AFTER,
+        }
     }
 
     /// Resolves when shutdown has begun.
@@ -662,7 +809,8 @@ enum End {
 
 /// Serves one worker, then restarts it whenever it dies, until shutdown.
 async fn supervise(shared: Arc<Shared>, index: usize, mut started: Started) {
-    let mut backoff = FIRST_BACKOFF;
+    let first_backoff = shared.config.restart_backoff.min(MAX_BACKOFF);
+    let mut backoff = first_backoff;
     loop {
         let up_since = Instant::now();
         let Started {
@@ -671,6 +819,7 @@ async fn supervise(shared: Arc<Shared>, index: usize, mut started: Started) {
             conn,
             ready,
         } = started;
+        shared.slots[index].health().up_since = Some(up_since);
         shared.slots[index].set(Some(conn.clone()));
         shared.freed.notify_waiters();
 
@@ -705,21 +854,23 @@ async fn supervise(shared: Arc<Shared>, index: usize, mut started: Started) {
         if closing {
             return;
         }
-        if up_since.elapsed() >= STABLE_AFTER {
-            backoff = FIRST_BACKOFF;
+        let quick = up_since.elapsed() < STABLE_AFTER;
+        if !quick {
+            backoff = first_backoff;
         }
         eprintln!(
-            "worker {index} (pid {}) exited ({status}); restarting in {}s",
+            "worker {index} (pid {}) exited ({status}); restarting in {backoff:?}",
             ready.pid,
-            backoff.as_secs()
         );
+        let quick_exits = shared.record_exit(index, quick, status, backoff);
+        report_crash_loop(index, quick_exits);
         started = loop {
             tokio::select! {
                 _ = sleep(backoff) => {}
                 _ = shared.closing() => return,
             }
             let delay = backoff;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
             let result = tokio::select! {
                 result = launch(&shared.config, shared.threads, index) => result,
                 _ = shared.closing() => return,
@@ -729,13 +880,31 @@ async fn supervise(shared: Arc<Shared>, index: usize, mut started: Started) {
                     eprintln!("worker {index} restarted (pid {})", started.ready.pid);
                     break started;
                 }
-                Err(e) => eprintln!(
-                    "worker {index} failed to restart after {}s: {e}; retrying in {}s",
-                    delay.as_secs(),
-                    backoff.as_secs()
-                ),
+                Err(e) => {
+                    eprintln!(
+                        "worker {index} failed to restart after {delay:?}: {e}; retrying in {backoff:?}"
+                    );
+                    let detail = match e {
+                        RuntimeError::WorkerExited { detail, .. } => detail,
+                        other => other.to_string(),
+                    };
+                    // A predictor that now fails to construct is as stuck as one that crashes.
+                    let quick_exits = shared.record_exit(index, true, detail, backoff);
+                    report_crash_loop(index, quick_exits);
+                }
             }
         };
+    }
+}
+
+/// Says so in the log once, when a worker's quick exits reach the crash-loop threshold.
+fn report_crash_loop(index: usize, quick_exits: u32) {
+    if quick_exits == CRASH_LOOP_EXITS {
+        eprintln!(
+            "worker {index} keeps crashing ({quick_exits} exits in a row within {}s of \
+             starting); when every worker does, requests fail at once while none is up",
+            STABLE_AFTER.as_secs()
+        );
     }
 }
 
@@ -788,5 +957,26 @@ async fn serve(
             _ = &mut broken => return End::Lost("a request could not be written".into()),
             _ = &mut deadline => return End::Deadline,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loop_needs_enough_quick_exits_and_ends_when_stable() {
+        let now = Instant::now();
+        let health = |quick_exits, up_for: Option<Duration>| Health {
+            up_since: up_for.map(|d| now - d),
+            quick_exits,
+            ..Health::default()
+        };
+        assert!(!health(CRASH_LOOP_EXITS - 1, None).crash_looping(now));
+        assert!(health(CRASH_LOOP_EXITS, None).crash_looping(now));
+        // Up between two crashes: still looping.
+        assert!(health(CRASH_LOOP_EXITS, Some(Duration::from_secs(1))).crash_looping(now));
+        // Up long enough to be healthy again, before it ever exits.
+        assert!(!health(CRASH_LOOP_EXITS + 5, Some(STABLE_AFTER)).crash_looping(now));
     }
 }

@@ -1,5 +1,6 @@
 //! The worker pool against real Python workers: every row of the payload and response
-//! tables, init failures, threads, several workers, and a worker dying mid-request.
+//! tables, init failures, threads, several workers, a worker dying mid-request, workers
+//! that keep crashing, and calls that find no free thread in time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ impl Project {
             }),
             threads,
             tensors: None,
+            queue_timeout: Duration::from_secs(30),
+            restart_backoff: Duration::from_secs(1),
         })
     }
 
@@ -650,6 +653,168 @@ class PythonPredictor:
         "{slow:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(3));
+    pool.shutdown().await;
+    Ok(())
+}
+
+/// Waits (polling) until `done` holds, failing the test after `limit`.
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A predictor whose workers die half a second after the constructor returns, while
+/// `predict` can be slow: it sleeps for the number of seconds it is sent.
+const DIES_SOON: &str = r#"
+import os, threading, time
+
+class PythonPredictor:
+    def __init__(self, config):
+        def die():
+            time.sleep(0.5)
+            os._exit(7)
+        threading.Thread(target=die, daemon=True).start()
+
+    def predict(self, payload):
+        time.sleep(payload)
+        return "ok"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_fails_calls_fast() -> TestResult {
+    let project = Project::new(DIES_SOON)?;
+    let mut config = project.config(1)?;
+    // Short backoffs keep the test short: exits at about 0.7 s, 1.6 s and 2.7 s, then the
+    // worker is down for 0.8 s, up for 0.5 s, down for 1.6 s...
+    config.restart_backoff = Duration::from_millis(200);
+    let pool = WorkerPool::start(config, 1).await?;
+    assert!(!pool.crash_looping());
+    assert_eq!(pool.workers_up(), 1);
+
+    // The third quick exit makes it a crash loop; with no worker up, calls fail at once.
+    wait_for("a crash loop", Duration::from_secs(15), || {
+        pool.crash_looping()
+    })
+    .await;
+    let mut checked = false;
+    for _ in 0..3 {
+        wait_for("the worker down", Duration::from_secs(10), || {
+            pool.workers_up() == 0
+        })
+        .await;
+        let started = Instant::now();
+        match pool.call(request("application/json", "0")).await {
+            Err(RuntimeError::Unavailable {
+                reason,
+                retry_after,
+            }) => {
+                let elapsed = started.elapsed();
+                assert!(elapsed < Duration::from_millis(200), "took {elapsed:?}");
+                assert!(
+                    reason.starts_with("the predictor's workers keep crashing (worker 0 exited "),
+                    "{reason}"
+                );
+                assert!(reason.ends_with("exit status: 7)"), "{reason}");
+                assert!(retry_after >= Duration::from_secs(1), "{retry_after:?}");
+                checked = true;
+                break;
+            }
+            // A restart came up between looking and calling.
+            Ok(_) | Err(RuntimeError::WorkerExited { .. }) => continue,
+            Err(e) => panic!("expected Unavailable, got {e}"),
+        }
+    }
+    assert!(checked, "no call found the pool down in its crash loop");
+    assert!(pool.crash_looping());
+
+    // A worker up between two crashes does not end the loop. A caller waiting for its only
+    // thread is woken when it dies and fails at once, not at the next restart.
+    let mut checked = false;
+    for _ in 0..3 {
+        wait_for("a restart", Duration::from_secs(10), || {
+            pool.workers_up() == 1
+        })
+        .await;
+        assert!(pool.crash_looping());
+        let slow = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call(request("application/json", "5")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let waiting = pool.call(request("application/json", "0")).await;
+        let elapsed = started.elapsed();
+        let slow = slow.await?;
+        if !matches!(slow, Err(RuntimeError::WorkerExited { .. })) {
+            // The worker died before the slow call reached it: the scene did not happen.
+            continue;
+        }
+        assert!(
+            matches!(waiting, Err(RuntimeError::Unavailable { .. })),
+            "{waiting:?}"
+        );
+        assert!(elapsed < Duration::from_millis(700), "took {elapsed:?}");
+        checked = true;
+        break;
+    }
+    assert!(checked, "no call waited on a worker that then died");
+    pool.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_waits_for_a_thread_at_most_the_queue_timeout() -> TestResult {
+    let project = Project::new(
+        r#"
+import time
+
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload):
+        time.sleep(payload)
+        return "done"
+"#,
+    )?;
+    let mut config = project.config(1)?;
+    config.queue_timeout = Duration::from_millis(300);
+    let pool = WorkerPool::start(config, 1).await?;
+    let slow = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.call(request("application/json", "1")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    match pool.call(request("application/json", "0")).await {
+        Err(RuntimeError::Unavailable {
+            reason,
+            retry_after,
+        }) => {
+            let elapsed = started.elapsed();
+            assert!(
+                elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(900),
+                "took {elapsed:?}"
+            );
+            assert!(
+                reason.starts_with("no worker thread became free within 300ms"),
+                "{reason}"
+            );
+            assert_eq!(retry_after, Duration::from_secs(1));
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(!pool.crash_looping());
+    assert_eq!(pool.workers_up(), 1);
+    // The busy call itself was not disturbed, and the thread serves again once it is free.
+    assert_eq!(slow.await??.status, 200);
+    assert_eq!(
+        pool.call(request("application/json", "0")).await?.status,
+        200
+    );
     pool.shutdown().await;
     Ok(())
 }
