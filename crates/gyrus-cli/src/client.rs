@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 
 pub struct DaemonClient {
     pub addr: String,
+    /// `GYRUS_ADDR` starts with `https://`.
+    https: bool,
     pub home: GyrusHome,
     http: reqwest::Client,
     /// `GYRUS_TOKEN`, for a daemon on another machine; else `GYRUS_HOME/token` is read when a
@@ -29,11 +31,24 @@ pub struct Daemon {
 
 impl DaemonClient {
     pub fn from_env() -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .context("creating the HTTP client")?;
+        let mut builder = reqwest::Client::builder().no_proxy().use_rustls_tls();
+        // A daemon with its own (self-signed) certificate: trust it for these requests.
+        if let Some(ca) = std::env::var_os("GYRUS_TLS_CA").filter(|v| !v.is_empty()) {
+            let pem = std::fs::read(&ca)
+                .with_context(|| format!("reading GYRUS_TLS_CA={}", Path::new(&ca).display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "GYRUS_TLS_CA={}: not PEM certificates",
+                    Path::new(&ca).display()
+                )
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().context("creating the HTTP client")?;
         Ok(Self {
+            https: gyrus_daemon::https_from_env(),
             addr: gyrus_daemon::addr_from_env(),
             home: GyrusHome::from_env(),
             http,
@@ -60,8 +75,16 @@ impl DaemonClient {
         }
     }
 
+    pub fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}{}", self.addr, API_PREFIX, path)
+        format!("{}://{}{}{}", self.scheme(), self.addr, API_PREFIX, path)
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -138,7 +161,7 @@ impl DaemonClient {
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("daemon")
             .env("GYRUS_HOME", self.home.root())
-            .env("GYRUS_ADDR", &self.addr)
+            .env("GYRUS_ADDR", format!("{}://{}", self.scheme(), self.addr))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));

@@ -127,9 +127,24 @@ enum Command {
         output: SpecOutput,
     },
     /// Run the daemon in the foreground (logs to stderr), or stop/inspect a running one.
+    ///
+    /// The control API needs the token the daemon writes to GYRUS_HOME/token (the CLI sends it
+    /// itself; from another machine set GYRUS_TOKEN). To serve other machines, bind another
+    /// address and use TLS, e.g.:
+    ///
+    ///   GYRUS_ADDR=0.0.0.0:8888 gyrus daemon --tls-cert cert.pem --tls-key key.pem
+    ///
+    /// and on the client: GYRUS_ADDR=https://HOST:8888 GYRUS_TOKEN=... [GYRUS_TLS_CA=cert.pem].
+    #[command(verbatim_doc_comment)]
     Daemon {
         #[command(subcommand)]
         action: Option<DaemonAction>,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, env = "GYRUS_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "GYRUS_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print the version of this CLI and of the running daemon.
     Version {
@@ -249,7 +264,16 @@ async fn run(command: Command) -> Result<()> {
             debug,
         } => predict(&api, &payload, &content_type, debug).await,
         Command::Validate { dir, file, output } => validate(dir, file, output),
-        Command::Daemon { action } => daemon(action).await,
+        Command::Daemon {
+            action,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| gyrus_daemon::tls::TlsFiles { cert, key });
+            daemon(action, tls).await
+        }
         Command::Version { output } => version(output).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "gyrus", &mut std::io::stdout());
@@ -786,7 +810,10 @@ async fn predict(api: &str, payload: &str, content_type: &str, debug: bool) -> R
     Ok(())
 }
 
-async fn daemon(action: Option<DaemonAction>) -> Result<()> {
+async fn daemon(
+    action: Option<DaemonAction>,
+    tls: Option<gyrus_daemon::tls::TlsFiles>,
+) -> Result<()> {
     match action {
         None => {
             tracing_subscriber::fmt()
@@ -799,6 +826,7 @@ async fn daemon(action: Option<DaemonAction>) -> Result<()> {
             gyrus_daemon::run(gyrus_daemon::DaemonOptions {
                 home: gyrus_daemon::GyrusHome::from_env(),
                 addr: gyrus_daemon::addr_from_env(),
+                tls,
             })
             .await
             .map_err(|e| anyhow!("{e}"))
@@ -830,8 +858,12 @@ async fn daemon(action: Option<DaemonAction>) -> Result<()> {
             }
             match h.map(|h| client.accepted(h)) {
                 Some(Ok(h)) => println!(
-                    "running: pid {} at http://{} (GYRUS_HOME={}, version {})",
-                    h.pid, h.addr, h.home, h.version
+                    "running: pid {} at {}://{} (GYRUS_HOME={}, version {})",
+                    h.pid,
+                    client.scheme(),
+                    h.addr,
+                    h.home,
+                    h.version
                 ),
                 Some(Err(e)) => println!("running, but {e:#}"),
                 None => println!("not running (GYRUS_ADDR={})", client.addr),

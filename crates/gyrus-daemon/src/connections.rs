@@ -10,6 +10,7 @@
 //!   new one is refused.
 //! - Accept errors (out of file descriptors) back off instead of spinning.
 //! - On stop, idle connections close at once and busy ones after their response.
+//! - With TLS (`crate::tls`), the handshake is bounded by the header timeout as well.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -183,6 +184,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let table = Arc::new(Table {
@@ -226,6 +228,7 @@ pub async fn serve(
         let table = table.clone();
         let service = service.clone();
         let mut stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = {
                 let table = table.clone();
@@ -250,17 +253,21 @@ pub async fn serve(
                     }
                 })
             };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(tcp), svc);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = conn.evict.notified() => {}
-                _ = stopped(&mut stop) => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.as_mut().await;
+            match tls {
+                None => drive(tcp, svc, limits, &conn, &mut stop).await,
+                // The handshake gets the header timeout too, and yields to eviction and stop.
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
+                    tokio::select! {
+                        done = handshake => {
+                            if let Ok(Ok(stream)) = done {
+                                drive(stream, svc, limits, &conn, &mut stop).await;
+                            }
+                        }
+                        _ = conn.evict.notified() => {}
+                        _ = stopped(&mut stop) => {}
+                    }
                 }
             }
             table.remove(id);
@@ -273,6 +280,34 @@ pub async fn serve(
             return;
         }
         emptied.await;
+    }
+}
+
+/// Serves HTTP/1 on one connection until it ends, it is evicted (dropped at once), or the
+/// daemon stops (idle: closed now; busy: after the response in progress).
+async fn drive<I, S>(
+    io: I,
+    svc: S,
+    limits: ServeLimits,
+    conn: &Conn,
+    stop: &mut watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = conn.evict.notified() => {}
+        _ = stopped(stop) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.as_mut().await;
+        }
     }
 }
 

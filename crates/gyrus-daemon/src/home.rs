@@ -83,10 +83,45 @@ impl GyrusHome {
     }
 }
 
-/// `GYRUS_ADDR`, else `127.0.0.1:8888`.
+/// `GYRUS_ADDR` without its scheme (`host:port`), else `127.0.0.1:8888`.
 pub fn addr_from_env() -> String {
+    split_scheme(&raw_addr()).0
+}
+
+/// Whether `GYRUS_ADDR` starts with `https://`: the daemon serves TLS there and the CLI
+/// speaks it.
+pub fn https_from_env() -> bool {
+    split_scheme(&raw_addr()).1
+}
+
+fn raw_addr() -> String {
     std::env::var("GYRUS_ADDR")
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "127.0.0.1:8888".to_owned())
+}
+
+/// `https://host:port/` → (`host:port`, true); a bare `host:port` is plain HTTP.
+fn split_scheme(raw: &str) -> (String, bool) {
+    let raw = raw.trim().trim_end_matches('/');
+    if let Some(rest) = raw.strip_prefix("https://") {
+        (rest.to_owned(), true)
+    } else {
+        (raw.strip_prefix("http://").unwrap_or(raw).to_owned(), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_scheme;
+
+    #[test]
+    fn addresses_with_and_without_a_scheme() {
+        assert_eq!(
+            split_scheme("127.0.0.1:8888"),
+            ("127.0.0.1:8888".into(), false)
+        );
+        assert_eq!(split_scheme("http://h:1/"), ("h:1".into(), false));
+        assert_eq!(split_scheme("https://h:1"), ("h:1".into(), true));
+    }
 }

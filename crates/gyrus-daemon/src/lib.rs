@@ -15,13 +15,14 @@ pub mod server;
 pub mod state;
 pub mod store_api;
 pub mod supervisor;
+pub mod tls;
 
 use std::sync::Arc;
 
 use gyrus_gateway::{Gateway, RouteTable};
 
 pub use error::DaemonError;
-pub use home::{addr_from_env, GyrusHome};
+pub use home::{addr_from_env, https_from_env, GyrusHome};
 
 use crate::model_source::{FetchContext, ModelSources};
 use crate::server::AppState;
@@ -31,12 +32,25 @@ use crate::supervisor::Supervisor;
 pub struct DaemonOptions {
     pub home: GyrusHome,
     pub addr: String,
+    /// Serve TLS with this certificate and key (`--tls-cert`, `--tls-key`).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 /// Runs the daemon until SIGINT, SIGTERM or `POST /_gyrus/v1/shutdown`, then stops every
 /// replica. Deployed APIs stay in the state database and come back at the next start.
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let home = opts.home;
+    let acceptor =
+        match &opts.tls {
+            Some(files) => Some(tls::acceptor(files)?),
+            None if https_from_env() => return Err(DaemonError::BadRequest(
+                "GYRUS_ADDR asks for https:// but the daemon has no certificate: pass --tls-cert \
+                 and --tls-key (or set GYRUS_TLS_CERT and GYRUS_TLS_KEY)"
+                    .into(),
+            )),
+            None => None,
+        };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     home.create_dirs()
         .map_err(|e| DaemonError::io(format!("creating {}", home.root().display()), e))?;
     let _lock = DaemonLock::acquire(&home)?;
@@ -58,10 +72,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if !local.ip().is_loopback() {
         tracing::warn!(
             "listening on {local}, which other machines can reach: the control API needs the \
-             token in {} (send it with GYRUS_TOKEN), but it travels in clear text unless a TLS \
-             proxy or an SSH tunnel carries it; the APIs on this address are open to anyone \
-             who reaches it",
-            home.token_file().display()
+             token in {} (clients send it with GYRUS_TOKEN){}; the APIs on this address are open \
+             to anyone who reaches it (docs/security.md)",
+            home.token_file().display(),
+            if acceptor.is_some() {
+                ""
+            } else {
+                ", and without --tls-cert it travels in clear text"
+            }
         );
     }
 
@@ -91,7 +109,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         envs.clone(),
         sources.clone(),
         compute.clone(),
-        format!("http://{local}"),
+        format!("{scheme}://{local}"),
     );
 
     // Cortex ran its autoscaler every 10 s; tests set a shorter interval.
@@ -170,7 +188,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         uploads: Arc::new(tokio::sync::Semaphore::new(server::MAX_CONCURRENT_UPLOADS)),
     });
     tracing::info!(
-        "gyrus daemon listening on http://{local} (GYRUS_HOME={})",
+        "gyrus daemon listening on {scheme}://{local} (GYRUS_HOME={})",
         home.root().display()
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -195,7 +213,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             let _ = stop_tx.send(true);
         });
     }
-    let server = connections::serve(listener, server::router(app), limits, stop_rx.clone());
+    let server = connections::serve(
+        listener,
+        server::router(app),
+        limits,
+        acceptor,
+        stop_rx.clone(),
+    );
     // Open connections (a hung predict, a client that never reads) may delay the stop only a
     // little: the replicas are stopped either way.
     let mut deadline = stop_rx;
