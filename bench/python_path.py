@@ -83,10 +83,13 @@ def wrk(url, conns, duration, post, server_cores, client_core):
 
 
 def main():
+    global BIN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "python_path.md"))
+    ap.add_argument("--bin", default=str(BIN), help="the gyrus binary (default: the release build)")
     args = ap.parse_args()
+    BIN = Path(args.bin)
     if not BIN.exists():
         sys.exit(f"{BIN} is missing: run cargo build --release -p gyrus-cli")
     if not shutil.which("wrk"):

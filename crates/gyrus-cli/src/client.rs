@@ -182,9 +182,16 @@ impl DaemonClient {
             log_path.display()
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut sent_token = self.token().is_some();
         loop {
             if let Some(h) = self.health().await {
-                return self.accepted(h);
+                match self.accepted(h) {
+                    Ok(d) => return Ok(d),
+                    // The daemon makes its token as it starts: a health check sent before the
+                    // file existed is answered without details; ask again with it.
+                    Err(_) if !sent_token && self.token().is_some() => sent_token = true,
+                    Err(e) => return Err(e),
+                }
             }
             if let Ok(Some(status)) = child.try_wait() {
                 bail!(

@@ -174,31 +174,13 @@ enum Command {
     },
 }
 
-/// What the supervisor passes to `gyrus replica`.
+/// `gyrus replica`: started by the daemon's launcher, which writes the replica's launch
+/// (`gyrus_launch::ReplicaLaunch`) as the first line of its stdin.
 #[derive(clap::Args)]
 struct ReplicaArgs {
+    /// The replica's id, only so that `ps` tells replicas apart (the launch has it too).
     #[arg(long)]
-    id: String,
-    #[arg(long)]
-    project: PathBuf,
-    #[arg(long)]
-    python: PathBuf,
-    #[arg(long)]
-    lib_dir: PathBuf,
-    #[arg(long)]
-    model_path: Option<PathBuf>,
-    /// A model for the engine, as NAME=PATH (repeated).
-    #[arg(long = "model", value_parser = parse_model_arg)]
-    models: Vec<(String, PathBuf)>,
-    #[arg(long)]
-    onnx_library: Option<PathBuf>,
-}
-
-fn parse_model_arg(s: &str) -> Result<(String, PathBuf), String> {
-    let (name, path) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=PATH, found {s:?}"))?;
-    Ok((name.to_string(), PathBuf::from(path)))
+    id: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -816,15 +798,22 @@ async fn daemon(
 ) -> Result<()> {
     match action {
         None => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("GYRUS_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            use tracing_subscriber::prelude::*;
+            let home = gyrus_daemon::GyrusHome::from_env();
+            // GYRUS_LOG filters the daemon's own log (stderr); the APIs' logs get every line
+            // meant for them whatever it says.
+            let filter = tracing_subscriber::EnvFilter::try_from_env("GYRUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
                 )
-                .with_writer(std::io::stderr)
+                .with(gyrus_daemon::logs::ApiLogLayer::new(home.clone()))
                 .init();
             gyrus_daemon::run(gyrus_daemon::DaemonOptions {
-                home: gyrus_daemon::GyrusHome::from_env(),
+                home,
                 addr: gyrus_daemon::addr_from_env(),
                 tls,
             })
@@ -910,24 +899,29 @@ async fn version(output: Output) -> Result<()> {
     Ok(())
 }
 
-async fn replica(args: ReplicaArgs) -> Result<()> {
-    // The supervisor sends the spec as the first line of stdin.
-    let spec_json = tokio::task::spawn_blocking(|| {
+async fn replica(_args: ReplicaArgs) -> Result<()> {
+    let line = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).map(|_| line)
     })
     .await
-    .context("reading the spec")?
-    .context("reading the spec from stdin")?;
+    .context("reading the replica's launch")?
+    .context("reading the replica's launch from stdin")?;
+    let launch = gyrus_launch::ReplicaLaunch::from_line(&line)
+        .context("the replica's launch on stdin (gyrus replica is started by the daemon)")?;
     gyrus_replica::run(gyrus_replica::ReplicaOptions {
-        id: args.id,
-        spec_json,
-        project_dir: args.project,
-        python: args.python,
-        lib_dir: args.lib_dir,
-        model_path: args.model_path,
-        models: args.models,
-        onnx_library: args.onnx_library,
+        spec_json: serde_json::to_string(&launch.spec)?,
+        id: launch.id,
+        project_dir: launch.project_dir,
+        python: launch.python,
+        lib_dir: launch.lib_dir,
+        model_path: launch.model_path,
+        models: launch
+            .models
+            .into_iter()
+            .map(|m| (m.name, m.path))
+            .collect(),
+        onnx_library: launch.onnx_library,
     })
     .await
     .map_err(|e| anyhow!("{e}"))

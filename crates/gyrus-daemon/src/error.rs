@@ -36,6 +36,9 @@ pub enum DaemonError {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] gyrus_store::StoreError),
+    /// A deploy's models: 400 when the config names what is not there, 5xx for our faults.
+    #[error(transparent)]
+    ModelSource(#[from] crate::model_source::ModelSourceError),
     #[error("state database: {0}")]
     State(#[from] rusqlite::Error),
     #[error("{context}: {source}")]
@@ -72,6 +75,11 @@ impl DaemonError {
                 e if e.is_client_error() => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            Self::ModelSource(e) if e.is_client_error() => StatusCode::BAD_REQUEST,
+            Self::ModelSource(crate::model_source::ModelSourceError::Remote { .. }) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::ModelSource(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::State(_) | Self::Io { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -5,8 +5,12 @@
 pub mod api;
 pub mod auth;
 pub mod connections;
+pub mod controller;
+pub mod deploy;
 pub mod error;
 pub mod home;
+pub mod launcher;
+pub mod logs;
 pub mod model_source;
 pub mod project;
 pub mod pyenv;
@@ -54,6 +58,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     home.create_dirs()
         .map_err(|e| DaemonError::io(format!("creating {}", home.root().display()), e))?;
     let _lock = DaemonLock::acquire(&home)?;
+    // Before the socket opens: a client that can connect can find the token.
+    let token = auth::load_or_create_token(&home)?;
 
     let listener = tokio::net::TcpListener::bind(&opts.addr).await.map_err(|e| {
         DaemonError::io(
@@ -68,7 +74,6 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .local_addr()
         .map_err(|e| DaemonError::io("reading the listening address", e))?;
     let limits = connections::ServeLimits::from_env().map_err(DaemonError::BadRequest)?;
-    let token = auth::load_or_create_token(&home)?;
     if !local.ip().is_loopback() {
         tracing::warn!(
             "listening on {local}, which other machines can reach: the control API needs the \
@@ -102,13 +107,17 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let compute = Arc::new(gyrus_compute::Compute::detect(&instance));
     tracing::info!("compute limits: {}", compute.describe());
     let routes = RouteTable::new();
+    let launcher = Arc::new(launcher::local::LocalLauncher::new(
+        home.clone(),
+        compute.clone(),
+    ));
     let supervisor = Supervisor::new(
         home.clone(),
         state.clone(),
         routes.clone(),
         envs.clone(),
         sources.clone(),
-        compute.clone(),
+        launcher,
         format!("{scheme}://{local}"),
     );
 
@@ -175,12 +184,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         guard: auth::ControlGuard::new(token, &opts.addr),
         home: home.clone(),
         addr: local.to_string(),
-        state,
+        state: state.clone(),
         supervisor: supervisor.clone(),
         gateway: Gateway::new(routes),
         shutdown: tokio::sync::Notify::new(),
         stopping: std::sync::atomic::AtomicBool::new(false),
-        ops: tokio::sync::Mutex::new(()),
+        deploys: deploy::DeployService::new(
+            home.clone(),
+            state.clone(),
+            supervisor.clone(),
+            sources.clone(),
+            compute.clone(),
+        ),
         envs,
         sources,
         compute,
@@ -234,6 +249,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The time now as RFC 3339 to the second, as logs and `gyrus get` show it.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 fn remove_unreferenced_snapshots(home: &GyrusHome, state: &StateStore) {

@@ -50,6 +50,61 @@ pub struct ResolvedModels {
     pub models: Vec<(String, PathBuf)>,
 }
 
+/// Why an API's models cannot be found, with the field of the spec that names them.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelSourceError {
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        source: gyrus_store::StoreError,
+    },
+    #[error("{context}: {source}")]
+    Remote {
+        context: String,
+        source: gyrus_remote::FetchError,
+    },
+    /// The spec names something that is not a usable model (bad reference, names, contents).
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading a local model directory failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl ModelSourceError {
+    /// The deploy's mistake (its config, its models), as opposed to this machine's fault.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            Self::Store { source, .. } => source.is_client_error(),
+            Self::Remote { source, .. } => source.is_client_error(),
+            Self::Invalid(_) => true,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// The same error, said about `field` of the spec.
+    fn at(self, field: &str) -> Self {
+        match self {
+            Self::Store { context, source } => Self::Store {
+                context: format!("{field}: {context}"),
+                source,
+            },
+            Self::Remote { context, source } => Self::Remote {
+                context: format!("{field}: {context}"),
+                source,
+            },
+            Self::Invalid(m) => Self::Invalid(format!("{field}: {m}")),
+            Self::Io { context, source } => Self::Io {
+                context: format!("{field}: {context}"),
+                source,
+            },
+        }
+    }
+}
+
 pub struct ModelSources {
     pub store: Arc<ModelStore>,
     pub remote: RemoteCache,
@@ -74,7 +129,7 @@ impl ModelSources {
     /// Rewrites every store tag of `spec` to the exact version it names now (`iris:latest`
     /// becomes `iris:c5r2…`), so that a later save does not change a deployed API until it is
     /// deployed again, and `gyrus models delete` knows what is in use.
-    pub fn pin(&self, spec: &mut ApiSpec) -> Result<(), String> {
+    pub fn pin(&self, spec: &mut ApiSpec) -> Result<(), ModelSourceError> {
         let name = spec.name.clone();
         let p = &mut spec.predictor;
         let slots = p
@@ -92,7 +147,10 @@ impl ModelSources {
                 let found = self
                     .store
                     .resolve(&tag)
-                    .map_err(|e| format!("api {name:?}: {field}: {e}"))?;
+                    .map_err(|source| ModelSourceError::Store {
+                        context: format!("api {name:?}: {field}"),
+                        source,
+                    })?;
                 *slot = found.tag();
             }
         }
@@ -118,7 +176,7 @@ impl ModelSources {
         project_dir: &Path,
         fetch: &FetchContext,
         progress: &(dyn Fn(&Progress) + Send + Sync),
-    ) -> Result<ResolvedModels, String> {
+    ) -> Result<ResolvedModels, ModelSourceError> {
         let options = FetchOptions {
             env: fetch.env.clone(),
             s3_endpoint_url: spec
@@ -133,7 +191,7 @@ impl ModelSources {
             async move {
                 self.locate(&raw, project_dir, options, fetch.freshness, progress)
                     .await
-                    .map_err(|e| format!("{field}: {e}"))
+                    .map_err(|e| e.at(&field))
             }
         };
         let p = &spec.predictor;
@@ -156,7 +214,7 @@ impl ModelSources {
             for (i, m) in ms.paths.iter().enumerate() {
                 let field = format!("predictor.models[{i}].model");
                 let path = locate(m.model.clone(), field.clone()).await?;
-                let file = onnx_file(&path).map_err(|e| format!("{field}: {e}"))?;
+                let file = onnx_file(&path).map_err(|e| e.at(&field))?;
                 models.push((m.name.clone(), file));
             }
             if let Some(dir) = &ms.dir {
@@ -178,8 +236,8 @@ impl ModelSources {
         options: &FetchOptions,
         freshness: Freshness,
         progress: &(dyn Fn(&Progress) + Send + Sync),
-    ) -> Result<PathBuf, String> {
-        match ModelRef::parse(raw)? {
+    ) -> Result<PathBuf, ModelSourceError> {
+        match ModelRef::parse(raw).map_err(ModelSourceError::Invalid)? {
             ModelRef::Path(p) => Ok(project_dir.join(p)),
             ModelRef::Tag(tag) => self.store_path(&tag),
             ModelRef::Url(url) => self
@@ -187,22 +245,31 @@ impl ModelSources {
                 .fetch(&url, options, freshness, progress)
                 .await
                 .map(|f| f.path)
-                .map_err(|e| e.to_string()),
+                .map_err(|source| ModelSourceError::Remote {
+                    context: url.to_string(),
+                    source,
+                }),
         }
     }
 
-    fn store_path(&self, tag: &ModelTag) -> Result<PathBuf, String> {
+    fn store_path(&self, tag: &ModelTag) -> Result<PathBuf, ModelSourceError> {
         self.store
             .resolve(tag)
             .map(|m| m.path)
-            .map_err(|e| e.to_string())
+            .map_err(|source| ModelSourceError::Store {
+                context: tag.to_string(),
+                source,
+            })
     }
 }
 
 /// A model given as a directory (a store version, a downloaded prefix) is its one ONNX file.
-fn onnx_file(path: &Path) -> Result<PathBuf, String> {
+fn onnx_file(path: &Path) -> Result<PathBuf, ModelSourceError> {
     if path.is_dir() {
-        gyrus_store::model_file(path).map_err(|e| e.to_string())
+        gyrus_store::model_file(path).map_err(|source| ModelSourceError::Store {
+            context: path.display().to_string(),
+            source,
+        })
     } else {
         Ok(path.to_path_buf())
     }
@@ -211,8 +278,11 @@ fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 /// `models.dir`: each `*.onnx` file is named by its stem and each subdirectory holding a model
 /// (by the store's rule: `saved_model.onnx`, else its one `.onnx` file) by the subdirectory's
 /// name.
-fn models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, String> {
-    let entries = std::fs::read_dir(root).map_err(|e| format!("models.dir {dir}: {e}"))?;
+fn models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, ModelSourceError> {
+    let entries = std::fs::read_dir(root).map_err(|source| ModelSourceError::Io {
+        context: format!("models.dir {dir}"),
+        source,
+    })?;
     let is_onnx = |p: &Path| {
         p.is_file()
             && p.extension()
@@ -235,33 +305,38 @@ fn models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, Strin
                 // (and no saved_model.onnx) is a mistake worth stopping for.
                 Err(gyrus_store::StoreError::NoModelFile { found: files, .. })
                     if !files.iter().any(|f| is_onnx(&path.join(f))) => {}
-                Err(e) => return Err(format!("models.dir {dir}/{name}: {e}")),
+                Err(source) => {
+                    return Err(ModelSourceError::Store {
+                        context: format!("models.dir {dir}/{name}"),
+                        source,
+                    })
+                }
             }
         }
     }
     if found.is_empty() {
-        return Err(format!(
+        return Err(ModelSourceError::Invalid(format!(
             "models.dir {dir} holds no models (*.onnx files, or directories with one .onnx file)"
-        ));
+        )));
     }
     found.sort();
     Ok(found)
 }
 
 /// Names from file names reach URLs and the replica's `--model NAME=PATH` argument.
-fn check_names(models: &[(String, PathBuf)]) -> Result<(), String> {
+fn check_names(models: &[(String, PathBuf)]) -> Result<(), ModelSourceError> {
     let mut seen = std::collections::HashSet::new();
     for (name, path) in models {
         if let Err(rule) = gyrus_spec::check_model_name(name) {
-            return Err(format!(
+            return Err(ModelSourceError::Invalid(format!(
                 "model name (from {}) {rule}; rename the file",
                 path.display()
-            ));
+            )));
         }
         if !seen.insert(name.as_str()) {
-            return Err(format!(
+            return Err(ModelSourceError::Invalid(format!(
                 "two models are named {name:?}; model names must be unique within an API"
-            ));
+            )));
         }
     }
     Ok(())

@@ -181,7 +181,7 @@ impl PythonEnvs {
             std::fs::create_dir_all(parent)
                 .map_err(|e| EnvError::Io(format!("creating {}: {e}", parent.display())))?;
         }
-        crate::supervisor::api_log(
+        crate::logs::append(
             log,
             &format!(
                 "installing ONNX Runtime {ONNXRUNTIME_VERSION} and numpy into {} (first use only)",

@@ -10,18 +10,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gyrus_gateway::Gateway;
-use gyrus_spec::{ApiKind, PredictorType};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use crate::api::{DeployResponse, DeployedApi, Health, API_PREFIX, FETCH_ENV_HEADER};
+use crate::api::{DeployResponse, Health, API_PREFIX, FETCH_ENV_HEADER};
 use crate::error::DaemonError;
 use crate::home::GyrusHome;
 use crate::model_source::{FetchContext, ModelSources};
 use crate::project;
 use crate::pyenv::PythonEnvs;
-use crate::state::{StateStore, StoredApi};
-use crate::supervisor::{now, Supervisor};
+use crate::state::StateStore;
+use crate::supervisor::Supervisor;
 
 pub struct AppState {
     pub home: GyrusHome,
@@ -34,8 +32,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::Notify,
     /// Set when the daemon begins to stop: long-lived responses (`logs -f`) end.
     pub stopping: std::sync::atomic::AtomicBool,
-    /// Serialises deploy, refresh and delete, so generations and endpoint checks never race.
-    pub ops: tokio::sync::Mutex<()>,
+    /// Deploy, refresh and delete.
+    pub deploys: crate::deploy::DeployService,
     pub envs: Arc<PythonEnvs>,
     pub sources: Arc<ModelSources>,
     pub compute: Arc<gyrus_compute::Compute>,
@@ -66,18 +64,7 @@ impl AppState {
 
 /// API names come from URLs here: hold them to the spec's rule before they touch a path.
 fn check_name(name: &str) -> Result<(), DaemonError> {
-    let ok = name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(DaemonError::BadRequest(format!(
-            "{name:?} is not a valid API name (lowercase letters, digits and '-', starting with a letter)"
-        )))
-    }
+    gyrus_spec::check_api_name(name).map_err(|e| DaemonError::BadRequest(format!("API name {e}")))
 }
 
 /// A header written with [`crate::api::encode_header`]; `None` when absent.
@@ -185,151 +172,11 @@ async fn deploy(
         )
         .await?
     };
-    let _op = app.ops.lock().await;
-    let home = app.home.clone();
-    let name_for_task = config_name.clone();
-    // Dropped on any error below: the snapshot is removed unless it was published.
-    let staged =
-        tokio::task::spawn_blocking(move || project::extract(&home, upload, &name_for_task))
-            .await
-            .map_err(|e| DaemonError::Internal(format!("extracting the project: {e}")))??;
-
-    let parsed = gyrus_spec::load(&config_name, &staged.config_text, Some(staged.dir()))
-        .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-    let dotenv = match &staged.dotenv_text {
-        Some(text) => project::parse_dotenv(text).map_err(DaemonError::BadRequest)?,
-        None => Vec::new(),
+    let fetch = FetchContext {
+        env: fetch_env,
+        freshness: gyrus_remote::Freshness::CheckRemote,
     };
-    let dotenv_json =
-        serde_json::to_string(&dotenv).map_err(|e| DaemonError::Internal(e.to_string()))?;
-
-    // Check everything before deploying anything: a file deploys whole or not at all.
-    let deployed_endpoints: Vec<(String, String)> = app
-        .state
-        .list()?
-        .into_iter()
-        .filter_map(|a| {
-            let spec = serde_json::from_str::<gyrus_spec::ApiSpec>(&a.spec_json).ok()?;
-            Some((a.name, spec.endpoint))
-        })
-        .collect();
-    for api in &parsed.apis {
-        if api.kind == ApiKind::BatchAPI {
-            return Err(DaemonError::BadRequest(format!(
-                "api {:?}: kind BatchAPI is accepted by `gyrus validate` but batch APIs cannot be deployed yet",
-                api.name
-            )));
-        }
-        if api.predictor.kind == PredictorType::Tensorflow {
-            return Err(DaemonError::BadRequest(format!(
-                "api {:?}: predictor.type {} cannot be deployed yet; python and onnx predictors can",
-                api.name, api.predictor.kind
-            )));
-        }
-        let limits = gyrus_compute::Limits::from_spec(&api.compute);
-        app.compute
-            .check_gpus(limits.gpus)
-            .map_err(|e| DaemonError::BadRequest(format!("api {:?}: {e}", api.name)))?;
-        if let Some((other, _)) = deployed_endpoints
-            .iter()
-            .find(|(name, endpoint)| *name != api.name && *endpoint == api.endpoint)
-        {
-            return Err(DaemonError::BadRequest(format!(
-                "api {:?}: endpoint {} is already used by api {:?}; choose another endpoint or delete that api",
-                api.name, api.endpoint, other
-            )));
-        }
-    }
-
-    // Store tags become exact versions now: a deploy names what it serves, and a missing model
-    // fails the deploy before anything changes.
-    let mut apis = parsed.apis;
-    for api in &mut apis {
-        app.sources.pin(api).map_err(DaemonError::BadRequest)?;
-    }
-
-    // Valid: the snapshot goes into place before anything refers to it.
-    let project_hash = staged.hash.clone();
-    let project_dir = tokio::task::spawn_blocking(move || staged.publish())
-        .await
-        .map_err(|e| DaemonError::Internal(format!("publishing the project: {e}")))??;
-
-    let deployed_specs = apis.clone();
-    let mut deployed = Vec::new();
-    for api in apis {
-        let spec_json =
-            serde_json::to_string(&api).map_err(|e| DaemonError::Internal(e.to_string()))?;
-        let mut h = Sha256::new();
-        h.update(spec_json.as_bytes());
-        h.update(project_hash.as_bytes());
-        h.update(dotenv_json.as_bytes());
-        let deploy_hash = hex::encode(h.finalize());
-        let previous = app.state.get(&api.name)?;
-        if previous
-            .as_ref()
-            .is_some_and(|p| p.deploy_hash == deploy_hash)
-            && app.supervisor.is_up_to_date(&api.name, &deploy_hash)
-        {
-            deployed.push(DeployedApi {
-                name: api.name.clone(),
-                endpoint: api.endpoint.clone(),
-                result: "up to date".into(),
-            });
-            continue;
-        }
-        let ts = now();
-        let stored = StoredApi {
-            name: api.name.clone(),
-            spec_json,
-            project_dir: project_dir.display().to_string(),
-            dotenv_json: dotenv_json.clone(),
-            deploy_hash,
-            generation: previous.as_ref().map(|p| p.generation + 1).unwrap_or(1),
-            created_at: previous
-                .as_ref()
-                .map(|p| p.created_at.clone())
-                .unwrap_or_else(|| ts.clone()),
-            updated_at: ts,
-        };
-        app.state.upsert(&stored)?;
-        deployed.push(DeployedApi {
-            name: api.name.clone(),
-            endpoint: api.endpoint.clone(),
-            result: if previous.is_some() {
-                "updated"
-            } else {
-                "created"
-            }
-            .into(),
-        });
-        app.supervisor.apply(
-            stored,
-            api,
-            FetchContext {
-                env: fetch_env.clone(),
-                freshness: gyrus_remote::Freshness::CheckRemote,
-            },
-        );
-    }
-    let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
-    for api in &deployed_specs {
-        let mut limits = gyrus_compute::Limits::from_spec(&api.compute);
-        // Every API has the default 200m; warning about it on every deploy would be noise, so
-        // only a CPU written in the config (another value) is reported as not enforced.
-        if api.compute.cpu == gyrus_spec::ComputeSpec::default().cpu {
-            limits.cpu_millis = 0;
-        }
-        warnings.extend(
-            app.compute
-                .deploy_warnings(&limits)
-                .into_iter()
-                .map(|w| format!("api {:?}: {w}", api.name)),
-        );
-    }
-    Ok(Json(DeployResponse {
-        apis: deployed,
-        warnings,
-    }))
+    Ok(Json(app.deploys.deploy(upload, config_name, fetch).await?))
 }
 
 async fn list_apis(State(app): State<Arc<AppState>>) -> Json<Vec<crate::api::ApiInfo>> {
@@ -358,12 +205,7 @@ async fn delete_api(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, DaemonError> {
     check_name(&name)?;
-    let _op = app.ops.lock().await;
-    let existed = app.state.delete(&name)?;
-    let running = app.supervisor.remove(&name).await;
-    if !existed && !running {
-        return Err(DaemonError::ApiNotFound(name));
-    }
+    app.deploys.delete(&name).await?;
     Ok(Json(serde_json::json!({"deleted": name})))
 }
 
@@ -382,18 +224,7 @@ async fn refresh_api(
         },
         None => FetchContext::cached(),
     };
-    let _op = app.ops.lock().await;
-    let mut stored = app
-        .state
-        .get(&name)?
-        .ok_or_else(|| DaemonError::ApiNotFound(name.clone()))?;
-    let spec: gyrus_spec::ApiSpec = serde_json::from_str(&stored.spec_json)
-        .map_err(|e| DaemonError::Internal(format!("stored spec of {name}: {e}")))?;
-    stored.generation += 1;
-    stored.updated_at = now();
-    app.state.upsert(&stored)?;
-    let generation = stored.generation;
-    app.supervisor.apply(stored, spec, fetch);
+    let generation = app.deploys.refresh(&name, fetch).await?;
     Ok(Json(
         serde_json::json!({"refreshed": name, "generation": generation}),
     ))

@@ -119,7 +119,7 @@ async fn delete_model(
     let tag = parse_tag(&raw)?;
     // Deploys pin versions under this lock; holding it keeps a deploy from pinning the version
     // being deleted.
-    let _op = app.ops.lock().await;
+    let _op = app.deploys.exclusive().await;
     let used = usage(&app)?;
     let store = app.sources.store.clone();
     let model = blocking(move || {

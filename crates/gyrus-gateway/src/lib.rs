@@ -98,6 +98,15 @@ impl RouteTable {
         self.write().retain(|_, r| r.api != api);
     }
 
+    /// How many replicas of `api` requests are sent to now (0 when it has no route).
+    pub fn replicas_of(&self, api: &str) -> usize {
+        self.read()
+            .values()
+            .find(|r| r.api == api)
+            .map(|r| r.replicas.len())
+            .unwrap_or(0)
+    }
+
     fn lookup(&self, path: &str) -> Option<Arc<ApiRoute>> {
         let map = self.read();
         if let Some(r) = map.get(path) {

@@ -41,6 +41,13 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
     validate::model_name(name)
 }
 
+/// The rule for API names (they become URLs, log and cgroup names): at most 63 lowercase
+/// letters, digits and `-`, starting with a letter and not ending with `-`. The error says so
+/// and quotes the name.
+pub fn check_api_name(name: &str) -> Result<(), String> {
+    validate::api_name(name)
+}
+
 /// The APIs of a config file, and the warnings found while reading it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ParsedConfig {

@@ -1,0 +1,89 @@
+//! What `gyrus get` and `gyrus describe` show of an API: its status (with `crash-looping`
+//! worked out from the replicas), replica counts and details, and the autoscaler's view.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::replica::{Replica, ReplicaState};
+use super::{complete_seconds, ApiController, Status, STABLE_AFTER};
+use crate::api::{ApiInfo, AutoscalingInfo, ReplicaCounts, ReplicaInfo};
+
+impl ApiController {
+    pub fn info(&self) -> ApiInfo {
+        let now = self.ctx.clock();
+        let g = self.lock();
+        let serving = g.serving.as_ref().map(|p| p.generation);
+        let rolling = g.rollout.as_ref().map(|p| p.generation);
+        let details: Vec<ReplicaInfo> = g.replicas.iter().map(|r| r.info()).collect();
+        let current: Vec<&Arc<Replica>> = g
+            .replicas
+            .iter()
+            .filter(|r| Some(r.generation) == serving || Some(r.generation) == rolling)
+            .collect();
+        let count = |f: &dyn Fn(&Replica) -> bool| current.iter().filter(|r| f(r)).count() as u32;
+        let ready = count(&|r| r.state() == ReplicaState::Ready);
+        let starting = count(&|r| r.state() == ReplicaState::Starting);
+        let failed = count(&|r| {
+            let i = r.lock();
+            i.pending_restart || i.state == ReplicaState::Failed
+        });
+        // Crashing again soon after each restart (replicas, or the Python workers inside a
+        // ready replica, which then answers 503 at once): say so rather than "live".
+        let crash_looping = current.iter().any(|r| {
+            let i = r.lock();
+            (r.restarts >= 3 && (i.pending_restart || r.started.elapsed() < STABLE_AFTER))
+                || (i.state == ReplicaState::Ready && i.workers_crash_looping)
+        });
+        let status = if g.status == Status::Live && crash_looping {
+            "crash-looping"
+        } else {
+            g.status.as_str()
+        };
+        let window = g
+            .serving
+            .as_ref()
+            .map(|p| p.spec.autoscaling.window.as_duration())
+            .unwrap_or(Duration::from_secs(60));
+        let requested = if g.desired > 0 {
+            g.desired
+        } else {
+            g.spec.autoscaling.init_replicas.max(1)
+        };
+        ApiInfo {
+            name: g.spec.name.clone(),
+            kind: g.spec.kind.to_string(),
+            predictor_type: g.spec.predictor.kind.to_string(),
+            endpoint: g.spec.endpoint.clone(),
+            url: format!("{}{}", self.ctx.gateway_url, g.spec.endpoint),
+            status: status.to_owned(),
+            message: g.message.clone(),
+            progress: g.progress.clone(),
+            error: g.error.clone(),
+            replicas: ReplicaCounts {
+                requested,
+                ready,
+                starting,
+                failed,
+            },
+            autoscaling: g.serving.as_ref().map(|_| AutoscalingInfo {
+                in_flight_avg: g.metrics.average(complete_seconds(now), window),
+                // What each live replica said last (the current second's bucket is still
+                // filling).
+                in_flight_now: Some(
+                    current
+                        .iter()
+                        .filter(|r| r.counts_toward_desired())
+                        .map(|r| r.lock().in_flight)
+                        .sum(),
+                ),
+                window_secs: window.as_secs(),
+                last_decision: g.last_decision.clone(),
+                last_change: g.last_change.clone(),
+            }),
+            generation: g.stored.generation,
+            created_at: g.stored.created_at.clone(),
+            updated_at: g.stored.updated_at.clone(),
+            replica_details: details,
+        }
+    }
+}

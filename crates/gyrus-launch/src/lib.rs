@@ -1,0 +1,128 @@
+//! The contract between the daemon and a replica process, defined once and used by both sides.
+//!
+//! - [`ReplicaLaunch`]: everything a replica needs to serve one version of an API. The daemon's
+//!   launcher writes it as one JSON line on the replica's stdin (not argv, where `ps` would show
+//!   it, and not the environment, which the predictor inherits); the replica reads it once.
+//!   After that line, stdin stays open: its end (EOF) tells the replica to stop.
+//! - [`ReplicaEvent`]: what a replica reports, one JSON line each on its stdout.
+//!
+//! A Kubernetes launcher will carry the same two types in a pod's spec and logs.
+
+use std::path::PathBuf;
+
+use gyrus_spec::ApiSpec;
+use serde::{Deserialize, Serialize};
+
+/// What a replica is started with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaLaunch {
+    /// `<api>-g<generation>-r<n>`, unique within the daemon's life.
+    pub id: String,
+    /// The resolved spec of the version it serves.
+    pub spec: ApiSpec,
+    /// The extracted project snapshot: the predictor's working directory.
+    pub project_dir: PathBuf,
+    /// The Python interpreter of the API's environment.
+    pub python: PathBuf,
+    /// Where the embedded worker script is written.
+    pub lib_dir: PathBuf,
+    /// Absolute local path of `predictor.model`, if the API has one.
+    pub model_path: Option<PathBuf>,
+    /// The models to load into the engine (ONNX predictors).
+    pub models: Vec<ModelFile>,
+    /// `libonnxruntime`, for replicas that load models.
+    pub onnx_library: Option<PathBuf>,
+}
+
+/// One model for the engine: the name it is served under and its local file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// One line on a replica's stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum ReplicaEvent {
+    /// Bound its HTTP port (loopback), before loading anything.
+    Listening { port: u16 },
+    /// Models loaded and every Python worker constructed: it can serve.
+    Ready,
+    /// It cannot serve (before `Ready`); it exits next.
+    Failed { error: String },
+    /// Once a second while ready: the requests in flight (the autoscaler's input), and whether
+    /// the predictor's workers are crash-looping (always false for a model API). Also the
+    /// replica's heartbeat: a ready replica that stops sending it is hung.
+    Metrics {
+        in_flight: usize,
+        #[serde(default)]
+        workers_crash_looping: bool,
+    },
+}
+
+impl ReplicaEvent {
+    /// The event as its stdout line, without the newline.
+    pub fn to_line(&self) -> String {
+        // Plain enums of strings and numbers always serialize.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// An event from a stdout line; `None` for anything else the replica printed there.
+    pub fn from_line(line: &str) -> Option<ReplicaEvent> {
+        serde_json::from_str(line).ok()
+    }
+}
+
+impl ReplicaLaunch {
+    /// The launch as its stdin line, without the newline.
+    pub fn to_line(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    /// Reads the launch from its stdin line.
+    pub fn from_line(line: &str) -> Result<ReplicaLaunch, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_in_the_wire_format() {
+        for (event, line) in [
+            (
+                ReplicaEvent::Listening { port: 8080 },
+                r#"{"event":"listening","port":8080}"#,
+            ),
+            (ReplicaEvent::Ready, r#"{"event":"ready"}"#),
+            (
+                ReplicaEvent::Failed {
+                    error: "boom".into(),
+                },
+                r#"{"event":"failed","error":"boom"}"#,
+            ),
+            (
+                ReplicaEvent::Metrics {
+                    in_flight: 3,
+                    workers_crash_looping: true,
+                },
+                r#"{"event":"metrics","in_flight":3,"workers_crash_looping":true}"#,
+            ),
+        ] {
+            assert_eq!(event.to_line(), line);
+            assert_eq!(ReplicaEvent::from_line(line), Some(event));
+        }
+        // Older replicas did not send the flag; other output is not an event.
+        assert_eq!(
+            ReplicaEvent::from_line(r#"{"event":"metrics","in_flight":0}"#),
+            Some(ReplicaEvent::Metrics {
+                in_flight: 0,
+                workers_crash_looping: false
+            })
+        );
+        assert_eq!(ReplicaEvent::from_line("hello from print()"), None);
+    }
+}
