@@ -1,6 +1,10 @@
-//! The gyrus control plane: the local daemon. It owns the daemon's HTTP API, the durable state
-//! in SQLite under `GYRUS_HOME`, project snapshots, Python environments and the replica
-//! supervisor, and it hosts the gateway (from `gyrus-gateway`) on the same address.
+//! The gyrus control plane: the local daemon. It owns the daemon's socket (`connections`,
+//! `tls`) and HTTP API (`server`, guarded by `auth`), the deploy service (`deploy`), the durable
+//! state in SQLite under `GYRUS_HOME` (`state`), project snapshots (`project`), Python
+//! environments (`pyenv`) and model sources (`model_source`); the supervisor (`supervisor`),
+//! which prepares each version and drives a controller per API (`controller`) over a replica
+//! launcher (`launcher`). It hosts the gateway (from `gyrus-gateway`) on the same address.
+//! `docs/architecture.md` draws how they fit.
 
 pub mod api;
 pub mod auth;
