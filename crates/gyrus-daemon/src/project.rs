@@ -1,15 +1,17 @@
 //! Project snapshots: the daemon's side of `gyrus deploy`'s archive. The upload is spooled to
 //! a temporary file (bounded, hashed as it arrives), extracted into a staging directory under
-//! `GYRUS_HOME/projects/` with one budget of bytes actually written, and published
-//! (content-addressed, renamed into place) only once the deploy has validated it; a snapshot
-//! that is not published is removed. `.env` parsing lives here too.
+//! `GYRUS_HOME/projects/` with `gyrus-archive`'s rules (one budget of bytes actually written
+//! among them), and published (content-addressed, renamed into place) only once the deploy
+//! has validated it; a snapshot that is not published is removed. `.env` parsing lives here
+//! too.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::body::Body;
 use futures_util::StreamExt;
+use gyrus_archive::{ArchiveError, Extractor, Kind};
 use sha2::{Digest, Sha256};
 
 use crate::error::DaemonError;
@@ -196,28 +198,11 @@ impl Default for Limits {
     }
 }
 
-/// Counts the bytes the archive expands to, so that a gzip bomb stops at the budget even in
-/// entries that are skipped rather than written.
-struct Expansion<R> {
-    inner: R,
-    read: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for Expansion<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.limit {
-            return Err(std::io::Error::other(format!(
-                "the archive expands to more than {}",
-                human_bytes(self.limit)
-            )));
-        }
-        Ok(n)
-    }
-}
-
+/// Extracts a project archive with `gyrus-archive`'s rules (relative paths of normal
+/// components, regular files and directories only, no name clashes, one budget of bytes
+/// written) into `dest`, or, with `None`, checks it without writing. The config file and
+/// `.env` are read into memory instead of being written. Faults of the archive are 400s;
+/// a write error on our disk is not the client's fault.
 fn unpack(
     archive: impl Read,
     config_name: &str,
@@ -225,137 +210,67 @@ fn unpack(
     limits: &Limits,
 ) -> Result<Unpacked, DaemonError> {
     let bad = |m: String| DaemonError::BadRequest(format!("invalid project archive: {m}"));
-    let too_large = |at: &Path| {
-        bad(format!(
-            "the project is larger than {} once extracted (at {})",
-            human_bytes(limits.bytes),
-            at.display()
-        ))
+    let error = |e: ArchiveError| match e {
+        ArchiveError::Write { entry, source } => DaemonError::io(
+            format!("extracting {entry:?} from the project archive"),
+            source,
+        ),
+        ArchiveError::TooLarge { entry, limit } => bad(format!(
+            "the project is larger than {} once extracted (at {entry})",
+            human_bytes(limit)
+        )),
+        ArchiveError::TooManyEntries { limit } => {
+            bad(format!("more than {limit} files and folders"))
+        }
+        ArchiveError::StreamTooLong { limit } => bad(format!(
+            "the archive expands to more than {}",
+            human_bytes(limit)
+        )),
+        ArchiveError::Path { entry, reason, .. } if reason.escapes() => bad(format!(
+            "entry {entry:?} is absolute or leaves the project ({reason})"
+        )),
+        ArchiveError::Kind { entry, kind } => bad(format!(
+            "entry {entry:?} is not a regular file or directory: it is a {kind}"
+        )),
+        ArchiveError::TooLong { entry, .. } => bad(format!(
+            "{entry} is larger than {}",
+            human_bytes(MAX_TEXT_BYTES)
+        )),
+        other => bad(other.to_string()),
     };
-    // Headers and padding on top of the files themselves.
-    let expansion = Expansion {
-        inner: flate2::read::GzDecoder::new(std::io::BufReader::new(archive)),
-        read: 0,
-        limit: limits.bytes + 64 * 1024 * 1024,
-    };
-    let mut tar = tar::Archive::new(expansion);
+    let mut tar = Extractor::gzip(
+        archive,
+        dest,
+        gyrus_archive::Limits {
+            bytes: limits.bytes,
+            entries: limits.entries,
+            // Headers and padding on top of the files themselves, and the config and `.env`.
+            stream: limits.bytes + 64 * 1024 * 1024,
+        },
+    )
+    .header_modes(true);
     let mut config_text = None;
     let mut dotenv_text = None;
-    let mut budget = limits.bytes;
-    let entries = tar.entries().map_err(|e| bad(e.to_string()))?;
-    for (count, entry) in entries.enumerate() {
-        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-        if count >= limits.entries {
-            return Err(bad(format!(
-                "more than {} files and folders",
-                limits.entries
-            )));
-        }
-        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
-        let rel = safe_relative(&path).ok_or_else(|| {
-            bad(format!(
-                "entry {:?} is absolute or leaves the project",
-                path.display()
-            ))
-        })?;
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            if let Some(dest) = dest {
-                std::fs::create_dir_all(dest.join(&rel))
-                    .map_err(|e| DaemonError::io("extracting the project", e))?;
-            }
-            continue;
-        }
-        if !kind.is_file() {
-            return Err(bad(format!(
-                "entry {:?} is not a regular file or directory",
-                path.display()
-            )));
-        }
-        let rel_str = rel.to_string_lossy();
-        if rel_str == config_name || rel_str == ".env" {
-            // Whatever the header claims: what the reader yields is what counts.
-            let mut raw = Vec::new();
-            (&mut entry)
-                .take(MAX_TEXT_BYTES + 1)
-                .read_to_end(&mut raw)
-                .map_err(|e| bad(format!("{rel_str}: {e}")))?;
-            if raw.len() as u64 > MAX_TEXT_BYTES {
-                return Err(bad(format!("{rel_str} is larger than 1 MiB")));
-            }
-            let text = String::from_utf8(raw)
-                .map_err(|e| bad(format!("{rel_str} is not UTF-8 text: {e}")))?;
-            if rel_str == ".env" {
+    let mut entries = tar.entries().map_err(error)?;
+    while let Some(entry) = entries.next_entry().map_err(error)? {
+        let is_config = entry.path() == config_name;
+        let is_dotenv = entry.path() == ".env";
+        if entry.kind() == Kind::File && (is_config || is_dotenv) {
+            let rel = entry.path().to_owned();
+            let raw = entry.read_to_end(MAX_TEXT_BYTES).map_err(error)?;
+            let text =
+                String::from_utf8(raw).map_err(|e| bad(format!("{rel} is not UTF-8 text: {e}")))?;
+            if is_dotenv {
                 dotenv_text = Some(text);
             } else {
                 config_text = Some(text);
             }
             continue;
         }
-        // The size the reader will yield (a PAX `size` included), refused before anything is
-        // written; the copy counts again in case the archive lies.
-        if entry.size() > budget {
-            return Err(too_large(&rel));
-        }
-        let Some(dest) = dest else {
-            continue;
-        };
-        let target = dest.join(&rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| DaemonError::io("extracting the project", e))?;
-        }
-        // A name clash (a file where the archive has a folder) is the archive's fault.
-        let mut file = std::fs::File::create(&target)
-            .map_err(|e| bad(format!("cannot create {}: {e}", rel.display())))?;
-        copy_entry(&mut entry, &mut file, &mut budget).map_err(|e| match e {
-            CopyError::Read(e) => bad(format!("{}: {e}", rel.display())),
-            CopyError::OverBudget => too_large(&rel),
-            CopyError::Write(e) => DaemonError::io(format!("writing {}", target.display()), e),
-        })?;
-        if let Ok(mode) = entry.header().mode() {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o755 | 0o600));
-        }
+        entry.extract().map_err(error)?;
     }
+    tar.finish().map_err(error)?;
     Ok((config_text, dotenv_text))
-}
-
-enum CopyError {
-    Read(std::io::Error),
-    Write(std::io::Error),
-    OverBudget,
-}
-
-/// Copies an archive entry to a file, telling a corrupt archive (read side, the client's
-/// fault) from a full disk (write side, ours), and stopping before `budget` is exceeded.
-fn copy_entry(
-    from: &mut impl Read,
-    to: &mut impl std::io::Write,
-    budget: &mut u64,
-) -> Result<(), CopyError> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = from.read(&mut buf).map_err(CopyError::Read)?;
-        if n == 0 {
-            return Ok(());
-        }
-        *budget = budget.checked_sub(n as u64).ok_or(CopyError::OverBudget)?;
-        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
-    }
-}
-
-/// The path with `.` removed, or None if it is absolute or climbs out with `..`.
-fn safe_relative(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
 }
 
 /// Parses `.env`: `VARIABLE=value` lines; blank lines and `#` comments are skipped; an
@@ -545,16 +460,79 @@ mod tests {
             bytes: 10_000,
             entries: 1,
         };
-        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &limits)
+        let err = unpack(&a[..], "cortex.yaml", None, &limits)
             .unwrap_err()
             .to_string();
         assert!(err.contains("more than 1 files"), "{err}");
-        let mut budget = 5;
-        let mut out = Vec::new();
-        assert!(matches!(
-            copy_entry(&mut &[0u8; 6][..], &mut out, &mut budget),
-            Err(CopyError::OverBudget)
+    }
+
+    #[test]
+    fn refuses_links_and_clashes_as_the_clients_fault() {
+        let dest = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
         ));
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        builder
+            .append_link(&mut h, "link.py", "/etc/passwd")
+            .unwrap();
+        let a = builder.into_inner().unwrap().finish().unwrap();
+        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &Limits::default()).unwrap_err();
+        assert!(matches!(err, DaemonError::BadRequest(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("entry \"link.py\" is not a regular file or directory"),
+            "{err}"
+        );
+
+        let a = archive(&[("sub", b"x"), ("sub/x.py", b"x")]);
+        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &Limits::default()).unwrap_err();
+        assert!(matches!(err, DaemonError::BadRequest(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("lies inside \"sub\", which is a file"),
+            "{err}"
+        );
+        // Checked the same when the snapshot exists and nothing is written.
+        let err = unpack(&a[..], "cortex.yaml", None, &Limits::default()).unwrap_err();
+        assert!(matches!(err, DaemonError::BadRequest(_)), "{err:?}");
+        for (name, why) in [("a\\b.py", "backslashes"), ("./a.py", "'.'")] {
+            let a = archive(&[(name, b"x")]);
+            let err = unpack(&a[..], "cortex.yaml", None, &Limits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_write_error_on_our_disk_is_not_the_clients_fault() {
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::write(dest.path().join("sub"), b"in the way").unwrap();
+        let a = archive(&[("sub/x.py", b"x")]);
+        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &Limits::default()).unwrap_err();
+        assert!(matches!(err, DaemonError::Io { .. }), "{err:?}");
+        assert_eq!(err.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn config_and_env_are_bounded_and_never_written() {
+        let dest = tempfile::tempdir().unwrap();
+        let big = vec![b'#'; (1 << 20) + 1];
+        let a = archive(&[("cortex.yaml", &big)]);
+        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cortex.yaml is larger than 1 MiB"), "{err}");
+        let a = archive(&[(".env", b"A=1"), ("cortex.yaml", b"\xff")]);
+        let err = unpack(&a[..], "cortex.yaml", Some(dest.path()), &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cortex.yaml is not UTF-8 text"), "{err}");
+        assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 0);
     }
 
     #[test]

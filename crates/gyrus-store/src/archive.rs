@@ -1,26 +1,24 @@
 //! Export archives (gzip-compressed tar, `model.yaml` first), their import, and the unpacking
-//! of uploads (uncompressed tar from the CLI). Import and upload read hostile input: paths must
-//! be relative with normal components only, entries must be regular files (or directories),
-//! and every byte read is accounted for. A tar stream's data is bounded by what its entry
-//! headers announce, and those are checked before the data is read; what the headers cannot
-//! bound (GNU long names and pax records, which the `tar` crate reads into memory, and data
-//! after the end of the archive) is capped by a [`Budget`] on the decompressed stream, so a
-//! gzip bomb is refused after reading at most a few headers.
+//! of uploads (uncompressed tar from the CLI). Import and upload read hostile input; the
+//! extraction rules (paths, entry kinds, name clashes, the byte budget, what the stream may
+//! hold past what its entry headers announce) are `gyrus-archive`'s, shared with the daemon's
+//! project archives. What is the store's own: `model.yaml` first in an export archive, and
+//! every file checked against it (listed, size, sha256) as it is extracted; no top-level
+//! `model.yaml` in an upload. The archive crate's errors become [`StoreError::BadArchive`]
+//! messages naming the entry ("archive entry …", "upload entry …").
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::rc::Rc;
 
 use chrono::DateTime;
-use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use gyrus_archive::{ancestors, check_path, ArchiveError, Extractor, Kind, Limits};
 use gyrus_spec::check_tag_part;
 use sha2::{Digest, Sha256};
-use tar::{Archive, EntryType, Header};
+use tar::{EntryType, Header};
 
 use crate::info::{FileEntry, ModelInfo, MODEL_YAML};
 use crate::store::{hash_file, write_synced, Staging, StoredModel};
@@ -30,60 +28,6 @@ use crate::{StoreError, MAX_MODEL_BYTES};
 const MAX_MODEL_YAML: u64 = 1 << 20;
 /// The most entries an archive or upload may have.
 const MAX_ENTRIES: usize = 100_000;
-/// Bytes allowed past the end of an accepted entry's data: the next entry's header blocks
-/// (with long names and pax records) or the end-of-archive blocks and record padding.
-const HEADER_ALLOWANCE: u64 = 64 * 1024;
-const BLOCK: u64 = 512;
-/// The longest path component an entry may have, in bytes (`NAME_MAX` on Linux).
-const MAX_COMPONENT_BYTES: usize = 255;
-/// The longest relative path an entry may have, in bytes (`PATH_MAX` on Linux).
-const MAX_PATH_BYTES: usize = 4096;
-
-/// Checks a path from an archive entry, an upload or `model.yaml`'s `files`: UTF-8, relative,
-/// '/'-separated normal components (no empty, `.` or `..` component, no backslash or NUL), at
-/// most 255 bytes a component and 4096 in all, so that no file system refuses the name.
-/// Returns it as a string, or why it is refused.
-pub(crate) fn check_rel_path(raw: &[u8]) -> Result<String, String> {
-    let path = std::str::from_utf8(raw).map_err(|_| "the path is not UTF-8".to_string())?;
-    if path.is_empty() {
-        return Err("the path is empty".into());
-    }
-    if path.len() > MAX_PATH_BYTES {
-        return Err(format!(
-            "the path is {} bytes long; at most {MAX_PATH_BYTES} are allowed",
-            path.len()
-        ));
-    }
-    if path.starts_with('/') {
-        return Err("absolute paths are not allowed".into());
-    }
-    if path.contains('\0') {
-        return Err("the path contains a NUL byte".into());
-    }
-    if path.contains('\\') {
-        // A separator on Windows, so the Python module could write outside the directory.
-        return Err("backslashes are not allowed in paths".into());
-    }
-    for part in path.split('/') {
-        match part {
-            ".." => return Err("'..' components are not allowed".into()),
-            "." | "" => return Err("'.' and empty components are not allowed".into()),
-            long if long.len() > MAX_COMPONENT_BYTES => {
-                return Err(format!(
-                    "a path component is {} bytes long; at most {MAX_COMPONENT_BYTES} are allowed",
-                    long.len()
-                ))
-            }
-            _ => {}
-        }
-    }
-    Ok(path.to_string())
-}
-
-/// The '/'-separated ancestors of a relative path: `a/b/c` gives `a`, `a/b`.
-fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    path.match_indices('/').map(move |(i, _)| &path[..i])
-}
 
 /// Collects the '/'-separated relative paths of the regular files under `dir`. Links and
 /// special files are refused, as are names that are not UTF-8.
@@ -119,138 +63,6 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), StoreErro
         }
     }
     Ok(())
-}
-
-/// Counts the bytes read from a (decompressed) tar stream and refuses to read past `allowed`,
-/// which grows as entries are accepted. Reading past it is an error, never an early EOF, which
-/// the tar reader would take for the end of the archive.
-#[derive(Clone, Copy, Default)]
-struct Budget {
-    read: u64,
-    allowed: u64,
-    exceeded: bool,
-}
-
-struct Limited<R> {
-    inner: R,
-    budget: Rc<Cell<Budget>>,
-}
-
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut budget = self.budget.get();
-        let left = budget.allowed.saturating_sub(budget.read);
-        if left == 0 && !buf.is_empty() {
-            budget.exceeded = true;
-            self.budget.set(budget);
-            return Err(io::Error::other(
-                "more data than the archive's entries announce",
-            ));
-        }
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let got = self.inner.read(&mut buf[..want])?;
-        budget.read += got as u64;
-        self.budget.set(budget);
-        Ok(got)
-    }
-}
-
-/// Allows reading the data of an entry starting at `data_at` of `size` bytes, and the headers
-/// after it.
-fn allow(budget: &Cell<Budget>, data_at: u64, size: u64) {
-    let mut b = budget.get();
-    let end = data_at
-        .saturating_add(size.div_ceil(BLOCK).saturating_mul(BLOCK))
-        .saturating_add(HEADER_ALLOWANCE);
-    b.allowed = b.allowed.max(end);
-    budget.set(b);
-}
-
-/// What kind of entry a tar header announces, in words, for refusals.
-fn kind_name(kind: EntryType) -> String {
-    match kind {
-        EntryType::Regular => "regular file".into(),
-        EntryType::Link => "hard link".into(),
-        EntryType::Symlink => "symbolic link".into(),
-        EntryType::Char => "character device".into(),
-        EntryType::Block => "block device".into(),
-        EntryType::Directory => "directory".into(),
-        EntryType::Fifo => "FIFO".into(),
-        EntryType::Continuous => "contiguous file".into(),
-        EntryType::XGlobalHeader => "pax global header".into(),
-        EntryType::GNUSparse => "sparse file".into(),
-        other => format!("entry of type {:?}", char::from(other.as_byte())),
-    }
-}
-
-/// A file-system error creating or writing the entry `rel` (`what` is "archive entry" or
-/// "upload entry") under a staging directory. The paths were checked, so what is left is the
-/// input's doing (a name the file system refuses, say); the message names the entry, never
-/// the staging directory.
-fn unwritable(what: &str, rel: &str, e: &io::Error) -> StoreError {
-    StoreError::BadArchive(format!("{what} {rel:?} cannot be written: {e}"))
-}
-
-/// Creates the directory `rel` (and its parents) under `dir` for the entry `entry`.
-fn create_dirs(dir: &Path, rel: &str, what: &str, entry: &str) -> Result<(), StoreError> {
-    fs::create_dir_all(dir.join(rel)).map_err(|e| unwritable(what, entry, &e))
-}
-
-/// Copies an entry's `size` bytes into a new file at `dir/rel`, creating its parent
-/// directories, and returns the lowercase hex sha256. Read errors are the archive's; write
-/// errors are refusals naming the entry (see [`unwritable`]).
-fn copy_entry(
-    entry: &mut impl Read,
-    dir: &Path,
-    rel: &str,
-    size: u64,
-    what: &str,
-    read_error: &dyn Fn(io::Error) -> StoreError,
-) -> Result<String, StoreError> {
-    let write_err = |e: io::Error| unwritable(what, rel, &e);
-    if let Some((parent, _)) = rel.rsplit_once('/') {
-        create_dirs(dir, parent, what, rel)?;
-    }
-    let dest = dir.join(rel);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&dest)
-        .map_err(write_err)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut copied = 0u64;
-    loop {
-        let n = match entry.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_error(e)),
-        };
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(write_err)?;
-        copied += n as u64;
-    }
-    if copied != size {
-        return Err(StoreError::BadArchive(format!(
-            "{rel} is truncated: {copied} of its {size} bytes are in the archive"
-        )));
-    }
-    file.sync_all().map_err(write_err)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Reads the rest of a stream (bounded by its budget) so that a gzip stream's checksum is
-/// verified and trailing garbage is noticed.
-fn drain(
-    mut rest: impl Read,
-    read_error: &dyn Fn(io::Error) -> StoreError,
-) -> Result<(), StoreError> {
-    io::copy(&mut rest, &mut io::sink())
-        .map(|_| ())
-        .map_err(read_error)
 }
 
 /// A tar header for an exported regular file: mode 0644, owned by 0:0.
@@ -304,7 +116,7 @@ pub(crate) fn export(model: &StoredModel, out: impl Write) -> Result<(), StoreEr
     let mut files: Vec<&FileEntry> = model.info.files.iter().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     for file in files {
-        check_rel_path(file.path.as_bytes())
+        check_path(file.path.as_bytes())
             .map_err(|reason| corrupt(format!("model.yaml lists {:?}: {reason}", file.path)))?;
         let path = model.path.join(&file.path);
         let meta = path
@@ -371,7 +183,7 @@ fn check_manifest(info: &ModelInfo) -> Result<(), String> {
     let mut paths = BTreeSet::new();
     let mut total = 0u64;
     for file in &info.files {
-        let path = check_rel_path(file.path.as_bytes())
+        let path = check_path(file.path.as_bytes())
             .map_err(|reason| in_yaml(format!("files lists {:?}: {reason}", file.path)))?;
         if path == MODEL_YAML {
             return Err(in_yaml(format!("files lists {MODEL_YAML} itself")));
@@ -410,6 +222,51 @@ fn check_manifest(info: &ModelInfo) -> Result<(), String> {
     Ok(())
 }
 
+/// "the archive's first entry is … (a …), not model.yaml".
+fn not_model_yaml(entry: &str, kind: &dyn std::fmt::Display) -> StoreError {
+    StoreError::BadArchive(format!(
+        "the archive's first entry is {entry:?} (a {kind}), not model.yaml; export archives \
+         start with model.yaml"
+    ))
+}
+
+/// An extraction error of an import as the store words it. `claimed` is `model.yaml`'s
+/// `size` once it is read: data past what the entries announce, or past the budget, is then
+/// "more than model.yaml claims"; before, it can only be the first entry's headers.
+fn import_error(e: ArchiveError, claimed: Option<u64>) -> StoreError {
+    StoreError::BadArchive(match (e, claimed) {
+        (
+            ArchiveError::Unannounced
+            | ArchiveError::StreamTooLong { .. }
+            | ArchiveError::TooLarge { .. },
+            Some(size),
+        ) => format!("the archive holds more data than model.yaml claims ({size} bytes)"),
+        (ArchiveError::Unannounced, None) => {
+            "the archive's first entry has more than 64 KiB of headers".into()
+        }
+        (ArchiveError::Malformed { source, .. }, _) => {
+            format!("the archive is not a valid gzip-compressed tar: {source}")
+        }
+        (ArchiveError::TooManyEntries { .. }, _) => {
+            format!("the archive has more than {MAX_ENTRIES} entries")
+        }
+        (ArchiveError::Kind { entry, kind }, _) => format!(
+            "archive entry {entry:?} is a {kind}; archives hold regular files only (and \
+             directories for their paths)"
+        ),
+        (
+            ArchiveError::Truncated {
+                entry,
+                copied,
+                size,
+            },
+            _,
+        ) => format!("{entry} is truncated: {copied} of its {size} bytes are in the archive"),
+        // Paths, clashes, directories with data, write errors: "archive entry …".
+        (other, _) => format!("archive {other}"),
+    })
+}
+
 /// Imports an export archive into `staging`: reads and checks `model.yaml`, refuses a tag
 /// already stored (`exists(name, version)`), extracts exactly the listed files checking size
 /// and sha256 of each, and writes `model.yaml` with its archive bytes. Returns the description;
@@ -420,44 +277,23 @@ pub(crate) fn import(
     exists: impl Fn(&str, &str) -> bool,
 ) -> Result<ModelInfo, StoreError> {
     let dir = staging.dir();
-    let budget = Rc::new(Cell::new(Budget {
-        allowed: HEADER_ALLOWANCE,
-        ..Budget::default()
-    }));
-    let mut archive = Archive::new(Limited {
-        inner: GzDecoder::new(input),
-        budget: Rc::clone(&budget),
-    });
-    let not_tar = |e: io::Error| {
-        if budget.get().exceeded {
-            StoreError::BadArchive(
-                "the archive's first entry has more than 64 KiB of headers".into(),
-            )
-        } else {
-            StoreError::BadArchive(format!(
-                "the archive is not a valid gzip-compressed tar: {e}"
-            ))
-        }
+    let mut archive = Extractor::gzip(input, Some(dir), Limits::new(MAX_MODEL_BYTES, MAX_ENTRIES))
+        .sync_files(true);
+    let first_error = |e: ArchiveError| match e {
+        ArchiveError::Kind { entry, kind } => not_model_yaml(&entry, &kind),
+        ArchiveError::Path { entry, kind, .. } => not_model_yaml(&entry, &kind),
+        other => import_error(other, None),
     };
-    let mut entries = archive.entries().map_err(not_tar)?;
+    let mut entries = archive.entries().map_err(first_error)?;
 
     // model.yaml, first.
-    let mut first = match entries.next() {
-        None => {
-            return Err(StoreError::BadArchive(
-                "the archive is empty; its first entry must be model.yaml".into(),
-            ))
-        }
-        Some(entry) => entry.map_err(not_tar)?,
+    let Some(first) = entries.next_entry().map_err(first_error)? else {
+        return Err(StoreError::BadArchive(
+            "the archive is empty; its first entry must be model.yaml".into(),
+        ));
     };
-    let kind = first.header().entry_type();
-    let first_path = String::from_utf8_lossy(&first.path_bytes()).into_owned();
-    if kind != EntryType::Regular || first_path != MODEL_YAML {
-        return Err(StoreError::BadArchive(format!(
-            "the archive's first entry is {first_path:?} (a {}), not model.yaml; export \
-             archives start with model.yaml",
-            kind_name(kind)
-        )));
+    if first.kind() != Kind::File || first.path() != MODEL_YAML {
+        return Err(not_model_yaml(first.name(), &first.kind()));
     }
     let yaml_size = first.size();
     if yaml_size > MAX_MODEL_YAML {
@@ -465,15 +301,12 @@ pub(crate) fn import(
             "model.yaml in the archive is {yaml_size} bytes; at most {MAX_MODEL_YAML} are accepted"
         )));
     }
-    allow(&budget, first.raw_file_position(), yaml_size);
-    let mut yaml = Vec::new();
-    first.read_to_end(&mut yaml).map_err(not_tar)?;
-    if yaml.len() as u64 != yaml_size {
-        return Err(StoreError::BadArchive(
-            "model.yaml is truncated in the archive".into(),
-        ));
-    }
-    drop(first);
+    let yaml = first.read_to_end(MAX_MODEL_YAML).map_err(|e| match e {
+        ArchiveError::Truncated { .. } => {
+            StoreError::BadArchive("model.yaml is truncated in the archive".into())
+        }
+        other => first_error(other),
+    })?;
     let text = std::str::from_utf8(&yaml)
         .map_err(|_| StoreError::BadArchive("model.yaml in the archive is not UTF-8".into()))?;
     let info = ModelInfo::from_yaml(text)
@@ -486,120 +319,57 @@ pub(crate) fn import(
         )));
     }
 
-    let too_much = || {
-        StoreError::BadArchive(format!(
-            "the archive holds more data than model.yaml claims ({} bytes)",
-            info.size
-        ))
-    };
-    let read_error = |e: io::Error| {
-        if budget.get().exceeded {
-            too_much()
-        } else {
-            StoreError::BadArchive(format!(
-                "the archive is not a valid gzip-compressed tar: {e}"
-            ))
-        }
-    };
+    // The files, each as model.yaml lists it.
+    entries.restrict_bytes(info.size);
+    let error = |e: ArchiveError| import_error(e, Some(info.size));
     let listed: BTreeMap<&str, &FileEntry> =
         info.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let parents: BTreeSet<&str> = listed.keys().flat_map(|p| ancestors(p)).collect();
     let mut seen = BTreeSet::new();
-    // The directories the entries so far make: those announced and the files' parents.
-    let mut dirs: BTreeSet<String> = BTreeSet::new();
-    let mut total = 0u64;
-    let mut count = 1usize;
-    for entry in entries {
-        let mut entry = entry.map_err(read_error)?;
-        count += 1;
-        if count > MAX_ENTRIES {
-            return Err(StoreError::BadArchive(format!(
-                "the archive has more than {MAX_ENTRIES} entries"
-            )));
-        }
-        let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
-        let kind = entry.header().entry_type();
-        let size = entry.size();
-        match kind {
-            EntryType::Directory => {
-                let trimmed = raw.strip_suffix(b"/").unwrap_or(&raw);
-                let path = check_rel_path(trimmed).map_err(|reason| {
-                    StoreError::BadArchive(format!("archive entry {shown:?}: {reason}"))
-                })?;
-                if !parents.contains(path.as_str()) {
-                    return Err(StoreError::BadArchive(format!(
-                        "archive entry {shown:?} is a directory that holds no file listed in \
-                         model.yaml"
-                    )));
-                }
-                if size != 0 {
-                    return Err(StoreError::BadArchive(format!(
-                        "archive entry {shown:?} is a directory with {size} bytes of data"
-                    )));
-                }
-                allow(&budget, entry.raw_file_position(), 0);
-                dirs.extend(ancestors(&path).map(str::to_string));
-                dirs.insert(path);
-            }
-            EntryType::Regular => {
-                let path = check_rel_path(&raw).map_err(|reason| {
-                    StoreError::BadArchive(format!("archive entry {shown:?}: {reason}"))
-                })?;
-                let Some(file) = listed.get(path.as_str()) else {
-                    return Err(StoreError::BadArchive(if path == MODEL_YAML {
-                        "model.yaml appears twice in the archive".to_string()
-                    } else {
-                        format!("{path} is in the archive but not listed in model.yaml")
-                    }));
-                };
-                if !seen.insert(path.clone()) {
-                    return Err(StoreError::BadArchive(format!(
-                        "{path} appears twice in the archive"
-                    )));
-                }
-                // model.yaml's paths do not clash, so neither of these passes a listed file;
-                // they keep the file system from ever being asked to.
-                if dirs.contains(&path) {
-                    return Err(StoreError::BadArchive(format!(
-                        "archive entry {shown:?} is a file, but an earlier entry made it a \
-                         directory"
-                    )));
-                }
-                if let Some(file) = ancestors(&path).find(|a| seen.contains(*a)) {
-                    return Err(StoreError::BadArchive(format!(
-                        "archive entry {shown:?} lies inside {file:?}, which is a file"
-                    )));
-                }
-                // Refused on the header alone, before a byte of the data is inflated.
-                if total.saturating_add(size) > info.size {
-                    return Err(too_much());
-                }
-                if size != file.size {
-                    return Err(StoreError::BadArchive(format!(
-                        "{path} is {size} bytes in the archive but {} bytes in model.yaml",
-                        file.size
-                    )));
-                }
-                total += size;
-                allow(&budget, entry.raw_file_position(), size);
-                dirs.extend(ancestors(&path).map(str::to_string));
-                let digest =
-                    copy_entry(&mut entry, dir, &path, size, "archive entry", &read_error)?;
-                if digest != file.sha256 {
-                    return Err(StoreError::BadArchive(format!(
-                        "the sha256 of {path} in the archive is {digest}, model.yaml says {}",
-                        file.sha256
-                    )));
-                }
-            }
-            other => {
+    while let Some(mut entry) = entries.next_entry().map_err(error)? {
+        if entry.kind() == Kind::Dir {
+            if !parents.contains(entry.path()) {
                 return Err(StoreError::BadArchive(format!(
-                    "archive entry {shown:?} is a {}; archives hold regular files only (and \
-                     directories for their paths)",
-                    kind_name(other)
+                    "archive entry {:?} is a directory that holds no file listed in model.yaml",
+                    entry.name()
                 )));
             }
+            entry.extract().map_err(error)?;
+            continue;
+        }
+        let path = entry.path().to_owned();
+        let Some(file) = listed.get(path.as_str()) else {
+            return Err(StoreError::BadArchive(if path == MODEL_YAML {
+                "model.yaml appears twice in the archive".to_string()
+            } else {
+                format!("{path} is in the archive but not listed in model.yaml")
+            }));
+        };
+        if !seen.insert(path.clone()) {
+            return Err(StoreError::BadArchive(format!(
+                "{path} appears twice in the archive"
+            )));
+        }
+        // Clashes and the budget (model.yaml's size) first, on the header alone, before a
+        // byte of the data is inflated.
+        entry.admit().map_err(error)?;
+        let size = entry.size();
+        if size != file.size {
+            return Err(StoreError::BadArchive(format!(
+                "{path} is {size} bytes in the archive but {} bytes in model.yaml",
+                file.size
+            )));
+        }
+        let mut hasher = Sha256::new();
+        entry
+            .extract_with(|chunk| hasher.update(chunk))
+            .map_err(error)?;
+        let digest = hex::encode(hasher.finalize());
+        if digest != file.sha256 {
+            return Err(StoreError::BadArchive(format!(
+                "the sha256 of {path} in the archive is {digest}, model.yaml says {}",
+                file.sha256
+            )));
         }
     }
     let missing: Vec<&str> = listed
@@ -616,7 +386,7 @@ pub(crate) fn import(
             "{first}{others} is listed in model.yaml but missing from the archive"
         )));
     }
-    drain(archive.into_inner(), &read_error)?;
+    archive.finish().map_err(error)?;
 
     write_synced(&dir.join(MODEL_YAML), &yaml)?;
     verify_tree(dir, &info)?;
@@ -657,150 +427,55 @@ pub(crate) fn unpack_upload(
     input: impl Read,
     max_bytes: u64,
 ) -> Result<(), StoreError> {
-    let budget = Rc::new(Cell::new(Budget {
-        allowed: HEADER_ALLOWANCE,
-        ..Budget::default()
-    }));
-    let mut archive = Archive::new(Limited {
-        inner: input,
-        budget: Rc::clone(&budget),
-    });
-    let read_error = |e: io::Error| {
-        if budget.get().exceeded {
-            StoreError::BadArchive(
-                "the upload holds more than its entries announce (over 64 KiB of headers \
-                 for one entry, or data after the end of the tar)"
-                    .into(),
-            )
-        } else {
-            StoreError::BadArchive(format!("the upload is not a valid tar: {e}"))
-        }
+    let error = |e: ArchiveError| {
+        StoreError::BadArchive(match e {
+            ArchiveError::Unannounced => "the upload holds more than its entries announce (over \
+                 64 KiB of headers for one entry, or data after the end of the tar)"
+                .into(),
+            ArchiveError::TooLarge { .. } => {
+                format!("the upload is larger than the limit of {max_bytes} bytes")
+            }
+            ArchiveError::StreamTooLong { limit } => format!(
+                "the upload is larger than the limit of {max_bytes} bytes ({limit} bytes with \
+                 its headers)"
+            ),
+            ArchiveError::Malformed { source, .. } => {
+                format!("the upload is not a valid tar: {source}")
+            }
+            ArchiveError::TooManyEntries { .. } => {
+                format!("the upload has more than {MAX_ENTRIES} entries")
+            }
+            ArchiveError::Kind { entry, kind } => format!(
+                "upload entry {entry:?} is a {kind}; uploads hold regular files and directories \
+                 only"
+            ),
+            ArchiveError::Truncated {
+                entry,
+                copied,
+                size,
+            } => format!("{entry} is truncated: {copied} of its {size} bytes are in the archive"),
+            // Paths, clashes, directories with data, write errors: "upload entry …".
+            other => format!("upload {other}"),
+        })
     };
-    let mut files = BTreeSet::new();
-    let mut dirs = BTreeSet::new();
-    let mut total = 0u64;
-    let mut count = 0usize;
-    for entry in archive.entries().map_err(read_error)? {
-        let mut entry = entry.map_err(read_error)?;
-        count += 1;
-        if count > MAX_ENTRIES {
-            return Err(StoreError::BadArchive(format!(
-                "the upload has more than {MAX_ENTRIES} entries"
-            )));
-        }
-        let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
-        let kind = entry.header().entry_type();
-        let size = entry.size();
-        let is_dir = kind == EntryType::Directory;
-        if !is_dir && kind != EntryType::Regular {
-            return Err(StoreError::BadArchive(format!(
-                "upload entry {shown:?} is a {}; uploads hold regular files and directories \
-                 only",
-                kind_name(kind)
-            )));
-        }
-        let trimmed = if is_dir {
-            raw.strip_suffix(b"/").unwrap_or(&raw)
-        } else {
-            &raw[..]
-        };
-        let path = check_rel_path(trimmed).map_err(|reason| {
-            StoreError::BadArchive(format!("upload entry {shown:?}: {reason}"))
-        })?;
-        if let Some(file) = ancestors(&path).find(|a| files.contains(*a)) {
-            return Err(StoreError::BadArchive(format!(
-                "upload entry {shown:?} lies inside {file:?}, which is a file"
-            )));
-        }
-        if is_dir {
-            if files.contains(&path) {
-                return Err(StoreError::BadArchive(format!(
-                    "upload entry {shown:?} is a directory but also a file"
-                )));
-            }
-            if size != 0 {
-                return Err(StoreError::BadArchive(format!(
-                    "upload entry {shown:?} is a directory with {size} bytes of data"
-                )));
-            }
-            allow(&budget, entry.raw_file_position(), 0);
-            create_dirs(dir, &path, "upload entry", &path)?;
-            dirs.extend(ancestors(&path).map(str::to_string));
-            dirs.insert(path);
-            continue;
-        }
-        if path == MODEL_YAML {
+    let mut archive =
+        Extractor::new(input, Some(dir), Limits::new(max_bytes, MAX_ENTRIES)).sync_files(true);
+    let mut entries = archive.entries().map_err(error)?;
+    while let Some(entry) = entries.next_entry().map_err(error)? {
+        if entry.kind() == Kind::File && entry.path() == MODEL_YAML {
             return Err(StoreError::BadArchive(
                 "the upload has a top-level model.yaml, which the store writes; rename that file"
                     .into(),
             ));
         }
-        if files.contains(&path) {
-            return Err(StoreError::BadArchive(format!(
-                "upload entry {shown:?} appears twice"
-            )));
-        }
-        if dirs.contains(&path) {
-            return Err(StoreError::BadArchive(format!(
-                "upload entry {shown:?} is a file, but an earlier entry made it a directory"
-            )));
-        }
-        total = total.saturating_add(size);
-        if total > max_bytes {
-            return Err(StoreError::BadArchive(format!(
-                "the upload is larger than the limit of {max_bytes} bytes"
-            )));
-        }
-        allow(&budget, entry.raw_file_position(), size);
-        dirs.extend(ancestors(&path).map(str::to_string));
-        copy_entry(&mut entry, dir, &path, size, "upload entry", &read_error)?;
-        files.insert(path);
+        entry.extract().map_err(error)?;
     }
-    drain(archive.into_inner(), &read_error)
+    archive.finish().map_err(error).map(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_rules() {
-        for ok in ["a", "a/b.onnx", "x..y", ".hidden/f", "a b/c"] {
-            assert_eq!(check_rel_path(ok.as_bytes()).unwrap(), ok);
-        }
-        for (bad, why) in [
-            ("", "empty"),
-            ("/etc/passwd", "absolute"),
-            ("../x", "'..'"),
-            ("a/../../x", "'..'"),
-            ("a//b", "empty components"),
-            ("./a", "'.'"),
-            ("a/", "empty components"),
-            ("a\\..\\b", "backslash"),
-        ] {
-            let err = check_rel_path(bad.as_bytes()).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
-        }
-        assert!(check_rel_path(b"\xff").unwrap_err().contains("not UTF-8"));
-        assert_eq!(ancestors("a/b/c").collect::<Vec<_>>(), ["a", "a/b"]);
-    }
-
-    #[test]
-    fn path_lengths() {
-        let part = "a".repeat(255);
-        assert!(check_rel_path(part.as_bytes()).is_ok());
-        let err = check_rel_path(format!("x/{part}a/y").as_bytes()).unwrap_err();
-        assert_eq!(
-            err,
-            "a path component is 256 bytes long; at most 255 are allowed"
-        );
-        let path = format!("{}/{}", vec!["b".repeat(200); 20].join("/"), "c".repeat(76));
-        assert_eq!(path.len(), 4096);
-        assert!(check_rel_path(path.as_bytes()).is_ok());
-        let err = check_rel_path(format!("{path}d").as_bytes()).unwrap_err();
-        assert_eq!(err, "the path is 4097 bytes long; at most 4096 are allowed");
-    }
 
     #[test]
     fn import_write_errors_name_the_entry_not_the_staging_dir() {
@@ -829,21 +504,5 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains(tmp.path().to_str().unwrap()), "{message}");
-    }
-
-    #[test]
-    fn budget_errors_instead_of_eof() {
-        let budget = Rc::new(Cell::new(Budget {
-            allowed: 4,
-            ..Budget::default()
-        }));
-        let mut r = Limited {
-            inner: &[1u8; 10][..],
-            budget: Rc::clone(&budget),
-        };
-        let mut buf = [0u8; 8];
-        assert_eq!(r.read(&mut buf).unwrap(), 4);
-        assert!(r.read(&mut buf).is_err());
-        assert!(budget.get().exceeded);
     }
 }

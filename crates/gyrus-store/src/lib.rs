@@ -7,7 +7,7 @@
 //!
 //! Modules: [`info`] (`model.yaml` and the model-file rule), `version` (versions and random
 //! names), `store` ([`ModelStore`], [`Staging`]) and `archive` (export, import, upload
-//! unpacking and their path-safety rules).
+//! unpacking; the safe-extraction rules they share with the daemon are `gyrus-archive`'s).
 
 mod archive;
 pub mod info;

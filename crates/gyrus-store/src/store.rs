@@ -553,7 +553,7 @@ fn describe_files(dir: &Path) -> Result<Vec<FileEntry>, StoreError> {
     found.sort();
     let mut files = Vec::with_capacity(found.len());
     for rel in found {
-        archive::check_rel_path(rel.as_bytes())
+        gyrus_archive::check_path(rel.as_bytes())
             .map_err(|reason| StoreError::BadArchive(format!("{rel:?}: {reason}")))?;
         let path = dir.join(&rel);
         let (size, sha256) = hash_file(&path)?;
