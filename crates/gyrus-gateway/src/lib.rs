@@ -10,6 +10,8 @@
 //! root is the protocol for the whole server, with `/v2/models/{m}/...` sent to the API that
 //! serves model `m` (an API named `m` first, else the first API by name with a model `m`).
 
+mod stall;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +26,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use std::time::Duration;
+
+use stall::StallGuard;
 
 /// The body type the gateway answers with: either the replica's streamed body or a small
 /// JSON error of its own.
@@ -187,6 +192,9 @@ impl RouteTable {
     }
 }
 
+/// A request body that sends nothing for this long is dropped and the request answered 408.
+pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The proxy. Cheap to clone (everything inside is shared).
 #[derive(Clone)]
 pub struct Gateway {
@@ -339,7 +347,7 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         parts.headers.remove(http::header::HOST);
-        let body: GatewayRequestBody = body.map_err(Into::into).boxed_unsync();
+        let body: GatewayRequestBody = StallGuard::new(body, BODY_STALL_TIMEOUT).boxed_unsync();
         let upstream = Request::from_parts(parts, body);
 
         target.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -351,6 +359,10 @@ impl Gateway {
             // The replica went away under the request (it crashed, was killed, or ran out of
             // memory): 503, which says "try again", because the supervisor replaces it and the
             // other replicas keep serving.
+            Err(e) if stall::is_stalled(&e) => json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                serde_json::json!({ "error": stall::BodyStalled(BODY_STALL_TIMEOUT).to_string() }),
+            ),
             Err(e) => json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({

@@ -1,0 +1,136 @@
+//! Request bodies that stop arriving. A client that sends its headers and then trickles (or
+//! never sends) its body would hold a connection to the daemon and one to a replica for as
+//! long as it likes; the gateway forwards bodies through [`StallGuard`], which fails the body
+//! once no data has come for its timeout, and the request is answered 408.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error a stalled body ends with (found again in the proxy's error chain).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stopped arriving: nothing for {}s", .0.as_secs())]
+pub(crate) struct BodyStalled(pub(crate) Duration);
+
+pub(crate) struct StallGuard<B> {
+    inner: Pin<Box<B>>,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<B> StallGuard<B> {
+    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl<B> Body for StallGuard<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = Instant::now() + self.timeout;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Some(Err(Box::new(BodyStalled(self.timeout)))))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether `e` (or what caused it) is a stalled body.
+pub(crate) fn is_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyStalled>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A body fed chunk by chunk through the returned sender.
+    fn channel_body() -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        impl Body<Data = Bytes, Error = std::convert::Infallible>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+        });
+        (tx, StreamBody::new(stream))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_fails_after_the_timeout() {
+        let (tx, body) = channel_body();
+        let guarded = StallGuard::new(body, Duration::from_secs(30));
+        let collect = tokio::spawn(async move { guarded.collect().await.map(|_| ()) });
+        tx.send(Bytes::from_static(b"part")).await.unwrap();
+        // Each chunk gives it another 30 s ...
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        tx.send(Bytes::from_static(b"more")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(!collect.is_finished());
+        // ... and 30 s of nothing ends it (the sender is still open: a stalled client).
+        let err = collect.await.unwrap().unwrap_err();
+        assert!(is_stalled(&*err), "{err}");
+        assert!(err.to_string().contains("nothing for 30s"), "{err}");
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_keeps_coming_is_untouched() {
+        let (tx, body) = channel_body();
+        let guarded = StallGuard::new(body, Duration::from_secs(1));
+        let collect = tokio::spawn(async move { guarded.collect().await.map(|c| c.to_bytes()) });
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            tx.send(Bytes::from_static(b"x")).await.unwrap();
+        }
+        drop(tx);
+        assert_eq!(&collect.await.unwrap().unwrap()[..], b"xxxxx");
+    }
+}
