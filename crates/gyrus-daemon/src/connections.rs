@@ -11,6 +11,8 @@
 //! - Accept errors (out of file descriptors) back off instead of spinning.
 //! - On stop, idle connections close at once and busy ones after their response.
 //! - With TLS (`crate::tls`), the handshake is bounded by the header timeout as well.
+//! - A peer that stops reading is dropped once a write has waited [`WRITE_STALL_TIMEOUT`]
+//!   (a response, or a `logs -f` stream, it never takes).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,6 +28,102 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+
+/// A write to a peer that has not gone through for this long ends the connection.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The peer's socket, with writes that fail once they have waited [`WRITE_STALL_TIMEOUT`]
+/// without progress (reads pass through: their waits are bounded elsewhere).
+struct WriteStall<I> {
+    io: I,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteStall<I> {
+    fn new(io: I) -> Self {
+        Self { io, stalled: None }
+    }
+
+    /// After a write-side poll: progress clears the timer, waiting starts it, and a wait past
+    /// the timeout becomes an error.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer stopped reading",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
+}
 
 /// How the daemon's socket treats its peers.
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +351,7 @@ pub async fn serve(
                     }
                 })
             };
+            let tcp = WriteStall::new(tcp);
             match tls {
                 None => drive(tcp, svc, limits, &conn, &mut stop).await,
                 // The handshake gets the header timeout too, and yields to eviction and stop.
@@ -327,6 +426,31 @@ mod tests {
             conns: Mutex::new(HashMap::new()),
             emptied: Notify::new(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_fails_the_write_after_the_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut ours = WriteStall::new(ours);
+        // A slow reader keeps it going: each bit of progress restarts the wait.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            for _ in 0..4 {
+                tokio::time::sleep(WRITE_STALL_TIMEOUT - Duration::from_secs(1)).await;
+                let _ = theirs.read(&mut buf).await;
+            }
+            theirs // then it stops reading, and keeps the stream open
+        });
+        let started = tokio::time::Instant::now();
+        let err = ours.write_all(&vec![0u8; 64 * 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        let waited = started.elapsed();
+        assert!(
+            waited >= WRITE_STALL_TIMEOUT * 4 && waited < WRITE_STALL_TIMEOUT * 6,
+            "{waited:?}"
+        );
+        drop(reader.await.unwrap());
     }
 
     #[test]
