@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import Gyrus, wait_until
+from e2e_helpers import EXAMPLES, Gyrus, wait_until
 
 HELLO = """
 class PythonPredictor:
@@ -350,3 +350,47 @@ def test_half_open_connections_are_closed_and_the_cli_keeps_answering(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         flood.teardown()
 
+
+
+def test_slow_requests_do_not_lock_out_the_cli(tmp_path):
+    """Every connection busy with a request whose body never completes (a daemon allowed 20
+    connections): the CLI still gets in through the control reserve, a data-plane request on
+    a reserved connection is told to retry, and all is well once the slow clients go."""
+    slow = Gyrus(tmp_path / "home")
+    slow.env.update(GYRUS_MAX_CONNECTIONS="20")
+    socks: list[socket.socket] = []
+    try:
+        slow.deploy_ok(EXAMPLES / "hello", "hello")
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", slow.port), timeout=10)
+            s.sendall(
+                f"POST /hello HTTP/1.1\r\nHost: 127.0.0.1:{slow.port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{".encode()
+            )
+            socks.append(s)
+        time.sleep(1)
+        started = time.monotonic()
+        proc = slow.run("get", "hello", timeout=20)
+        assert proc.returncode == 0 and "hello" in proc.stdout, slow.diag(proc=proc)
+        assert time.monotonic() - started < 5
+        r = slow.http.post(slow.url("/hello"), json={}, timeout=10)
+        assert r.status_code == 503, slow.diag(resp=r)
+        assert r.headers.get("retry-after") == "1" and "connection limit" in r.json()["error"], r.text
+    finally:
+        for s in socks:
+            s.close()
+    try:
+        wait_until(
+            lambda: slow.http.post(slow.url("/hello"), json={}, timeout=10).status_code == 200,
+            15,
+            what="the data plane to serve again",
+        )
+    finally:
+        slow.teardown()
+
+
+def test_home_and_state_are_the_owners_only(g):
+    """The state database holds `.env` values, the home the token and logs: 0700 and 0600."""
+    assert (g.home.stat().st_mode & 0o777) == 0o700, oct(g.home.stat().st_mode)
+    for f in g.home.glob("state.db*"):
+        assert (f.stat().st_mode & 0o777) == 0o600, (f, oct(f.stat().st_mode))

@@ -94,18 +94,35 @@ impl DaemonClient {
     /// Whatever daemon answers at the address; only one that accepted the token tells its
     /// pid and home.
     pub async fn health(&self) -> Option<Health> {
-        let resp = self
+        self.probe().await.ok().flatten()
+    }
+
+    /// `Ok(None)` when nothing listens at the address; an error when something does but the
+    /// conversation fails (a TLS certificate not trusted, a timeout, not a gyrus daemon):
+    /// then starting a daemon there would not help.
+    pub async fn probe(&self) -> Result<Option<Health>> {
+        let sent = self
             .control(reqwest::Method::GET, "/health")
             .timeout(Duration::from_secs(2))
             .send()
-            .await
-            .ok()?;
-        resp.json().await.ok()
+            .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) if is_refused(&e) => return Ok(None),
+            Err(e) => return Err(self.unreachable(e)),
+        };
+        let status = resp.status();
+        resp.json().await.map(Some).map_err(|e| {
+            anyhow!(
+                "something answers at {} (HTTP {status}), but not as a gyrus daemon: {e}",
+                self.addr
+            )
+        })
     }
 
     /// Fails with a hint when no daemon answers (for commands that only read).
     pub async fn require_daemon(&self) -> Result<Daemon> {
-        let h = self.health().await.ok_or_else(|| {
+        let h = self.probe().await?.ok_or_else(|| {
             anyhow!(
                 "no gyrus daemon is running at {} (GYRUS_ADDR); `gyrus deploy` starts one, or run `gyrus daemon`",
                 self.addr
@@ -140,7 +157,7 @@ impl DaemonClient {
 
     /// Returns the running daemon, starting one in the background if needed.
     pub async fn ensure_daemon(&self) -> Result<Daemon> {
-        if let Some(h) = self.health().await {
+        if let Some(h) = self.probe().await? {
             let d = self.accepted(h)?;
             if self.token_env.is_none() {
                 check_same_home(&d, &self.home)?;
@@ -239,8 +256,38 @@ impl DaemonClient {
     }
 
     pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        anyhow!("cannot reach the gyrus daemon at {}: {e}", self.addr)
+        let mut msg = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(inner) = cur {
+            msg.push_str(": ");
+            msg.push_str(&inner.to_string());
+            cur = inner.source();
+        }
+        let hint = if msg.contains("certificate") || msg.contains("InvalidCertificate") {
+            " (for a daemon with its own certificate, set GYRUS_TLS_CA to it)"
+        } else {
+            ""
+        };
+        anyhow!(
+            "cannot reach the gyrus daemon at {}: {msg}{hint}",
+            self.addr
+        )
     }
+}
+
+/// Nothing listens there (connection refused), as opposed to a conversation that failed.
+fn is_refused(e: &reqwest::Error) -> bool {
+    if !e.is_connect() {
+        return false;
+    }
+    let mut cur = std::error::Error::source(e);
+    while let Some(inner) = cur {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cur = inner.source();
+    }
+    false
 }
 
 fn check_same_home(h: &Daemon, home: &GyrusHome) -> Result<()> {

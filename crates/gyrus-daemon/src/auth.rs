@@ -94,13 +94,15 @@ fn tighten_permissions(path: &Path) {
 #[derive(Debug, Clone)]
 pub struct ControlGuard {
     token: String,
+    /// The daemon serves TLS: its own origin is `https://`.
+    tls: bool,
     /// The host part of the address the daemon was asked to bind (a name or an address).
     bind_host: String,
     allowed_hosts: Vec<String>,
 }
 
 impl ControlGuard {
-    pub fn new(token: String, bind_addr: &str) -> Self {
+    pub fn new(token: String, bind_addr: &str, tls: bool) -> Self {
         let allowed_hosts = std::env::var(ALLOWED_HOSTS_ENV)
             .unwrap_or_default()
             .split(',')
@@ -109,6 +111,7 @@ impl ControlGuard {
             .collect();
         Self {
             token,
+            tls,
             bind_host: host_part(bind_addr).to_ascii_lowercase(),
             allowed_hosts,
         }
@@ -116,16 +119,17 @@ impl ControlGuard {
 
     /// Whether the request carries the daemon's token.
     pub fn is_authenticated(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
             return false;
         };
-        let Some(given) = value.to_str().ok().and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        }) else {
+        // `Bearer <token>`: the scheme is case-insensitive, then any blank space.
+        let Some((scheme, given)) = value.to_str().ok().and_then(|v| v.split_once([' ', '\t']))
+        else {
             return false;
         };
-        bool::from(given.trim().as_bytes().ct_eq(self.token.as_bytes()))
+        scheme.eq_ignore_ascii_case("bearer")
+            && bool::from(given.trim().as_bytes().ct_eq(self.token.as_bytes()))
     }
 
     pub fn require_token(&self, headers: &HeaderMap) -> Result<(), DaemonError> {
@@ -146,6 +150,14 @@ impl ControlGuard {
     /// Refuses what a browser sends for another site: a foreign `Origin`, a `Host` that is not
     /// this daemon's, or a request with side effects in a content type a page can send.
     pub fn refuse_browsers(&self, method: &Method, headers: &HeaderMap) -> Result<(), DaemonError> {
+        // One of each: with two, which one a proxy or a browser honours is anyone's guess.
+        for name in [header::HOST, header::ORIGIN, header::CONTENT_TYPE] {
+            if headers.get_all(&name).iter().count() > 1 {
+                return Err(DaemonError::Forbidden(format!(
+                    "the {name} header is given more than once"
+                )));
+            }
+        }
         let host = match headers.get(header::HOST) {
             Some(v) => Some(
                 v.to_str()
@@ -163,10 +175,8 @@ impl ControlGuard {
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
-            let own = host.is_some_and(|h| {
-                origin.eq_ignore_ascii_case(&format!("http://{h}"))
-                    || origin.eq_ignore_ascii_case(&format!("https://{h}"))
-            });
+            let scheme = if self.tls { "https" } else { "http" };
+            let own = host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("{scheme}://{h}")));
             if !own {
                 return Err(DaemonError::Forbidden(format!(
                     "cross-origin requests are refused (Origin {origin:?})"
@@ -208,6 +218,14 @@ impl ControlGuard {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
+        // A name, an IPv4 address or a bracketed IPv6 one, and a port: nothing else (no
+        // lists, no userinfo).
+        let well_formed = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+        if !well_formed {
+            return false;
+        }
         let name = host_part(host).to_ascii_lowercase();
         let name = name.trim_end_matches('.');
         if name.is_empty() {
@@ -252,6 +270,7 @@ mod tests {
     fn guard() -> ControlGuard {
         ControlGuard {
             token: "secret".into(),
+            tls: false,
             bind_host: "127.0.0.1".into(),
             allowed_hosts: vec!["gyrus.internal".into()],
         }
@@ -263,6 +282,11 @@ mod tests {
         assert!(g.is_authenticated(&headers(&[("authorization", "Bearer secret")])));
         assert!(!g.is_authenticated(&headers(&[("authorization", "Bearer secre")])));
         assert!(!g.is_authenticated(&headers(&[("authorization", "Basic secret")])));
+        assert!(g.is_authenticated(&headers(&[("authorization", "BEARER secret")])));
+        assert!(g.is_authenticated(&headers(&[("authorization", "Bearer\tsecret")])));
+        let mut twice = headers(&[("authorization", "Bearer secret")]);
+        twice.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        assert!(!g.is_authenticated(&twice));
         assert!(!g.is_authenticated(&headers(&[])));
         let err = g.require_token(&headers(&[])).unwrap_err();
         assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
@@ -300,6 +324,20 @@ mod tests {
                 ("content-type", "application/json"),
                 ("sec-fetch-site", "cross-site"),
             ],
+            vec![
+                ("host", "127.0.0.1:8888, evil.example"),
+                ("content-type", "application/json"),
+            ],
+            vec![
+                ("host", "user@127.0.0.1:8888"),
+                ("content-type", "application/json"),
+            ],
+            // The daemon speaks http here: an https page of the same host is another origin.
+            vec![
+                ("host", "127.0.0.1:8888"),
+                ("content-type", "application/json"),
+                ("origin", "https://127.0.0.1:8888"),
+            ],
         ] {
             assert!(
                 g.refuse_browsers(&post, &headers(&bad)).is_err(),
@@ -321,6 +359,26 @@ mod tests {
                 g.refuse_browsers(&Method::GET, &headers(&good)).is_ok(),
                 "refused {good:?}"
             );
+        }
+    }
+
+    #[test]
+    fn duplicated_headers_are_refused() {
+        let g = guard();
+        for (name, good) in [
+            ("host", "127.0.0.1:8888"),
+            ("origin", "http://127.0.0.1:8888"),
+            ("content-type", "application/json"),
+        ] {
+            let mut h = headers(&[
+                ("host", "127.0.0.1:8888"),
+                ("content-type", "application/json"),
+            ]);
+            let name = header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            h.insert(name.clone(), good.parse().unwrap());
+            assert!(g.refuse_browsers(&Method::POST, &h).is_ok(), "{name}");
+            h.append(name.clone(), "evil.example".parse().unwrap());
+            assert!(g.refuse_browsers(&Method::POST, &h).is_err(), "{name}");
         }
     }
 

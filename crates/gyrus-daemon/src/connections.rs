@@ -6,8 +6,10 @@
 //!   keep-alive ones alike (hyper's header-read timer).
 //! - At most `max_connections` are open. When one more arrives, the connection idle the longest
 //!   (no request in progress) is closed to make room, so a flood of idle or half-open
-//!   connections cannot lock out the CLI or real clients; when every connection is busy, the
-//!   new one is refused.
+//!   connections cannot lock out the CLI or real clients. When every connection is busy (slow
+//!   clients holding requests open), up to [`CONTROL_RESERVE`] more are admitted for the
+//!   control API only: a data-plane request on one of them gets 503 at once, so the CLI still
+//!   gets in. Beyond that, new connections are refused.
 //! - Accept errors (out of file descriptors) back off instead of spinning.
 //! - On stop, idle connections close at once and busy ones after their response.
 //! - With TLS (`crate::tls`), the handshake is bounded by the header timeout as well.
@@ -28,6 +30,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+
+/// Connections admitted beyond `max_connections`, when every other one is busy, for the
+/// control API only.
+pub const CONTROL_RESERVE: usize = 64;
 
 /// A write to a peer that has not gone through for this long ends the connection.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -190,6 +196,8 @@ fn raise_file_limit() -> u64 {
 
 /// One open connection, as the table sees it.
 struct Conn {
+    /// Admitted from [`CONTROL_RESERVE`]: only control requests are served.
+    reserved: bool,
     /// Requests whose response has not been fully sent.
     busy: AtomicUsize,
     /// Milliseconds since the table's epoch when it last started or finished a request.
@@ -215,22 +223,35 @@ impl Table {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new connection, closing the longest-idle one if the table is full.
-    /// `None` when every open connection is busy.
+    /// Registers a new connection, closing the longest-idle one if the table is full, or
+    /// admitting it from the control reserve if every connection is busy. `None` when the
+    /// reserve is busy too.
     fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>)> {
         let mut conns = self.lock();
+        let mut reserved = false;
         if conns.len() >= max {
             let victim = conns
                 .iter()
                 .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
                 .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
-                .map(|(id, _)| *id)?;
-            if let Some(c) = conns.remove(&victim) {
-                c.evict.notify_one();
+                .map(|(id, _)| *id);
+            match victim {
+                Some(victim) => {
+                    if let Some(c) = conns.remove(&victim) {
+                        // Its place, and what it may be used for.
+                        reserved = c.reserved;
+                        c.evict.notify_one();
+                    }
+                }
+                None if conns.values().filter(|c| c.reserved).count() < CONTROL_RESERVE => {
+                    reserved = true;
+                }
+                None => return None,
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
+            reserved,
             busy: AtomicUsize::new(0),
             last_active: AtomicU64::new(self.now_ms()),
             evict: Notify::new(),
@@ -333,8 +354,13 @@ pub async fn serve(
                 let conn = conn.clone();
                 hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                     let guard = BusyGuard::new(table.clone(), conn.clone());
-                    let call = hyper::service::Service::call(&service, req);
+                    let refused =
+                        conn.reserved && !req.uri().path().starts_with(crate::api::API_PREFIX);
+                    let call = (!refused).then(|| hyper::service::Service::call(&service, req));
                     async move {
+                        let Some(call) = call else {
+                            return Ok::<_, Infallible>(at_capacity());
+                        };
                         let response = match call.await {
                             Ok(r) => r,
                             Err(never) => match never {},
@@ -380,6 +406,28 @@ pub async fn serve(
         }
         emptied.await;
     }
+}
+
+/// The answer to a data-plane request on a connection admitted for the control API only.
+fn at_capacity() -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Body::from(
+        r#"{"error":"the daemon is at its connection limit (GYRUS_MAX_CONNECTIONS); retry"}"#,
+    ));
+    *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Serves HTTP/1 on one connection until it ends, it is evicted (dropped at once), or the
@@ -463,10 +511,20 @@ mod tests {
         let (c, _) = t.admit(2).unwrap();
         let ids: Vec<u64> = t.lock().keys().copied().collect();
         assert!(ids.contains(&a) && ids.contains(&c) && !ids.contains(&b));
-        // A busy connection is never the victim: with both busy, the newcomer is refused.
+        // A busy connection is never the victim: with both busy, the newcomer comes from the
+        // control reserve, and once that is busy too, it is refused.
         ca.busy.store(1, Ordering::Relaxed);
         t.lock().get(&c).unwrap().busy.store(1, Ordering::Relaxed);
+        for _ in 0..CONTROL_RESERVE {
+            let (_, r) = t.admit(2).unwrap();
+            assert!(r.reserved);
+            r.busy.store(1, Ordering::Relaxed);
+        }
         assert!(t.admit(2).is_none());
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 2 + CONTROL_RESERVE);
+        // An idle reserved connection makes room again (and the newcomer is reserved too).
+        let idle = t.lock().values().find(|c| c.reserved).unwrap().clone();
+        idle.busy.store(0, Ordering::Relaxed);
+        assert!(t.admit(2).unwrap().1.reserved);
     }
 }

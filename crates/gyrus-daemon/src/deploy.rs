@@ -27,7 +27,7 @@ pub struct DeployService {
     pub sources: Arc<ModelSources>,
     pub compute: Arc<gyrus_compute::Compute>,
     /// Serialises deploy, refresh and delete (and model deletes, which must not race a pin).
-    ops: tokio::sync::Mutex<()>,
+    ops: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DeployService {
@@ -44,7 +44,7 @@ impl DeployService {
             supervisor,
             sources,
             compute,
-            ops: tokio::sync::Mutex::new(()),
+            ops: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -55,20 +55,29 @@ impl DeployService {
 
     /// Deploys every API of the uploaded project (`config_name` is its config file), or none
     /// if any is invalid. `fetch` carries the deploying user's credentials for model URLs.
+    /// `upload_slot` is held until the extraction ends.
     pub async fn deploy(
         &self,
         upload: Upload,
+        upload_slot: tokio::sync::OwnedSemaphorePermit,
         config_name: String,
         fetch: FetchContext,
     ) -> Result<DeployResponse, DaemonError> {
-        let _op = self.ops.lock().await;
+        let op = self.ops.clone().lock_owned().await;
         let home = self.home.clone();
         let name_for_task = config_name.clone();
+        // The extraction runs to its end even if the client goes away (and this future is
+        // dropped): it holds the lock and the upload slot until then, so disconnecting cannot
+        // start more extractions than there are slots.
+        let (staged, _op) = tokio::task::spawn_blocking(move || {
+            let staged = project::extract(&home, upload, &name_for_task);
+            drop(upload_slot);
+            (staged, op)
+        })
+        .await
+        .map_err(|e| DaemonError::Internal(format!("extracting the project: {e}")))?;
         // Dropped on any error below: the snapshot is removed unless it was published.
-        let staged =
-            tokio::task::spawn_blocking(move || project::extract(&home, upload, &name_for_task))
-                .await
-                .map_err(|e| DaemonError::Internal(format!("extracting the project: {e}")))??;
+        let staged = staged?;
 
         let parsed = gyrus_spec::load(&config_name, &staged.config_text, Some(staged.dir()))
             .map_err(|e| DaemonError::BadRequest(e.to_string()))?;

@@ -69,14 +69,16 @@ impl GyrusHome {
         self.root.join("cache").join("remote")
     }
 
+    /// Creates the home and its folders. The home is the owner's only (0700): it holds the
+    /// token, `.env` values in the state database, and logs with payloads.
     pub fn create_dirs(&self) -> std::io::Result<()> {
-        for dir in [
-            self.root.clone(),
-            self.projects(),
-            self.envs(),
-            self.logs(),
-            self.lib(),
-        ] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.root)?;
+        let mode = std::fs::metadata(&self.root)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
+        }
+        for dir in [self.projects(), self.envs(), self.logs(), self.lib()] {
             std::fs::create_dir_all(dir)?;
         }
         Ok(())
@@ -113,7 +115,19 @@ fn split_scheme(raw: &str) -> (String, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_scheme;
+    use super::{split_scheme, GyrusHome};
+
+    #[test]
+    fn the_home_is_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        GyrusHome::new(&root).create_dirs().unwrap();
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     #[test]
     fn addresses_with_and_without_a_scheme() {

@@ -185,7 +185,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
 
     let app = Arc::new(AppState {
-        guard: auth::ControlGuard::new(token, &opts.addr),
+        guard: auth::ControlGuard::new(token, &opts.addr, scheme == "https"),
         home: home.clone(),
         addr: local.to_string(),
         state: state.clone(),
@@ -203,7 +203,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         envs,
         sources,
         compute,
-        self_exe: std::env::current_exe().unwrap_or_else(|_| "gyrus".into()),
+        self_exe: own_exe(),
         uploads: Arc::new(tokio::sync::Semaphore::new(server::MAX_CONCURRENT_UPLOADS)),
     });
     tracing::info!(
@@ -253,6 +253,17 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This very executable, to start replicas and helpers with. `/proc/self/exe` names the file
+/// the daemon runs even after it was replaced on disk (an upgrade in place), so a running
+/// daemon never starts replicas of another version; elsewhere, the path it was started from.
+pub fn own_exe() -> std::path::PathBuf {
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return proc_exe.to_path_buf();
+    }
+    std::env::current_exe().unwrap_or_else(|_| "gyrus".into())
 }
 
 /// The time now as RFC 3339 to the second, as logs and `gyrus get` show it.

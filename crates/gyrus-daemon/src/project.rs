@@ -25,8 +25,11 @@ pub const MAX_EXTRACTED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 pub const MAX_ENTRIES: usize = 100_000;
 /// The config file and `.env` are read into memory: bound them.
 const MAX_TEXT_BYTES: u64 = 1024 * 1024;
-/// A client that sends nothing for this long in the middle of an upload is dropped.
+/// An upload must move at least [`UPLOAD_MIN_PROGRESS`] bytes in every period this long, or
+/// it is dropped: a client that stalls, or drips a byte now and then, cannot hold one of the
+/// daemon's few upload slots.
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const UPLOAD_MIN_PROGRESS: u64 = 64 * 1024;
 
 /// An upload on disk: an anonymous file (gone when dropped) and the sha256 of its bytes.
 pub struct Upload {
@@ -35,7 +38,8 @@ pub struct Upload {
 }
 
 /// Streams a request body to an anonymous file in `dir`, refusing it as soon as more than
-/// `limit` bytes have arrived or the client stalls for [`UPLOAD_IDLE_TIMEOUT`].
+/// `limit` bytes have arrived, or when it moves less than [`UPLOAD_MIN_PROGRESS`] bytes in
+/// [`UPLOAD_IDLE_TIMEOUT`].
 pub async fn spool(body: Body, dir: &Path, limit: u64) -> Result<Upload, DaemonError> {
     let file = tempfile::tempfile_in(dir)
         .map_err(|e| DaemonError::io(format!("creating a file in {}", dir.display()), e))?;
@@ -47,11 +51,14 @@ pub async fn spool(body: Body, dir: &Path, limit: u64) -> Result<Upload, DaemonE
     let mut hasher = Sha256::new();
     let mut stream = body.into_data_stream();
     let mut total: u64 = 0;
+    let mut period_start = total;
+    let mut deadline = tokio::time::Instant::now() + UPLOAD_IDLE_TIMEOUT;
     loop {
-        let chunk = match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, stream.next()).await {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => {
                 return Err(DaemonError::Timeout(format!(
-                    "the upload stalled: nothing arrived for {}s",
+                    "the upload stalled: less than {} arrived in {}s",
+                    human_bytes(UPLOAD_MIN_PROGRESS),
                     UPLOAD_IDLE_TIMEOUT.as_secs()
                 )))
             }
@@ -61,6 +68,10 @@ pub async fn spool(body: Body, dir: &Path, limit: u64) -> Result<Upload, DaemonE
             }
         };
         total += chunk.len() as u64;
+        if total - period_start >= UPLOAD_MIN_PROGRESS {
+            period_start = total;
+            deadline = tokio::time::Instant::now() + UPLOAD_IDLE_TIMEOUT;
+        }
         if total > limit {
             return Err(DaemonError::TooLarge(format!(
                 "the upload is larger than {} (the most the daemon accepts)",

@@ -163,20 +163,23 @@ async fn deploy(
     let fetch_env: std::collections::BTreeMap<String, String> =
         json_header(&headers, FETCH_ENV_HEADER)?.unwrap_or_default();
     let config_name = q.config_file.unwrap_or_else(|| "cortex.yaml".into());
-    let upload = {
-        let _permit = app.upload_permit()?;
-        project::spool(
-            body,
-            &app.home.projects(),
-            project::MAX_ARCHIVE_BYTES as u64,
-        )
-        .await?
-    };
+    // The slot is held until the upload is extracted, even if the client goes away meanwhile.
+    let permit = app.upload_permit()?;
+    let upload = project::spool(
+        body,
+        &app.home.projects(),
+        project::MAX_ARCHIVE_BYTES as u64,
+    )
+    .await?;
     let fetch = FetchContext {
         env: fetch_env,
         freshness: gyrus_remote::Freshness::CheckRemote,
     };
-    Ok(Json(app.deploys.deploy(upload, config_name, fetch).await?))
+    Ok(Json(
+        app.deploys
+            .deploy(upload, permit, config_name, fetch)
+            .await?,
+    ))
 }
 
 async fn list_apis(State(app): State<Arc<AppState>>) -> Json<Vec<crate::api::ApiInfo>> {

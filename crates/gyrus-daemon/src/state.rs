@@ -64,6 +64,18 @@ pub struct StateStore {
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, DaemonError> {
         let mut conn = Connection::open(path)?;
+        // `.env` values live here: the owner's only. SQLite gives its -wal and -shm files the
+        // database's mode when it creates them; older ones are set here too.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            let mut shm = path.as_os_str().to_owned();
+            shm.push("-shm");
+            for file in [path.as_os_str().to_owned(), wal, shm] {
+                let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+            }
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

@@ -145,15 +145,16 @@ async fn delete_model(
     Ok(Json(model))
 }
 
-/// Streams a model upload to an anonymous file in the store's staging directory (one of the
-/// daemon's few upload slots, bounded in size and time).
-async fn spool(app: &AppState, body: Body) -> Result<std::fs::File, DaemonError> {
-    let _permit = app.upload_permit()?;
-    Ok(
-        crate::project::spool(body, &staging_dir(app), MAX_MODEL_BYTES)
-            .await?
-            .file,
-    )
+/// Streams a model upload to an anonymous file in the store's staging directory, in one of
+/// the daemon's few upload slots (bounded in size and time). The slot is returned with the
+/// file: whoever unpacks the upload holds it until done, even if the client goes away.
+async fn spool(
+    app: &AppState,
+    body: Body,
+) -> Result<(std::fs::File, tokio::sync::OwnedSemaphorePermit), DaemonError> {
+    let permit = app.upload_permit()?;
+    let upload = crate::project::spool(body, &staging_dir(app), MAX_MODEL_BYTES).await?;
+    Ok((upload.file, permit))
 }
 
 fn staging_dir(app: &AppState) -> std::path::PathBuf {
@@ -177,9 +178,10 @@ async fn save(
         .ok_or_else(|| DaemonError::BadRequest(format!("missing the {SAVE_HEADER} header")))?;
     gyrus_spec::check_tag_part("name", &request.name)
         .map_err(|e| DaemonError::BadRequest(format!("--name: {e}")))?;
-    let upload = spool(&app, body).await?;
+    let (upload, slot) = spool(&app, body).await?;
     let store = app.sources.store.clone();
     let staging = blocking(move || {
+        let _slot = slot;
         let staging = store.begin()?;
         staging.unpack_upload(upload, MAX_MODEL_BYTES)?;
         Ok(staging)
@@ -312,10 +314,14 @@ async fn import(
     State(app): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<ModelEntry>, DaemonError> {
-    let upload = spool(&app, body).await?;
+    let (upload, slot) = spool(&app, body).await?;
     let used = usage(&app)?;
     let store = app.sources.store.clone();
-    let model = blocking(move || Ok(store.import(upload)?)).await?;
+    let model = blocking(move || {
+        let _slot = slot;
+        Ok(store.import(upload)?)
+    })
+    .await?;
     tracing::info!("imported model {}", model.tag());
     Ok(Json(entry(model, &used)))
 }

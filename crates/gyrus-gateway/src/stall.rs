@@ -1,27 +1,33 @@
 //! Request bodies that stop arriving. A client that sends its headers and then trickles (or
 //! never sends) its body would hold a connection to the daemon and one to a replica for as
 //! long as it likes; the gateway forwards bodies through [`StallGuard`], which fails the body
-//! once no data has come for its timeout, and the request is answered 408.
+//! once less than [`MIN_PROGRESS`] bytes came in its timeout, and the request is answered 408.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Buf;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a body must bring in each period of the timeout (a byte now and then is a stall).
+pub(crate) const MIN_PROGRESS: usize = 8 * 1024;
+
 /// The error a stalled body ends with (found again in the proxy's error chain).
 #[derive(Debug, thiserror::Error)]
-#[error("the request body stopped arriving: nothing for {}s", .0.as_secs())]
+#[error("the request body stopped arriving: less than 8 KiB in {}s", .0.as_secs())]
 pub(crate) struct BodyStalled(pub(crate) Duration);
 
 pub(crate) struct StallGuard<B> {
     inner: Pin<Box<B>>,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// Bytes since the deadline was last moved.
+    progress: usize,
 }
 
 impl<B> StallGuard<B> {
@@ -30,6 +36,7 @@ impl<B> StallGuard<B> {
             inner: Box::pin(inner),
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            progress: 0,
         }
     }
 }
@@ -37,6 +44,7 @@ impl<B> StallGuard<B> {
 impl<B> Body for StallGuard<B>
 where
     B: Body,
+    B::Data: Buf,
     B::Error: Into<BoxError>,
 {
     type Data = B::Data;
@@ -48,8 +56,14 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.inner.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = Instant::now() + self.timeout;
-                self.deadline.as_mut().reset(next);
+                if let Some(Ok(f)) = &frame {
+                    self.progress += f.data_ref().map(|d| d.remaining()).unwrap_or(0);
+                }
+                if self.progress >= MIN_PROGRESS {
+                    self.progress = 0;
+                    let next = Instant::now() + self.timeout;
+                    self.deadline.as_mut().reset(next);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -108,16 +122,20 @@ mod tests {
         let (tx, body) = channel_body();
         let guarded = StallGuard::new(body, Duration::from_secs(30));
         let collect = tokio::spawn(async move { guarded.collect().await.map(|_| ()) });
-        tx.send(Bytes::from_static(b"part")).await.unwrap();
-        // Each chunk gives it another 30 s ...
+        tx.send(Bytes::from(vec![0u8; MIN_PROGRESS])).await.unwrap();
+        // Each 8 KiB gives it another 30 s ...
         tokio::time::sleep(Duration::from_secs(29)).await;
-        tx.send(Bytes::from_static(b"more")).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(29)).await;
+        tx.send(Bytes::from(vec![0u8; MIN_PROGRESS])).await.unwrap();
+        // ... a byte now and then does not ...
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(14)).await;
+            tx.send(Bytes::from_static(b"x")).await.unwrap();
+        }
         assert!(!collect.is_finished());
-        // ... and 30 s of nothing ends it (the sender is still open: a stalled client).
+        // ... and 30 s without 8 KiB ends it (the sender is still open: a stalled client).
         let err = collect.await.unwrap().unwrap_err();
         assert!(is_stalled(&*err), "{err}");
-        assert!(err.to_string().contains("nothing for 30s"), "{err}");
+        assert!(err.to_string().contains("less than 8 KiB in 30s"), "{err}");
         drop(tx);
     }
 
@@ -128,9 +146,9 @@ mod tests {
         let collect = tokio::spawn(async move { guarded.collect().await.map(|c| c.to_bytes()) });
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(900)).await;
-            tx.send(Bytes::from_static(b"x")).await.unwrap();
+            tx.send(Bytes::from(vec![7u8; MIN_PROGRESS])).await.unwrap();
         }
         drop(tx);
-        assert_eq!(&collect.await.unwrap().unwrap()[..], b"xxxxx");
+        assert_eq!(collect.await.unwrap().unwrap().len(), 5 * MIN_PROGRESS);
     }
 }

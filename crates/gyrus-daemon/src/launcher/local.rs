@@ -30,7 +30,7 @@ impl LocalLauncher {
         Self {
             home,
             compute,
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gyrus")),
+            exe: crate::own_exe(),
         }
     }
 }
