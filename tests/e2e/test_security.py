@@ -261,25 +261,45 @@ def test_failed_deploy_leaves_no_snapshot(g, project):
 def test_concurrent_uploads_are_capped_and_answered_503(g):
     """Two uploads that stall hold the daemon's two upload slots; a third is told to retry."""
     token = g.token()
-    held = []
+    held: list[socket.socket] = []
+
+    def stalled_upload() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        s.sendall(
+            (
+                f"POST /_gyrus/v1/deploy HTTP/1.1\r\nHost: 127.0.0.1:{g.port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/gzip\r\n"
+                "Content-Length: 100000000\r\n\r\n"
+            ).encode()
+            + b"\x1f\x8b" + b"\0" * 65536
+        )
+        return s
+
+    def answered(s: socket.socket) -> bool:
+        s.settimeout(0.3)
+        try:
+            return bool(s.recv(1))
+        except socket.timeout:
+            return False
+
     try:
-        for _ in range(2):
-            s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
-            s.sendall(
-                (
-                    f"POST /_gyrus/v1/deploy HTTP/1.1\r\nHost: 127.0.0.1:{g.port}\r\n"
-                    f"Authorization: Bearer {token}\r\nContent-Type: application/gzip\r\n"
-                    "Content-Length: 100000000\r\n\r\n"
-                ).encode()
-                + b"\x1f\x8b" + b"\0" * 65536
-            )
-            held.append(s)
+        # Both in progress (no answer yet) before the third is sent: the daemon takes
+        # requests in any order, so an upload refused because the other slot was briefly
+        # busy is sent again.
+        held = [stalled_upload(), stalled_upload()]
+        for _ in range(20):
+            busy = [answered(s) for s in held]
+            if not any(busy):
+                break
+            for s, b in zip(held, busy):
+                if b:
+                    s.close()
+            held = [stalled_upload() if b else s for s, b in zip(held, busy)]
+        else:
+            raise AssertionError("the two stalled uploads were never both in progress")
 
-        def third():
-            r = g.control("POST", "/deploy", data=valid_archive("third"), headers={"Content-Type": "application/gzip"})
-            return [r] if r.status_code == 503 else None  # a 503 Response is falsy itself
-
-        [r] = wait_until(third, 10, what="the third upload to be refused")
+        r = g.control("POST", "/deploy", data=valid_archive("third"), headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 503, g.diag(resp=r)
         assert r.headers.get("retry-after") == "5", r.headers
         assert "uploads are already being received" in r.json()["error"], r.text
         # Reads never stopped: the CLI still answers.

@@ -118,18 +118,34 @@ async fn refuse_browsers(
     State(app): State<Arc<AppState>>,
     req: Request,
     next: axum::middleware::Next,
-) -> Result<Response, DaemonError> {
-    app.guard.refuse_browsers(req.method(), req.headers())?;
-    Ok(next.run(req).await)
+) -> Response {
+    match app.guard.refuse_browsers(req.method(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => refused(e),
+    }
 }
 
 async fn require_token(
     State(app): State<Arc<AppState>>,
     req: Request,
     next: axum::middleware::Next,
-) -> Result<Response, DaemonError> {
-    app.guard.require_token(req.headers())?;
-    Ok(next.run(req).await)
+) -> Response {
+    match app.guard.require_token(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => refused(e),
+    }
+}
+
+/// A request refused before its body was read: the connection closes after the answer (the
+/// unread body is still on it), and says so, so that the client does not send its next request
+/// on a connection about to be closed.
+fn refused(e: DaemonError) -> Response {
+    let mut response = e.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Without the token: that a gyrus daemon answers, and its version. With it: where it runs.
