@@ -5,6 +5,8 @@ mod archive;
 mod client;
 mod models;
 mod output;
+mod processes;
+mod show;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +16,6 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gyrus_daemon::api::{ApiInfo, DeployResponse};
 
 use crate::client::DaemonClient;
-use crate::output::{age, print_table};
 
 /// gyrus serves Cortex projects (cortex.yaml + predictor.py) as HTTP APIs on this machine.
 ///
@@ -230,8 +231,8 @@ async fn run(command: Command) -> Result<()> {
             timeout,
             output,
         } => deploy(dir, file, no_wait, timeout, output).await,
-        Command::Get { api, output } => get(api, output).await,
-        Command::Describe { api, output } => describe(&api, output).await,
+        Command::Get { api, output } => show::get(api, output).await,
+        Command::Describe { api, output } => show::describe(&api, output).await,
         Command::Logs { api, follow, tail } => logs(&api, follow, tail).await,
         Command::Delete { apis } => delete(&apis).await,
         Command::Refresh {
@@ -254,63 +255,19 @@ async fn run(command: Command) -> Result<()> {
             let tls = tls_cert
                 .zip(tls_key)
                 .map(|(cert, key)| gyrus_daemon::tls::TlsFiles { cert, key });
-            daemon(action, tls).await
+            processes::daemon(action, tls).await
         }
-        Command::Version { output } => version(output).await,
+        Command::Version { output } => processes::version(output).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "gyrus", &mut std::io::stdout());
             Ok(())
         }
         Command::Models { command } => models::run(command).await,
-        Command::Replica(args) => replica(args).await,
-        Command::InspectModel { onnx_library, path } => inspect_model(&onnx_library, &path),
-    }
-}
-
-fn inspect_model(library: &std::path::Path, path: &std::path::Path) -> Result<()> {
-    gyrus_engine::init_library(library).map_err(|e| anyhow!("{e}"))?;
-    let model = gyrus_engine::Model::load(
-        "model",
-        path,
-        &gyrus_engine::SessionConfig::default(),
-        &mut |_| {},
-    )
-    .map_err(|e| match e {
-        // The daemon's staging path means nothing to the user: name the file only.
-        gyrus_engine::EngineError::Load { message, .. } => {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            anyhow!("{}", message.replace(&path.display().to_string(), &name))
+        Command::Replica(args) => processes::replica(args).await,
+        Command::InspectModel { onnx_library, path } => {
+            processes::inspect_model(&onnx_library, &path)
         }
-        e => anyhow!("{e}"),
-    })?;
-    let specs = |infos: &[gyrus_engine::TensorInfo]| -> Vec<serde_json::Value> {
-        infos
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "name": t.name,
-                    "datatype": t.dtype.oip_name(),
-                    "shape": t.shape,
-                })
-            })
-            .collect()
-    };
-    let version = gyrus_engine::library_version(library)
-        .map(|(a, b, c)| format!("{a}.{b}.{c}"))
-        .unwrap_or_else(|| "unknown".into());
-    let sig = model.signature();
-    println!(
-        "{}",
-        serde_json::json!({
-            "onnxruntime": version,
-            "inputs": specs(&sig.inputs),
-            "outputs": specs(&sig.outputs),
-        })
-    );
-    Ok(())
+    }
 }
 
 /// Where the config is and what the project folder is.
@@ -536,166 +493,6 @@ fn report_outcome(infos: &[ApiInfo], output: Output) -> Result<()> {
     }
 }
 
-async fn get(api: Option<String>, output: Output) -> Result<()> {
-    let client = DaemonClient::from_env()?;
-    client.require_daemon().await?;
-    let infos: Vec<ApiInfo> = match &api {
-        Some(name) => vec![client.get_json(&format!("/apis/{name}")).await?],
-        None => client.get_json("/apis").await?,
-    };
-    if output == Output::Json {
-        match api {
-            Some(_) => println!("{}", serde_json::to_string_pretty(&infos[0])?),
-            None => println!("{}", serde_json::to_string_pretty(&infos)?),
-        }
-        return Ok(());
-    }
-    if infos.is_empty() {
-        println!("no APIs are deployed (deploy one with `gyrus deploy`)");
-        return Ok(());
-    }
-    let rows = infos
-        .iter()
-        .map(|i| {
-            vec![
-                i.name.clone(),
-                i.status.clone(),
-                format!("{}/{}", i.replicas.ready, i.replicas.requested),
-                i.autoscaling
-                    .as_ref()
-                    .and_then(|a| a.in_flight_avg)
-                    .map(|v| format!("{v:.1}"))
-                    .unwrap_or_else(|| "-".into()),
-                i.url.clone(),
-                age(&i.updated_at),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "API",
-            "STATUS",
-            "READY/REQUESTED",
-            "IN-FLIGHT",
-            "URL",
-            "LAST UPDATE",
-        ],
-        rows,
-    );
-    if let [one] = infos.as_slice() {
-        if api.is_some() {
-            print_scaling(one);
-        }
-    }
-    for i in &infos {
-        if let Some(e) = &i.error {
-            println!("\n{} error: {e}", i.name);
-        }
-    }
-    Ok(())
-}
-
-/// The replica counts, the load and the autoscaler's reasoning of one API.
-fn print_scaling(i: &ApiInfo) {
-    let r = &i.replicas;
-    println!(
-        "\nreplicas:    {} requested, {} ready, {} starting, {} failed",
-        r.requested, r.ready, r.starting, r.failed
-    );
-    if let Some(a) = &i.autoscaling {
-        match (a.in_flight_avg, a.in_flight_now) {
-            (Some(avg), now) => println!(
-                "in-flight:   {avg:.2} average over {}s{}",
-                a.window_secs,
-                now.map(|n| format!(" (now {n})")).unwrap_or_default()
-            ),
-            (None, _) => println!("in-flight:   no samples in the last {}s", a.window_secs),
-        }
-        if let Some(c) = &a.last_change {
-            println!(
-                "last scale:  {} → {} replicas, {} ago: {}",
-                c.from,
-                c.to,
-                age(&c.at),
-                c.reason
-            );
-        }
-        if let Some(d) = &a.last_decision {
-            println!("autoscaler:  {} ago: {}", age(&d.at), d.reason);
-        }
-    }
-}
-
-async fn describe(api: &str, output: Output) -> Result<()> {
-    let client = DaemonClient::from_env()?;
-    client.require_daemon().await?;
-    let info: ApiInfo = client.get_json(&format!("/apis/{api}")).await?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
-        return Ok(());
-    }
-    println!("name:        {}", info.name);
-    println!(
-        "kind:        {} ({} predictor)",
-        info.kind, info.predictor_type
-    );
-    println!("status:      {}", info.status);
-    if let Some(m) = &info.message {
-        println!("doing:       {m}");
-    }
-    println!("url:         {}", info.url);
-    println!("generation:  {}", info.generation);
-    println!("created:     {}", info.created_at);
-    println!(
-        "updated:     {} ({} ago)",
-        info.updated_at,
-        age(&info.updated_at)
-    );
-    if let Some(e) = &info.error {
-        println!("error:       {e}");
-    }
-    println!();
-    let rows = info
-        .replica_details
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.clone(),
-                r.state.clone(),
-                r.generation.to_string(),
-                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                r.in_flight.to_string(),
-                r.restarts.to_string(),
-                age(&r.started_at),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "REPLICA",
-            "STATE",
-            "GEN",
-            "PID",
-            "PORT",
-            "IN-FLIGHT",
-            "RESTARTS",
-            "AGE",
-        ],
-        rows,
-    );
-    for r in &info.replica_details {
-        if let Some(e) = &r.error {
-            println!("{}: {e}", r.id);
-        }
-        if let Some(e) = &r.last_exit {
-            println!("{}: replaces one that stopped: {e}", r.id);
-        }
-    }
-    print_scaling(&info);
-    Ok(())
-}
-
 async fn logs(api: &str, follow: bool, tail: Option<usize>) -> Result<()> {
     use futures_util::StreamExt;
     use std::io::Write;
@@ -790,149 +587,4 @@ async fn predict(api: &str, payload: &str, content_type: &str, debug: bool) -> R
         out.write_all(b"\n")?;
     }
     Ok(())
-}
-
-async fn daemon(
-    action: Option<DaemonAction>,
-    tls: Option<gyrus_daemon::tls::TlsFiles>,
-) -> Result<()> {
-    match action {
-        None => {
-            use tracing_subscriber::prelude::*;
-            let home = gyrus_daemon::GyrusHome::from_env();
-            // GYRUS_LOG filters the daemon's own log (stderr); the APIs' logs get every line
-            // meant for them whatever it says.
-            let filter = tracing_subscriber::EnvFilter::try_from_env("GYRUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_writer(std::io::stderr)
-                        .with_filter(filter),
-                )
-                .with(gyrus_daemon::logs::ApiLogLayer::new(home.clone()))
-                .init();
-            gyrus_daemon::run(gyrus_daemon::DaemonOptions {
-                home,
-                addr: gyrus_daemon::addr_from_env(),
-                tls,
-            })
-            .await
-            .map_err(|e| anyhow!("{e}"))
-        }
-        Some(DaemonAction::Stop) => {
-            let client = DaemonClient::from_env()?;
-            let Some(h) = client.health().await else {
-                println!("no gyrus daemon is running at {}", client.addr);
-                return Ok(());
-            };
-            let h = client.accepted(h)?;
-            client.post_json::<serde_json::Value>("/shutdown").await?;
-            // Wait until it is gone, so a following start does not race it.
-            for _ in 0..400 {
-                if client.health().await.is_none() && !pid_alive(h.pid) {
-                    println!("stopped the gyrus daemon (pid {})", h.pid);
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            bail!("the daemon (pid {}) did not stop within 40s", h.pid)
-        }
-        Some(DaemonAction::Status { output }) => {
-            let client = DaemonClient::from_env()?;
-            let h = client.health().await;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&h)?);
-                return Ok(());
-            }
-            match h.map(|h| client.accepted(h)) {
-                Some(Ok(h)) => println!(
-                    "running: pid {} at {}://{} (GYRUS_HOME={}, version {})",
-                    h.pid,
-                    client.scheme(),
-                    h.addr,
-                    h.home,
-                    h.version
-                ),
-                Some(Err(e)) => println!("running, but {e:#}"),
-                None => println!("not running (GYRUS_ADDR={})", client.addr),
-            }
-            Ok(())
-        }
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
-        return false;
-    }
-    // A zombie has exited; only its parent has not collected it yet.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => process_state(&stat) != Some('Z'),
-        Err(_) => true,
-    }
-}
-
-/// The state letter of a `/proc/PID/stat` line (after the parenthesised command name, which
-/// may itself contain spaces and parentheses).
-fn process_state(stat: &str) -> Option<char> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.trim_start().chars().next()
-}
-
-async fn version(output: Output) -> Result<()> {
-    let client = DaemonClient::from_env()?;
-    let daemon = client.health().await.map(|h| h.version);
-    if output == Output::Json {
-        println!(
-            "{}",
-            serde_json::json!({"cli": env!("CARGO_PKG_VERSION"), "daemon": daemon})
-        );
-    } else {
-        println!("cli:    {}", env!("CARGO_PKG_VERSION"));
-        println!(
-            "daemon: {}",
-            daemon.unwrap_or_else(|| format!("not running at {}", client.addr))
-        );
-    }
-    Ok(())
-}
-
-async fn replica(_args: ReplicaArgs) -> Result<()> {
-    let line = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .context("reading the replica's launch")?
-    .context("reading the replica's launch from stdin")?;
-    let launch = gyrus_launch::ReplicaLaunch::from_line(&line)
-        .context("the replica's launch on stdin (gyrus replica is started by the daemon)")?;
-    gyrus_replica::run(gyrus_replica::ReplicaOptions {
-        spec_json: serde_json::to_string(&launch.spec)?,
-        id: launch.id,
-        project_dir: launch.project_dir,
-        python: launch.python,
-        lib_dir: launch.lib_dir,
-        model_path: launch.model_path,
-        models: launch
-            .models
-            .into_iter()
-            .map(|m| (m.name, m.path))
-            .collect(),
-        onnx_library: launch.onnx_library,
-    })
-    .await
-    .map_err(|e| anyhow!("{e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn process_state_of_stat_lines() {
-        assert_eq!(super::process_state("42 (gyrus) Z 1 42"), Some('Z'));
-        assert_eq!(super::process_state("42 (a (b) c) S 1"), Some('S'));
-        assert_eq!(super::process_state("garbage"), None);
-    }
 }

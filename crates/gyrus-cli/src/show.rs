@@ -1,0 +1,168 @@
+//! `gyrus get` and `gyrus describe`: an API's status, replicas and scaling, as tables or JSON.
+
+use anyhow::Result;
+use gyrus_daemon::api::ApiInfo;
+
+use crate::client::DaemonClient;
+use crate::output::{age, print_table};
+use crate::Output;
+
+pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    let infos: Vec<ApiInfo> = match &api {
+        Some(name) => vec![client.get_json(&format!("/apis/{name}")).await?],
+        None => client.get_json("/apis").await?,
+    };
+    if output == Output::Json {
+        match api {
+            Some(_) => println!("{}", serde_json::to_string_pretty(&infos[0])?),
+            None => println!("{}", serde_json::to_string_pretty(&infos)?),
+        }
+        return Ok(());
+    }
+    if infos.is_empty() {
+        println!("no APIs are deployed (deploy one with `gyrus deploy`)");
+        return Ok(());
+    }
+    let rows = infos
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                i.status.clone(),
+                format!("{}/{}", i.replicas.ready, i.replicas.requested),
+                i.autoscaling
+                    .as_ref()
+                    .and_then(|a| a.in_flight_avg)
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+                i.url.clone(),
+                age(&i.updated_at),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "API",
+            "STATUS",
+            "READY/REQUESTED",
+            "IN-FLIGHT",
+            "URL",
+            "LAST UPDATE",
+        ],
+        rows,
+    );
+    if let [one] = infos.as_slice() {
+        if api.is_some() {
+            print_scaling(one);
+        }
+    }
+    for i in &infos {
+        if let Some(e) = &i.error {
+            println!("\n{} error: {e}", i.name);
+        }
+    }
+    Ok(())
+}
+
+/// The replica counts, the load and the autoscaler's reasoning of one API.
+fn print_scaling(i: &ApiInfo) {
+    let r = &i.replicas;
+    println!(
+        "\nreplicas:    {} requested, {} ready, {} starting, {} failed",
+        r.requested, r.ready, r.starting, r.failed
+    );
+    if let Some(a) = &i.autoscaling {
+        match (a.in_flight_avg, a.in_flight_now) {
+            (Some(avg), now) => println!(
+                "in-flight:   {avg:.2} average over {}s{}",
+                a.window_secs,
+                now.map(|n| format!(" (now {n})")).unwrap_or_default()
+            ),
+            (None, _) => println!("in-flight:   no samples in the last {}s", a.window_secs),
+        }
+        if let Some(c) = &a.last_change {
+            println!(
+                "last scale:  {} → {} replicas, {} ago: {}",
+                c.from,
+                c.to,
+                age(&c.at),
+                c.reason
+            );
+        }
+        if let Some(d) = &a.last_decision {
+            println!("autoscaler:  {} ago: {}", age(&d.at), d.reason);
+        }
+    }
+}
+
+pub(crate) async fn describe(api: &str, output: Output) -> Result<()> {
+    let client = DaemonClient::from_env()?;
+    client.require_daemon().await?;
+    let info: ApiInfo = client.get_json(&format!("/apis/{api}")).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("name:        {}", info.name);
+    println!(
+        "kind:        {} ({} predictor)",
+        info.kind, info.predictor_type
+    );
+    println!("status:      {}", info.status);
+    if let Some(m) = &info.message {
+        println!("doing:       {m}");
+    }
+    println!("url:         {}", info.url);
+    println!("generation:  {}", info.generation);
+    println!("created:     {}", info.created_at);
+    println!(
+        "updated:     {} ({} ago)",
+        info.updated_at,
+        age(&info.updated_at)
+    );
+    if let Some(e) = &info.error {
+        println!("error:       {e}");
+    }
+    println!();
+    let rows = info
+        .replica_details
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.state.clone(),
+                r.generation.to_string(),
+                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                r.in_flight.to_string(),
+                r.restarts.to_string(),
+                age(&r.started_at),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "REPLICA",
+            "STATE",
+            "GEN",
+            "PID",
+            "PORT",
+            "IN-FLIGHT",
+            "RESTARTS",
+            "AGE",
+        ],
+        rows,
+    );
+    for r in &info.replica_details {
+        if let Some(e) = &r.error {
+            println!("{}: {e}", r.id);
+        }
+        if let Some(e) = &r.last_exit {
+            println!("{}: replaces one that stopped: {e}", r.id);
+        }
+    }
+    print_scaling(&info);
+    Ok(())
+}
