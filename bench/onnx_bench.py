@@ -21,7 +21,7 @@ bench/.venvs/ (pinned, from bench/onnx/requirements-*.txt, with uv), builds gyru
 floor in release mode, stops every process it started, and writes the table and the targets'
 ratios to bench/out/onnx.md and (full runs) the "ONNX" section of bench/RESULTS.md.
 
-Usage: .venv/bin/python bench/onnx_bench.py [--quick] [--duration 10] [--skip-gyrus]
+Usage: .venv/bin/python bench/onnx_bench.py [--quick] [--duration 10] [--skip-gyrus] [--bin PATH]
 Needs: .venv (scripts/setup-python.sh), wrk (installed with apt-get if missing), taskset.
 """
 import argparse
@@ -614,7 +614,8 @@ def report(run, versions, server_core, client_core, skip_gyrus):
     today = datetime.date.today().isoformat()
     mode = "--quick " if a.quick else ""
     cmd = f".venv/bin/python bench/onnx_bench.py {mode}--duration {a.duration}" + (
-        " --skip-gyrus" if skip_gyrus else "")
+        " --skip-gyrus" if skip_gyrus else "") + (
+        f" --bin {a.bin}" if Path(a.bin) != ROOT / "target" / "release" / "gyrus" else "")
     lines = [
         f"## ONNX serving (`bench/onnx_bench.py`), {today}",
         "",
@@ -721,6 +722,7 @@ def write_results(section, path):
 
 
 def main():
+    global GYRUS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="smoke run of about 2 minutes (3s cells); does not touch RESULTS.md")
@@ -730,6 +732,8 @@ def main():
     ap.add_argument("--skip-gyrus", action="store_true",
                     help="measure the peers and the floors only, (a) and (b) left out")
     ap.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    ap.add_argument("--bin", default=str(GYRUS),
+                    help="the gyrus binary to measure (default: the release build)")
     ap.add_argument("--fastapi-form", default="async-pydantic",
                     choices=["async-pydantic", "sync-pydantic", "async-request", "sync-request"],
                     help="FastAPI endpoint form (see bench/onnx/fastapi_app.py)")
@@ -745,6 +749,7 @@ def main():
     args.duration = args.duration or (3 if args.quick else 10)
     args.warmup = args.warmup or (1 if args.quick else 3)
     args.iterations = args.iterations or (20_000 if args.quick else 200_000)
+    GYRUS = Path(args.bin).resolve()
 
     if not VENV_PY.exists() or not UV.exists():
         sys.exit(".venv (with uv) is missing: run scripts/setup-python.sh")

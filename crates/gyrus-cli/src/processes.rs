@@ -172,22 +172,19 @@ pub(crate) async fn replica(_args: ReplicaArgs) -> Result<()> {
     .context("reading the replica's launch from stdin")?;
     let launch = gyrus_launch::ReplicaLaunch::from_line(&line)
         .context("the replica's launch on stdin (gyrus replica is started by the daemon)")?;
-    gyrus_replica::run(gyrus_replica::ReplicaOptions {
-        spec_json: serde_json::to_string(&launch.spec)?,
-        id: launch.id,
-        project_dir: launch.project_dir,
-        python: launch.python,
-        lib_dir: launch.lib_dir,
-        model_path: launch.model_path,
-        models: launch
-            .models
-            .into_iter()
-            .map(|m| (m.name, m.path))
-            .collect(),
-        onnx_library: launch.onnx_library,
-    })
-    .await
-    .map_err(|e| anyhow!("{e}"))
+    // A replica's stderr is its API's log file: plain lines, each saying which replica wrote
+    // it (the messages do), as the daemon's own `[gyrus <time>]` lines beside them do.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GYRUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_env_filter(filter)
+        .init();
+    gyrus_replica::run(launch).await.map_err(|e| anyhow!("{e}"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! The crate's one error type and the HTTP status each variant maps to. Messages are written
-//! for the person who sent the request: they name the input or output, what was expected and
-//! what was found, so the HTTP layer can put them in `{"error": ...}` unchanged.
+//! The crate's one error type and its [`OipErrorKind`]. Messages are written for the person who
+//! sent the request: they name the input or output, what was expected and what was found, so
+//! the HTTP layer can put them in `{"error": ...}` unchanged. The kind says what sort of
+//! failure it is; which status code that is belongs to the server (the replica maps kinds to
+//! HTTP statuses in one place), not to the codecs.
 
 use std::fmt::Write as _;
 
@@ -37,7 +39,7 @@ pub enum OipError {
     #[error("{0} is not supported")]
     Unsupported(String),
 
-    /// `Content-Encoding` names a coding gyrus cannot decode; HTTP 415 Unsupported Media Type.
+    /// `Content-Encoding` names a coding gyrus cannot decode.
     #[error("unsupported Content-Encoding \"{0}\"; gyrus accepts gzip, deflate and identity")]
     UnsupportedEncoding(String),
 
@@ -50,7 +52,7 @@ pub enum OipError {
         message: String,
     },
 
-    /// The (decompressed) body is larger than the server accepts; HTTP 413 Payload Too Large.
+    /// The (decompressed) body is larger than the server accepts.
     #[error("the request body is larger than the limit of {limit} bytes once decompressed")]
     TooLarge {
         /// The limit in bytes.
@@ -58,7 +60,7 @@ pub enum OipError {
     },
 
     /// An output tensor handed to an encoder is inconsistent (its data does not match its
-    /// shape or dtype). This is a bug on the server side, hence HTTP 500.
+    /// shape or dtype). This is a bug on the server side.
     #[error("output {name:?}: {message}")]
     InvalidOutput {
         /// The output's name.
@@ -68,16 +70,41 @@ pub enum OipError {
     },
 }
 
+/// What sort of failure an [`OipError`] is, for the server to pick its status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OipErrorKind {
+    /// The request is malformed or breaks a rule of the protocol, or asks for a feature gyrus
+    /// does not implement: [`OipError::Json`], [`OipError::Invalid`], [`OipError::Binary`],
+    /// [`OipError::UnknownOutput`], [`OipError::Unsupported`], [`OipError::Decompress`].
+    InvalidRequest,
+    /// The body's content coding cannot be decoded: [`OipError::UnsupportedEncoding`].
+    UnsupportedEncoding,
+    /// The body is larger than the server accepts: [`OipError::TooLarge`].
+    TooLarge,
+    /// The server handed an encoder inconsistent outputs, a server bug:
+    /// [`OipError::InvalidOutput`].
+    Internal,
+}
+
 impl OipError {
-    /// The HTTP status code for this error: 415 for [`OipError::UnsupportedEncoding`], 413 for
-    /// [`OipError::TooLarge`], 500 for [`OipError::InvalidOutput`] and 400 for everything else.
-    pub fn status(&self) -> u16 {
+    /// What sort of failure this is.
+    pub fn kind(&self) -> OipErrorKind {
         match self {
-            OipError::UnsupportedEncoding(_) => 415,
-            OipError::TooLarge { .. } => 413,
-            OipError::InvalidOutput { .. } => 500,
-            _ => 400,
+            OipError::Json(_)
+            | OipError::Invalid(_)
+            | OipError::Binary(_)
+            | OipError::UnknownOutput { .. }
+            | OipError::Unsupported(_)
+            | OipError::Decompress { .. } => OipErrorKind::InvalidRequest,
+            OipError::UnsupportedEncoding(_) => OipErrorKind::UnsupportedEncoding,
+            OipError::TooLarge { .. } => OipErrorKind::TooLarge,
+            OipError::InvalidOutput { .. } => OipErrorKind::Internal,
         }
+    }
+
+    /// Whether the request caused it (every kind but [`OipErrorKind::Internal`]).
+    pub fn is_client_error(&self) -> bool {
+        self.kind() != OipErrorKind::Internal
     }
 }
 
@@ -101,37 +128,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_codes() {
-        assert_eq!(OipError::Invalid("x".into()).status(), 400);
-        assert_eq!(OipError::Json("x".into()).status(), 400);
-        assert_eq!(OipError::Binary("x".into()).status(), 400);
-        assert_eq!(OipError::Unsupported("x".into()).status(), 400);
+    fn kinds() {
+        use OipErrorKind::*;
+        assert_eq!(OipError::Invalid("x".into()).kind(), InvalidRequest);
+        assert_eq!(OipError::Json("x".into()).kind(), InvalidRequest);
+        assert_eq!(OipError::Binary("x".into()).kind(), InvalidRequest);
+        assert_eq!(OipError::Unsupported("x".into()).kind(), InvalidRequest);
         assert_eq!(
             OipError::UnknownOutput {
                 name: "z".into(),
                 available: vec![]
             }
-            .status(),
-            400
+            .kind(),
+            InvalidRequest
         );
         assert_eq!(
             OipError::Decompress {
                 encoding: "gzip".into(),
                 message: "bad".into()
             }
-            .status(),
-            400
+            .kind(),
+            InvalidRequest
         );
-        assert_eq!(OipError::UnsupportedEncoding("br".into()).status(), 415);
-        assert_eq!(OipError::TooLarge { limit: 1 }.status(), 413);
         assert_eq!(
-            OipError::InvalidOutput {
-                name: "y".into(),
-                message: "m".into()
-            }
-            .status(),
-            500
+            OipError::UnsupportedEncoding("br".into()).kind(),
+            UnsupportedEncoding
         );
+        assert_eq!(OipError::TooLarge { limit: 1 }.kind(), TooLarge);
+        let bug = OipError::InvalidOutput {
+            name: "y".into(),
+            message: "m".into(),
+        };
+        assert_eq!(bug.kind(), Internal);
+        assert!(!bug.is_client_error());
+        assert!(OipError::TooLarge { limit: 1 }.is_client_error());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!
 //! JSON tensor data is decoded by `json_in` straight into each tensor's little-endian buffer
 //! and written by `json_out` straight from it, without `serde_json::Value` trees. Errors are
-//! one [`OipError`] with the HTTP status to answer with ([`OipError::status`]).
+//! one [`OipError`] with its [`OipErrorKind`]; the server maps kinds to status codes.
 //!
 //! Decoders check requests against themselves (shape against data, datatype against values),
 //! not against a model's signature: that is the engine's job. The exception is the simple
@@ -34,7 +34,7 @@ mod metadata;
 mod simple;
 
 pub use compress::decompress;
-pub use error::OipError;
+pub use error::{OipError, OipErrorKind};
 pub use infer::{
     decode_infer, encode_infer, DecodedInfer, EncodedResponse, OutputSelection, RequestedOutput,
 };

@@ -1,17 +1,19 @@
 //! The replica process: one per replica of one API version. It owns the replica's HTTP server
 //! on an ephemeral loopback port, the `max_replica_concurrency` gate, the ONNX models (one
-//! session each, shared by everything in the replica), the pool of Python workers, and the
-//! line-per-event report to the supervisor on stdout.
+//! session each, behind one [`InferenceService`] shared by everything in the replica), the
+//! pool of Python workers, and the line-per-event report to the supervisor on stdout.
 //!
 //! Lifecycle: bind → `listening` event → load models → start workers (every constructor
 //! returns) → `ready` event → serve until SIGTERM, SIGINT or EOF on stdin (the daemon is
 //! gone), then drain.
 //!
-//! What it serves: a Python predictor (`predictor.path`) answers `POST /predict`, with
-//! `onnx_client` reaching the models; a model API (`predictor.type: onnx` without a path)
-//! answers `POST /predict` with the simple JSON API and `/v2/...` with the Open Inference
-//! Protocol (see [`models`]).
+//! What it serves ([`Serving`]): a Python predictor (`predictor.path`) answers `POST /predict`,
+//! with `onnx_client` reaching the models through the inference service; a model API
+//! (`predictor.type: onnx` without a path) answers `POST /predict` with the simple JSON API and
+//! `/v2/...` with the Open Inference Protocol (see [`models`]). Failures become responses in
+//! one place, `error`.
 
+mod error;
 mod models;
 
 use std::net::SocketAddr;
@@ -27,11 +29,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use gyrus_engine::{Model, ModelSet, SessionConfig};
-use gyrus_runtime::{PredictRequest, RuntimeError, WorkerConfig, WorkerPool};
+use gyrus_launch::{ModelFile, ReplicaEvent, ReplicaLaunch};
+use gyrus_runtime::{
+    InferenceService, ModelInfo, OnnxBackend, PredictRequest, RuntimeError, ServiceConfig,
+    WorkerConfig, WorkerPool,
+};
 use gyrus_spec::{ApiSpec, OnnxOptions};
-use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
+
+use crate::error::ServeError;
 
 /// The largest request body a replica accepts. Predict payloads are usually small; this
 /// bounds memory per request while leaving room for images and files.
@@ -68,66 +75,37 @@ pub enum ReplicaError {
     Engine(#[from] gyrus_engine::EngineError),
     #[error("predictor.type is onnx but the replica was given no ONNX Runtime library")]
     NoOnnxLibrary,
+    #[error("cannot start the inference engine thread: {0}")]
+    EngineThread(std::io::Error),
+    #[error("predictor.type {0} without predictor.path: this replica has nothing to serve")]
+    NothingToServe(String),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
 
-/// What the supervisor tells a replica to run.
-#[derive(Debug, Clone)]
-pub struct ReplicaOptions {
-    pub id: String,
-    /// The resolved spec as JSON (what `gyrus-spec` produces).
-    pub spec_json: String,
-    /// The extracted project snapshot: the predictor's working directory.
-    pub project_dir: PathBuf,
-    /// The Python interpreter of the API's environment.
-    pub python: PathBuf,
-    /// Where the embedded worker script is written.
-    pub lib_dir: PathBuf,
-    /// Absolute local path of `predictor.model`, if the API has one.
-    pub model_path: Option<PathBuf>,
-    /// The models to load into the engine (ONNX predictors): name and local file.
-    pub models: Vec<(String, PathBuf)>,
-    /// `libonnxruntime`, for replicas that load models.
-    pub onnx_library: Option<PathBuf>,
-}
-
-/// One line on stdout per lifecycle event; the supervisor parses these.
-#[derive(Debug, Serialize)]
-#[serde(tag = "event", rename_all = "lowercase")]
-pub enum ReplicaEvent {
-    Listening {
-        port: u16,
-    },
-    Ready,
-    Failed {
-        error: String,
-    },
-    /// Once a second: the requests in flight (the autoscaler's input), and whether the
-    /// predictor's workers are crash-looping (see [`WorkerPool::crash_looping`]; always false
-    /// for a model API, which has no workers).
-    Metrics {
-        in_flight: usize,
-        workers_crash_looping: bool,
-    },
-}
-
+/// Reports an event to the daemon: one line on stdout.
 fn emit(event: &ReplicaEvent) {
     use std::io::Write;
-    if let Ok(line) = serde_json::to_string(event) {
-        let mut out = std::io::stdout().lock();
-        // If the supervisor has gone, there is no one to tell; the stdin watcher stops us.
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
+    let mut out = std::io::stdout().lock();
+    // If the daemon has gone, there is no one to tell; the stdin watcher stops us.
+    let _ = writeln!(out, "{}", event.to_line());
+    let _ = out.flush();
+}
+
+/// What a replica serves.
+enum Serving {
+    /// A Python predictor (`predictor.path`): `POST /predict` goes to its workers. An
+    /// ONNXPredictor's workers reach the models through the inference service that their pool
+    /// holds (`WorkerConfig::tensors`); the replica's routes do not use it.
+    Python(Arc<WorkerPool>),
+    /// A model API (`predictor.type: onnx` without a path): `POST /predict` and `/v2/...`.
+    Models(InferenceService),
 }
 
 struct ReplicaState {
     api: String,
     id: String,
-    /// The Python workers; `None` for a model API.
-    pool: Option<Arc<WorkerPool>>,
-    models: Option<Arc<ModelSet>>,
+    serving: Serving,
     gate: Arc<Semaphore>,
     max_concurrency: usize,
 }
@@ -189,7 +167,7 @@ fn session_config(options: Option<&OnnxOptions>) -> SessionConfig {
 }
 
 /// Loads every model of the API, in order. Runs on a blocking thread: big models take seconds.
-async fn load_models(opts: &ReplicaOptions, spec: &ApiSpec) -> Result<ModelSet, ReplicaError> {
+async fn load_models(opts: &ReplicaLaunch, spec: &ApiSpec) -> Result<ModelSet, ReplicaError> {
     let library = opts
         .onnx_library
         .clone()
@@ -200,11 +178,11 @@ async fn load_models(opts: &ReplicaOptions, spec: &ApiSpec) -> Result<ModelSet, 
     let loaded = tokio::task::spawn_blocking(move || {
         gyrus_engine::init_library(&library)?;
         let mut loaded = Vec::new();
-        for (name, path) in &models {
+        for ModelFile { name, path } in &models {
             let started = std::time::Instant::now();
-            let mut warn = |w: String| eprintln!("replica {id}: warning: model {name}: {w}");
+            let mut warn = |w: String| tracing::warn!("replica {id}: warning: model {name}: {w}");
             let model = Model::load(name, path, &config, &mut warn)?;
-            eprintln!(
+            tracing::info!(
                 "replica {id}: loaded model {name} from {} in {} ms ({})",
                 path.display(),
                 started.elapsed().as_millis(),
@@ -220,7 +198,7 @@ async fn load_models(opts: &ReplicaOptions, spec: &ApiSpec) -> Result<ModelSet, 
 }
 
 /// The models' signatures as the Python worker's `onnx_client` wants them.
-fn signatures_json(models: &ModelSet) -> serde_json::Value {
+fn signatures_json(models: &[ModelInfo]) -> serde_json::Value {
     let tensors = |list: &[gyrus_engine::TensorInfo]| -> serde_json::Value {
         list.iter()
             .map(|t| {
@@ -233,20 +211,19 @@ fn signatures_json(models: &ModelSet) -> serde_json::Value {
             .collect()
     };
     models
-        .models()
         .iter()
         .map(|m| {
             serde_json::json!({
-                "name": m.name(),
-                "inputs": tensors(&m.signature().inputs),
-                "outputs": tensors(&m.signature().outputs),
+                "name": m.name,
+                "inputs": tensors(&m.signature.inputs),
+                "outputs": tensors(&m.signature.outputs),
             })
         })
         .collect()
 }
 
 /// Runs a replica to completion. Errors before `ready` are also reported as a `failed` event.
-pub async fn run(opts: ReplicaOptions) -> Result<(), ReplicaError> {
+pub async fn run(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
     match run_inner(opts).await {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -258,9 +235,9 @@ pub async fn run(opts: ReplicaOptions) -> Result<(), ReplicaError> {
     }
 }
 
-async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
-    let spec: ApiSpec = serde_json::from_str(&opts.spec_json)?;
-    let api_spec_value: serde_json::Value = serde_json::from_str(&opts.spec_json)?;
+async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
+    let spec = &opts.spec;
+    let api_spec_value = serde_json::to_value(spec)?;
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -269,32 +246,41 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
     emit(&ReplicaEvent::Listening { port });
 
     let models = if spec.predictor.kind == gyrus_spec::PredictorType::Onnx {
-        Some(Arc::new(load_models(&opts, &spec).await?))
+        let backend = OnnxBackend::new(load_models(&opts, spec).await?);
+        let service = InferenceService::start(Arc::new(backend), ServiceConfig::default())
+            .map_err(ReplicaError::EngineThread)?;
+        Some(service)
     } else {
         None
     };
 
-    let pool = match &spec.predictor.path {
-        Some(path) => {
-            Some(start_workers(&opts, &spec, path, &api_spec_value, models.clone()).await?)
+    let serving = match (&spec.predictor.path, models) {
+        (Some(path), models) => {
+            Serving::Python(start_workers(&opts, spec, path, &api_spec_value, models).await?)
         }
-        None => None,
+        (None, Some(service)) => Serving::Models(service),
+        // The spec requires a path for python predictors and the daemon refuses the others.
+        (None, None) => {
+            return Err(ReplicaError::NothingToServe(
+                spec.predictor.kind.to_string(),
+            ))
+        }
     };
-    eprintln!("replica {}: ready on 127.0.0.1:{port}", opts.id);
+    tracing::info!("replica {}: ready on 127.0.0.1:{port}", opts.id);
 
     let max_concurrency = spec.autoscaling.max_replica_concurrency as usize;
+    let serves_models = matches!(serving, Serving::Models(_));
     let state = Arc::new(ReplicaState {
         api: spec.name.clone(),
         id: opts.id.clone(),
-        pool: pool.clone(),
-        models: models.clone(),
+        serving,
         gate: Arc::new(Semaphore::new(max_concurrency)),
         max_concurrency,
     });
     let mut app = Router::new()
         .route("/predict", post(predict))
         .route("/", get(health));
-    if pool.is_none() && models.is_some() {
+    if serves_models {
         app = app
             .route("/v2", get(models::server_metadata))
             .route("/v2/health/live", get(models::server_live))
@@ -328,10 +314,10 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
             every_second.tick().await;
             emit(&ReplicaEvent::Metrics {
                 in_flight: sampled.in_flight(),
-                workers_crash_looping: sampled
-                    .pool
-                    .as_ref()
-                    .is_some_and(|pool| pool.crash_looping()),
+                workers_crash_looping: match &sampled.serving {
+                    Serving::Python(pool) => pool.crash_looping(),
+                    Serving::Models(_) => false,
+                },
             });
         }
     });
@@ -352,19 +338,19 @@ async fn run_inner(opts: ReplicaOptions) -> Result<(), ReplicaError> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(pool) = pool {
+    if let Serving::Python(pool) = &state.serving {
         pool.shutdown().await;
     }
-    eprintln!("replica {}: stopped", opts.id);
+    tracing::info!("replica {}: stopped", opts.id);
     Ok(())
 }
 
 async fn start_workers(
-    opts: &ReplicaOptions,
+    opts: &ReplicaLaunch,
     spec: &ApiSpec,
     predictor_path: &str,
     api_spec_value: &serde_json::Value,
-    models: Option<Arc<ModelSet>>,
+    models: Option<InferenceService>,
 ) -> Result<Arc<WorkerPool>, ReplicaError> {
     let script = gyrus_runtime::install_worker_script(&opts.lib_dir).map_err(|source| {
         ReplicaError::WorkerScript {
@@ -380,7 +366,7 @@ async fn start_workers(
         "api_spec": api_spec_value,
         "job_spec": null,
         "model_path": opts.model_path,
-        "models": models.as_deref().map(signatures_json),
+        "models": models.as_ref().map(|service| signatures_json(service.models())),
         "threads": threads,
         "api_name": spec.name,
     });
@@ -391,12 +377,12 @@ async fn start_workers(
         env: Vec::new(),
         init,
         threads,
-        tensors: models.map(|m| m as Arc<dyn gyrus_runtime::TensorService>),
+        tensors: models,
         queue_timeout: QUEUE_TIMEOUT,
         restart_backoff: WORKER_RESTART_BACKOFF,
     };
     let workers = spec.autoscaling.workers_per_replica as usize;
-    eprintln!(
+    tracing::info!(
         "replica {}: starting {workers} worker(s) with {threads} thread(s) each",
         opts.id
     );
@@ -469,23 +455,23 @@ async fn predict(
         Err(rejection) => return error_response(rejection.status(), rejection.body_text()),
     };
     let query = query.as_deref();
-    let pool = match (&state.pool, &state.models) {
-        (Some(pool), _) => pool,
-        (None, Some(models)) => {
-            return match models::predict(&state, models, query, &headers, body).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
-            }
-        }
-        (None, None) => {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "this replica has neither a predictor nor models".into(),
-            )
-        }
+    let answer = match &state.serving {
+        Serving::Python(pool) => predict_python(&state, pool, query, &headers, body).await,
+        Serving::Models(service) => models::predict(&state, service, query, &headers, body).await,
     };
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /predict` of a Python predictor: the request as it came, to the least busy worker.
+async fn predict_python(
+    state: &ReplicaState,
+    pool: &WorkerPool,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ServeError> {
     let Some(_permit) = state.admit() else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, state.busy_message());
+        return Err(ServeError::Busy(state.busy_message()));
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -511,24 +497,11 @@ async fn predict(
         body,
         debug: debug_requested(query),
     };
-    match pool.call(req).await {
-        Ok(resp) => {
-            let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
-            let ctype = HeaderValue::from_str(&resp.content_type)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            (status, [(header::CONTENT_TYPE, ctype)], resp.body).into_response()
-        }
-        Err(e @ RuntimeError::WorkerExited { .. }) => error_response(
-            StatusCode::BAD_GATEWAY,
-            format!("the predictor's worker process died while handling this request: {e}"),
-        ),
-        Err(RuntimeError::InvalidRequest(msg)) => error_response(StatusCode::BAD_REQUEST, msg),
-        Err(e @ RuntimeError::ShuttingDown) => unavailable_response(e.to_string(), RETRY_SOON),
-        Err(ref e @ RuntimeError::Unavailable { retry_after, .. }) => {
-            unavailable_response(e.to_string(), retry_after)
-        }
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let resp = pool.call(req).await?;
+    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
+    let ctype = HeaderValue::from_str(&resp.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok((status, [(header::CONTENT_TYPE, ctype)], resp.body).into_response())
 }
 
 /// A JSON error response. Every 503 of a replica means "try again": it says when, with

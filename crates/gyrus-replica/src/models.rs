@@ -1,13 +1,14 @@
 //! Serving models without Python: the simple JSON API (`POST /predict`) and the Open Inference
-//! Protocol v2 REST API (`/v2/...`), both straight into the replica's ONNX Runtime engine.
+//! Protocol v2 REST API (`/v2/...`), both through the replica's [`InferenceService`].
 //!
-//! Inference runs on the replica's I/O thread. Each model's session is used by one run at a
-//! time anyway (ONNX Runtime's `Run` is not concurrency-safe), and a thread hop would cost more
-//! than an iris-sized model takes; a replica is one process, so replicas are how a model API
-//! uses more cores.
+//! The handlers decode and encode on the I/O thread (the codecs of `gyrus-oip`), resolve the
+//! model there (names and signatures are fixed), and hand the run itself to the service's
+//! engine thread, awaiting its answer: inference never runs on the I/O thread, which keeps
+//! accepting, decoding and answering other requests meanwhile. One engine thread runs every
+//! model, one run at a time, as ONNX Runtime allows per session anyway; a replica is one
+//! process, so replicas are how a model API uses more cores.
 //!
-//! Every error of this module becomes a response in [`ServeError::into_response`], the one
-//! place that maps failures to HTTP statuses.
+//! Every error of this module is a [`ServeError`], which `crate::error` maps to a response.
 
 use std::sync::Arc;
 
@@ -15,53 +16,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use gyrus_engine::{EngineError, Model, ShapePolicy};
+use gyrus_engine::ShapePolicy;
 use gyrus_oip::OipError;
+use gyrus_runtime::{InferenceService, ModelInfo, MODEL_VERSION};
 
-use crate::{ReplicaState, MAX_BODY_BYTES};
+use crate::error::ServeError;
+use crate::{ReplicaState, Serving, MAX_BODY_BYTES};
 
 /// The Open Inference Protocol's header giving the JSON part's length in a binary body.
 const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
-
-/// The only model version a gyrus API has (versions arrive with the model store).
-const MODEL_VERSION: &str = "1";
-
-pub(crate) enum ServeError {
-    Oip(OipError),
-    Engine(EngineError),
-    NotFound(String),
-    Busy(String),
-}
-
-impl From<OipError> for ServeError {
-    fn from(e: OipError) -> Self {
-        ServeError::Oip(e)
-    }
-}
-
-impl From<EngineError> for ServeError {
-    fn from(e: EngineError) -> Self {
-        ServeError::Engine(e)
-    }
-}
-
-impl IntoResponse for ServeError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ServeError::Oip(e) => (
-                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-                e.to_string(),
-            ),
-            ServeError::Engine(e) if e.is_client_error() => {
-                (StatusCode::BAD_REQUEST, e.to_string())
-            }
-            ServeError::Engine(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            ServeError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ServeError::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-        };
-        crate::error_response(status, message)
-    }
-}
 
 fn body_bytes(headers: &HeaderMap, body: &Bytes) -> Result<Bytes, ServeError> {
     let encoding = headers
@@ -89,16 +52,18 @@ fn admit(state: &ReplicaState) -> Result<tokio::sync::SemaphorePermit<'_>, Serve
 /// `POST /predict` of a model API: `{"input": nested list}` in, `{"output": nested list}` out.
 pub(crate) async fn predict(
     state: &ReplicaState,
-    models: &gyrus_engine::ModelSet,
+    service: &InferenceService,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServeError> {
     let _permit = admit(state)?;
     let body = body_bytes(headers, &body)?;
-    let model = models.get(model_param(query).as_deref())?;
-    let inputs = gyrus_oip::decode_simple(&body, model.signature())?;
-    let outputs = model.infer(inputs, ShapePolicy::AddLeadingDims)?;
+    let model = service.select(model_param(query).as_deref())?;
+    let inputs = gyrus_oip::decode_simple(&body, &model.signature)?;
+    let outputs = service
+        .infer(&model.name, inputs, ShapePolicy::AddLeadingDims)
+        .await?;
     let body = gyrus_oip::encode_simple_body(&outputs);
     Ok((
         [(
@@ -110,29 +75,18 @@ pub(crate) async fn predict(
         .into_response())
 }
 
+/// The model a `/v2/models/<name>[/versions/<version>]` path addresses, and the service that
+/// runs it.
 fn find_model<'a>(
     state: &'a ReplicaState,
     name: &str,
     version: Option<&str>,
-) -> Result<&'a Arc<Model>, ServeError> {
-    let models = state
-        .models
-        .as_ref()
-        .ok_or_else(|| ServeError::NotFound("this API has no models".into()))?;
-    let model = models.find(name).ok_or_else(|| {
-        let unknown = EngineError::UnknownModel {
-            name: name.to_string(),
-            available: models.names(),
-        };
-        ServeError::NotFound(unknown.to_string())
-    })?;
-    match version {
-        None => Ok(model),
-        Some(v) if v == MODEL_VERSION => Ok(model),
-        Some(v) => Err(ServeError::NotFound(format!(
-            "model \"{name}\" has no version \"{v}\"; its only version is \"{MODEL_VERSION}\""
-        ))),
-    }
+) -> Result<(&'a InferenceService, &'a ModelInfo), ServeError> {
+    // The /v2 routes exist only for a model API; a Python predictor has no such paths.
+    let Serving::Models(service) = &state.serving else {
+        return Err(ServeError::NotFound("this API has no models".into()));
+    };
+    Ok((service, service.find(name, version)?))
 }
 
 pub(crate) async fn server_live() -> StatusCode {
@@ -147,16 +101,16 @@ pub(crate) async fn model_metadata(
     State(state): State<Arc<ReplicaState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ServeError> {
-    let model = find_model(&state, &name, None)?;
-    Ok(axum::Json(gyrus_oip::model_metadata(model.name(), model.signature())).into_response())
+    let (_, model) = find_model(&state, &name, None)?;
+    Ok(axum::Json(gyrus_oip::model_metadata(&model.name, &model.signature)).into_response())
 }
 
 pub(crate) async fn model_metadata_version(
     State(state): State<Arc<ReplicaState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ServeError> {
-    let model = find_model(&state, &name, Some(&version))?;
-    Ok(axum::Json(gyrus_oip::model_metadata(model.name(), model.signature())).into_response())
+    let (_, model) = find_model(&state, &name, Some(&version))?;
+    Ok(axum::Json(gyrus_oip::model_metadata(&model.name, &model.signature)).into_response())
 }
 
 pub(crate) async fn model_ready(
@@ -179,7 +133,7 @@ pub(crate) async fn infer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServeError> {
-    infer_inner(&state, &name, None, &headers, body)
+    infer_inner(&state, &name, None, &headers, body).await
 }
 
 pub(crate) async fn infer_version(
@@ -188,10 +142,10 @@ pub(crate) async fn infer_version(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServeError> {
-    infer_inner(&state, &name, Some(&version), &headers, body)
+    infer_inner(&state, &name, Some(&version), &headers, body).await
 }
 
-fn infer_inner(
+async fn infer_inner(
     state: &ReplicaState,
     name: &str,
     version: Option<&str>,
@@ -199,7 +153,7 @@ fn infer_inner(
     body: Bytes,
 ) -> Result<Response, ServeError> {
     let _permit = admit(state)?;
-    let model = find_model(state, name, version)?;
+    let (service, model) = find_model(state, name, version)?;
     let body = body_bytes(headers, &body)?;
     let header_length = match headers.get(&HEADER_LENGTH) {
         None => None,
@@ -208,16 +162,18 @@ fn infer_inner(
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
                 .ok_or_else(|| {
-                    ServeError::Oip(OipError::Invalid(format!(
+                    ServeError::Codec(OipError::Invalid(format!(
                         "Inference-Header-Content-Length must be a byte count, found {v:?}"
                     )))
                 })?,
         ),
     };
     let request = gyrus_oip::decode_infer(&body, header_length)?;
-    let outputs = model.infer(request.inputs, ShapePolicy::Exact)?;
+    let outputs = service
+        .infer(&model.name, request.inputs, ShapePolicy::Exact)
+        .await?;
     let encoded = gyrus_oip::encode_infer(
-        model.name(),
+        &model.name,
         Some(MODEL_VERSION),
         request.id.as_deref(),
         outputs,

@@ -1,4 +1,5 @@
-//! The one error type of this crate.
+//! The error type of the worker pool. Inference has its own,
+//! [`InferenceError`](crate::InferenceError).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,10 +1,15 @@
-//! The Python runtime of a gyrus replica.
+//! The runtime of a gyrus replica: the Python workers and the inference service.
 //!
 //! A replica serves its API through `workers_per_replica` Python processes, each running the
 //! embedded [`WORKER_PY`] script with the user's predictor and `threads_per_worker` threads.
 //! The replica talks to each worker over a socketpair (fd 3 in the child) with the binary
 //! frames described in `docs/architecture.md` ("Worker protocol"); [`WorkerPool`] owns the
 //! processes, balances requests over them and restarts the ones that die.
+//!
+//! Models run in an [`InferenceService`] (module `inference`): a [`Backend`] (ONNX Runtime's
+//! [`OnnxBackend`]) on a dedicated engine thread, off the replica's I/O thread. The replica's
+//! model API and the workers' `onnx_client` (INFER frames, module `tensor_frame`) both go
+//! through it.
 //!
 //! ```no_run
 //! # async fn demo(config: gyrus_runtime::WorkerConfig) -> Result<(), gyrus_runtime::RuntimeError> {
@@ -22,6 +27,7 @@
 //! ```
 
 mod error;
+mod inference;
 mod pool;
 mod process;
 mod protocol;
@@ -30,18 +36,12 @@ mod tensor_frame;
 use std::path::{Path, PathBuf};
 
 pub use error::RuntimeError;
+pub use inference::{
+    Backend, ErrorKind, InferenceError, InferenceService, ModelInfo, OnnxBackend, ServiceConfig,
+    DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
+};
 pub use pool::WorkerPool;
-pub use tensor_frame::{InferCall, TensorService};
-
-impl TensorService for gyrus_engine::ModelSet {
-    fn infer(
-        &self,
-        call: InferCall,
-    ) -> Result<Vec<gyrus_engine::Tensor>, gyrus_engine::EngineError> {
-        self.get(call.model.as_deref())?
-            .infer(call.inputs, call.policy)
-    }
-}
+pub use tensor_frame::InferCall;
 
 /// The Python worker, embedded so that a gyrus binary always runs the worker it was built with.
 pub const WORKER_PY: &str = include_str!("../python/gyrus_worker.py");
@@ -102,8 +102,8 @@ pub struct WorkerConfig {
     /// Threads per worker (`threads_per_worker`); 0 is taken as 1.
     pub threads: usize,
     /// Answers the workers' INFER frames (`onnx_client.predict`); `None` when the API has no
-    /// models in the engine, and then INFER frames are answered with an error.
-    pub tensors: Option<std::sync::Arc<dyn TensorService>>,
+    /// models, and then INFER frames are answered with an error.
+    pub tensors: Option<InferenceService>,
     /// How long a call waits for a free worker thread before it fails with
     /// [`RuntimeError::Unavailable`].
     pub queue_timeout: std::time::Duration,

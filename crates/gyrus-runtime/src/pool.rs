@@ -15,6 +15,11 @@
 //!
 //! This file holds the pool as callers see it (assigning requests, waiting, shutdown); one
 //! worker process's life (start, serve, restart) is in `pool/worker.rs`.
+//!
+//! INFER frames (`onnx_client.predict`) go to the [`InferenceService`]: the supervisor task
+//! decodes the frame and hands it to the service, which answers it at once when the model is
+//! quick and the engine idle, and otherwise on its engine thread, which then writes the reply
+//! frame itself, so that a slow model never holds up the I/O thread.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -27,15 +32,20 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::process::Child;
+use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch, Notify, OwnedMutexGuard};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::protocol::{self, Frame, FrameReader};
-use crate::tensor_frame;
-use crate::{PredictRequest, PredictResponse, RuntimeError, WorkerConfig};
+use crate::tensor_frame::{self, InferCall};
+use crate::{
+    InferenceError, InferenceService, PredictRequest, PredictResponse, RuntimeError, WorkerConfig,
+};
 
+mod frames;
 mod worker;
+use frames::*;
 use worker::*;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -150,6 +160,9 @@ struct Shared {
     closing: AtomicBool,
     /// `Some(deadline)` once shutting down: workers still running then are killed.
     deadline: watch::Sender<Option<Instant>>,
+    /// The replica's runtime, for writes that must wait for the socket when they were started
+    /// off it (INFER replies may be written from the engine thread).
+    runtime: Handle,
 }
 
 /// A started and initialised worker process, not yet serving.
@@ -208,6 +221,7 @@ impl WorkerPool {
             freed: Notify::new(),
             closing: AtomicBool::new(false),
             deadline: watch::Sender::new(None),
+            runtime: Handle::current(),
         });
         for (index, s) in started.iter().enumerate() {
             shared.slots[index].set(Some(s.conn.clone()));
@@ -252,7 +266,7 @@ impl WorkerPool {
             };
             // From here on, whoever removes the pending entry frees the thread.
             busy.armed = false;
-            if let Err(e) = write_request(&conn, writer, head, req.body) {
+            if let Err(e) = write_request(&conn, writer, head, req.body, &sh.runtime) {
                 conn.broken.notify_one();
                 if conn
                     .pending()
@@ -521,9 +535,7 @@ impl Shared {
     /// Handles one frame from a worker that is serving.
     fn dispatch(&self, conn: &Arc<Conn>, frame: Frame) -> Result<(), RuntimeError> {
         if frame.kind == protocol::INFER {
-            let reply = answer_infer(&self.config, frame.id, &frame.body)?;
-            send_reply(conn, reply);
-            return Ok(());
+            return frames::answer_infer(self, conn, frame);
         }
         if frame.kind != protocol::RESPONSE {
             return Err(RuntimeError::Protocol(format!(
@@ -586,52 +598,6 @@ impl Drop for Busy<'_> {
             self.shared.release(self.conn);
         }
     }
-}
-
-/// Writes a request frame without ever leaving half a frame behind: what the socket takes at
-/// once is written here, and if it is full the rest is finished by a task the caller cannot
-/// cancel, still holding the writer lock.
-fn write_request(
-    conn: &Arc<Conn>,
-    writer: OwnedMutexGuard<OwnedWriteHalf>,
-    head: Vec<u8>,
-    body: Bytes,
-) -> std::io::Result<()> {
-    let total = head.len() + body.len();
-    let mut done = 0;
-    while done < total {
-        let result = if done < head.len() {
-            writer.try_write_vectored(&[IoSlice::new(&head[done..]), IoSlice::new(&body)])
-        } else {
-            writer.try_write(&body[done - head.len()..])
-        };
-        match result {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let conn = conn.clone();
-                tokio::spawn(async move {
-                    let mut writer = writer;
-                    let result = async {
-                        if done < head.len() {
-                            writer.write_all(&head[done..]).await?;
-                            writer.write_all(&body).await
-                        } else {
-                            writer.write_all(&body[done - head.len()..]).await
-                        }
-                    }
-                    .await;
-                    if result.is_err() {
-                        conn.broken.notify_one();
-                    }
-                });
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Tensors on the worker protocol: how `onnx_client.predict` in a Python worker reaches the
-//! replica's engine. Tensors travel as raw little-endian bytes with a dtype code and a shape,
+//! replica's [`InferenceService`](crate::InferenceService). Tensors travel as raw little-endian bytes with a dtype code and a shape,
 //! never as JSON, so a numpy array crosses with one copy on each side.
 //!
 //! INFER body (worker → replica): `u16 model_len`, model name (empty: the only model),
@@ -10,7 +10,7 @@
 //! A tensor: `u16 name_len`, name, `u8 dtype` (index in [`DataType::ALL`]), `u8 rank`,
 //! `rank × i64` dims, `u64 data_len`, data. String data is each element as `u32 len` + bytes.
 
-use gyrus_engine::{DataType, EngineError, ShapePolicy, Tensor, TensorData};
+use gyrus_engine::{DataType, ShapePolicy, Tensor, TensorData};
 
 pub(crate) const FLAG_ADD_LEADING_DIMS: u8 = 1;
 
@@ -20,11 +20,6 @@ pub struct InferCall {
     pub model: Option<String>,
     pub policy: ShapePolicy,
     pub inputs: Vec<Tensor>,
-}
-
-/// What answers INFER frames: the replica's models.
-pub trait TensorService: Send + Sync {
-    fn infer(&self, call: InferCall) -> Result<Vec<Tensor>, EngineError>;
 }
 
 struct Cursor<'a> {

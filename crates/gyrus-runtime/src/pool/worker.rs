@@ -43,57 +43,16 @@ pub(super) async fn launch(
             return started(frame, child, reader, write, threads, index);
         }
         // The constructor may call onnx_client.predict (a warm-up, say).
-        let reply = answer_infer(config, frame.id, &frame.body)?;
+        let call = tensor_frame::decode_call(&frame.body).map_err(RuntimeError::Protocol)?;
+        let outputs = match resolve(config, &call) {
+            Ok((service, model)) => service.infer(model, call.inputs, call.policy).await,
+            Err(e) => Err(e),
+        };
+        let reply = infer_reply(frame.id, outputs)?;
         if write.write_all(&reply).await.is_err() {
             return Err(RuntimeError::WorkerExited {
                 worker: index,
                 detail: "closed its connection before it was ready".into(),
-            });
-        }
-    }
-}
-
-/// Answers an INFER frame: the reply frame (INFER_RESULT or INFER_ERROR) to write back.
-pub(super) fn answer_infer(
-    config: &WorkerConfig,
-    id: u64,
-    body: &[u8],
-) -> Result<Vec<u8>, RuntimeError> {
-    let call = tensor_frame::decode_call(body).map_err(RuntimeError::Protocol)?;
-    let (kind, reply) = match &config.tensors {
-        None => (
-            protocol::INFER_ERROR,
-            tensor_frame::encode_error(false, "this API has no ONNX models"),
-        ),
-        Some(service) => match service.infer(call) {
-            Ok(outputs) => (
-                protocol::INFER_RESULT,
-                tensor_frame::encode_outputs(&outputs),
-            ),
-            Err(e) => (
-                protocol::INFER_ERROR,
-                tensor_frame::encode_error(e.is_client_error(), &e.to_string()),
-            ),
-        },
-    };
-    protocol::encode_frame(kind, id, &reply)
-}
-
-/// Writes a reply frame to a serving worker without blocking the reader.
-pub(super) fn send_reply(conn: &Arc<Conn>, reply: Vec<u8>) {
-    match conn.writer.clone().try_lock_owned() {
-        Ok(writer) => {
-            if write_request(conn, writer, reply, Bytes::new()).is_err() {
-                conn.broken.notify_one();
-            }
-        }
-        Err(_) => {
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                let mut writer = conn.writer.clone().lock_owned().await;
-                if writer.write_all(&reply).await.is_err() {
-                    conn.broken.notify_one();
-                }
             });
         }
     }
@@ -242,7 +201,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, index: usize, mut started: St
         if !quick {
             backoff = first_backoff;
         }
-        eprintln!(
+        tracing::warn!(
             "worker {index} (pid {}) exited ({status}); restarting in {backoff:?}",
             ready.pid,
         );
@@ -261,11 +220,11 @@ pub(super) async fn supervise(shared: Arc<Shared>, index: usize, mut started: St
             };
             match result {
                 Ok(started) => {
-                    eprintln!("worker {index} restarted (pid {})", started.ready.pid);
+                    tracing::info!("worker {index} restarted (pid {})", started.ready.pid);
                     break started;
                 }
                 Err(e) => {
-                    eprintln!(
+                    tracing::warn!(
                         "worker {index} failed to restart after {delay:?}: {e}; retrying in {backoff:?}"
                     );
                     let detail = match e {
@@ -284,7 +243,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, index: usize, mut started: St
 /// Says so in the log once, when a worker's quick exits reach the crash-loop threshold.
 pub(super) fn report_crash_loop(index: usize, quick_exits: u32) {
     if quick_exits == CRASH_LOOP_EXITS {
-        eprintln!(
+        tracing::warn!(
             "worker {index} keeps crashing ({quick_exits} exits in a row within {}s of \
              starting); when every worker does, requests fail at once while none is up",
             STABLE_AFTER.as_secs()

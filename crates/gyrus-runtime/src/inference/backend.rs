@@ -1,0 +1,51 @@
+//! The [`Backend`] trait: what the inference service needs from a model runtime (ONNX Runtime
+//! today, TensorFlow later), and [`ModelInfo`], a served model as callers see it.
+//!
+//! Loading is not part of the trait: it is each implementation's constructor, run before the
+//! service starts (for ONNX Runtime, [`gyrus_engine::Model::load`] for each model, gathered in
+//! a [`gyrus_engine::ModelSet`] and wrapped in [`OnnxBackend::new`](super::OnnxBackend::new)).
+//! A backend's set of models is fixed once it is built.
+
+use gyrus_engine::{ModelSignature, ShapePolicy, Tensor};
+
+use super::InferenceError;
+
+/// One served model: its name (what requests address it by) and its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub signature: ModelSignature,
+}
+
+/// A model runtime holding loaded models. See the module documentation.
+///
+/// `models` and `signature` are read on any thread (the replica's I/O thread answers metadata
+/// and resolves model names with them); `infer` is called by the inference service's engine
+/// thread only.
+pub trait Backend: Send + Sync + 'static {
+    /// The served models, in the API's order. The list never changes.
+    fn models(&self) -> &[ModelInfo];
+
+    /// Runs `model` (exactly one of [`Backend::models`]' names) on `inputs`, which it checks
+    /// against the model's signature first (a mismatch is [`InferenceError::InvalidInput`]).
+    /// Returns every output, in the model's order.
+    fn infer(
+        &self,
+        model: &str,
+        inputs: Vec<Tensor>,
+        policy: ShapePolicy,
+    ) -> Result<Vec<Tensor>, InferenceError>;
+
+    /// The names of the served models, in order.
+    fn names(&self) -> Vec<String> {
+        self.models().iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// The signature of the model called exactly `model`.
+    fn signature(&self, model: &str) -> Option<&ModelSignature> {
+        self.models()
+            .iter()
+            .find(|m| m.name == model)
+            .map(|m| &m.signature)
+    }
+}
