@@ -13,6 +13,7 @@ pub mod controller;
 pub mod deploy;
 pub mod error;
 pub mod home;
+pub mod jobs;
 pub mod launcher;
 pub mod logs;
 pub mod model_source;

@@ -55,6 +55,23 @@ const MIGRATIONS: &[&str] = &[
     // 2: the generation serving (a StoredApi as JSON) and the desired one's failure.
     "ALTER TABLE apis ADD COLUMN serving_json TEXT;
      ALTER TABLE apis ADD COLUMN error TEXT;",
+    // 3: batch jobs' batches (`jobs::SqliteQueue`).
+    "CREATE TABLE batches (
+         job_id      TEXT NOT NULL,
+         seq         INTEGER NOT NULL,
+         batch_id    TEXT NOT NULL,
+         payload     TEXT NOT NULL,
+         state       TEXT NOT NULL,
+         failures    INTEGER NOT NULL DEFAULT 0,
+         deliveries  INTEGER NOT NULL DEFAULT 0,
+         token       TEXT,
+         lease_until INTEGER,
+         took_ms     INTEGER,
+         error       TEXT,
+         traceback   TEXT,
+         PRIMARY KEY (job_id, seq)
+     );
+     CREATE INDEX batches_by_state ON batches (job_id, state, seq);",
 ];
 
 pub struct StateStore {

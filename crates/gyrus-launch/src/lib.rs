@@ -32,6 +32,21 @@ pub struct ReplicaLaunch {
     pub models: Vec<ModelFile>,
     /// `libonnxruntime`, for replicas that load models.
     pub onnx_library: Option<PathBuf>,
+    /// Set for a batch API's job worker: the job it works for. Such a replica serves the
+    /// daemon's batch calls (`POST /_batch/<batch id>`, `POST /_job_complete`), not users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobLaunch>,
+}
+
+/// What a job worker's predictor is constructed with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobLaunch {
+    pub job_id: String,
+    /// The API's `predictor.config` with the job's `config` merged over it (the job's keys
+    /// win): the constructor's `config`.
+    pub config: serde_json::Value,
+    /// The constructor's `job_spec`: the submission, with `job_id`.
+    pub job_spec: serde_json::Value,
 }
 
 /// One model for the engine: the name it is served under and its local file.

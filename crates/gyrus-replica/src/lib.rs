@@ -13,6 +13,7 @@
 //! `/v2/...` with the Open Inference Protocol (see [`models`]). Failures become responses in
 //! one place, `error`.
 
+mod batch;
 mod error;
 mod models;
 
@@ -280,6 +281,11 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
     let mut app = Router::new()
         .route("/predict", post(predict))
         .route("/", get(health));
+    if opts.job.is_some() {
+        app = app
+            .route("/_batch/{batch_id}", post(batch::predict_batch))
+            .route("/_job_complete", post(batch::job_complete));
+    }
     if serves_models {
         app = app
             .route("/v2", get(models::server_metadata))
@@ -359,12 +365,20 @@ async fn start_workers(
         }
     })?;
     let threads = spec.autoscaling.threads_per_worker as usize;
+    let (config, job_spec) = match &opts.job {
+        Some(job) => (job.config.clone(), job.job_spec.clone()),
+        None => (
+            serde_json::Value::Object(spec.predictor.config.clone()),
+            serde_json::Value::Null,
+        ),
+    };
     let init = serde_json::json!({
         "predictor_path": predictor_path,
         "predictor_type": spec.predictor.kind,
-        "config": spec.predictor.config,
+        "api_kind": spec.kind.to_string(),
+        "config": config,
         "api_spec": api_spec_value,
-        "job_spec": null,
+        "job_spec": job_spec,
         "model_path": opts.model_path,
         "models": models.as_ref().map(|service| signatures_json(service.models())),
         "threads": threads,
@@ -496,6 +510,7 @@ async fn predict_python(
         headers: forwarded_headers,
         body,
         debug: debug_requested(query),
+        call: gyrus_runtime::Call::Predict,
     };
     let resp = pool.call(req).await?;
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);

@@ -49,6 +49,8 @@ FRAME = struct.Struct("<IBQ")  # len, kind, id
 REQUEST_HEAD = struct.Struct("<BHII")  # flags, ctype_len, query_len, headers_len
 RESPONSE_HEAD = struct.Struct("<IBQHH")  # frame header, then status, ctype_len
 FLAG_DEBUG = 1
+FLAG_BATCH = 2  # a batch API's predict(payload, batch_id); the query is the batch id
+FLAG_JOB_COMPLETE = 4  # a batch API's on_job_complete()
 
 JSON_CT = b"application/json"
 TEXT_CT = b"text/plain; charset=utf-8"
@@ -59,6 +61,7 @@ SMALL_FRAME = 64 * 1024
 CONSTRUCTOR_ARGS = ("config", "api_spec", "job_spec")
 ONNX_CONSTRUCTOR_ARGS = ("onnx_client", "config", "api_spec", "job_spec")
 CLASS_PREDICT_ARGS = ("payload", "query_params", "headers")
+BATCH_PREDICT_ARGS = ("payload", "batch_id")
 FUNCTION_INIT_ARGS = ("model_path", "metadata", "config", "api_spec", "job_spec")
 FUNCTION_PREDICT_ARGS = ("payload", "sample", "query_params", "headers", "metadata")
 CLASS_NAMES = {"python": "PythonPredictor", "onnx": "ONNXPredictor", "tensorflow": "TensorFlowPredictor"}
@@ -484,6 +487,8 @@ class Predictor:
 
     def __init__(self, init, conn):
         self.config = init.get("config") or {}
+        self.batch = init.get("api_kind") == "BatchAPI"
+        self.on_job_complete = None
         onnx_client = ONNXClient(conn, init["models"]) if init.get("models") else None
         path = os.path.abspath(init["predictor_path"])
         module = self._load_module(path)
@@ -502,9 +507,11 @@ class Predictor:
             self.predict_fn = getattr(instance, "predict", None)
             if not callable(self.predict_fn):
                 raise InitError(f"{class_name} in {init['predictor_path']} has no predict() method")
-            provided = CLASS_PREDICT_ARGS
+            provided = BATCH_PREDICT_ARGS if self.batch else CLASS_PREDICT_ARGS
             what = f"{class_name}.predict()"
-        elif callable(getattr(module, "predict", None)):
+            complete = getattr(instance, "on_job_complete", None)
+            self.on_job_complete = complete if callable(complete) else None
+        elif callable(getattr(module, "predict", None)) and not self.batch:
             self.style = "function"
             init_fn = getattr(module, "init", None)
             if callable(init_fn):
@@ -542,6 +549,9 @@ class Predictor:
         sys.modules[name] = module  # so pickle, dataclasses and friends can find it
         spec.loader.exec_module(module)
         return module
+
+    def predict_batch(self, payload, batch_id):
+        return _call(self.predict_fn, self.plan, {"payload": payload, "batch_id": batch_id})
 
     def predict(self, payload, query, headers):
         values = {
@@ -719,6 +729,8 @@ class Worker:
 
     def handle(self, rid, flags, ctype, query, headers_json, body):
         # Every request must get exactly one response, whatever user code raises.
+        if flags & (FLAG_BATCH | FLAG_JOB_COMPLETE):
+            return self.handle_job_call(rid, flags, ctype, query, body)
         try:
             try:
                 payload = decode_payload(ctype, body)
@@ -743,6 +755,32 @@ class Worker:
             self.conn.send_response(rid, status, ct, out)
         except OSError:
             pass  # the replica is gone; the read loop sees EOF and ends the worker
+
+    def handle_job_call(self, rid, flags, ctype, query, body):
+        """A batch API's predict(payload, batch_id) or on_job_complete(): a failure is answered
+        with the error and the user's traceback, which the job keeps with the batch."""
+        try:
+            try:
+                if flags & FLAG_JOB_COMPLETE:
+                    what = "on_job_complete()"
+                    if self.predictor.on_job_complete is not None:
+                        self.predictor.on_job_complete()
+                    result = None
+                else:
+                    what = "predict()"
+                    payload = decode_payload(ctype, body)
+                    batch_id = query.decode("utf-8", "replace") if isinstance(query, bytes) else query
+                    result = self.predictor.predict_batch(payload, batch_id)
+                status, ct, out = encode_result(result)
+            except BaseException as e:  # noqa: BLE001 - user code may raise anything
+                tb = _user_traceback(e)
+                sys.stderr.write(f"worker {self.index}: {what} raised an exception:\n{tb}")
+                message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                out = json.dumps({"error": message, "traceback": tb}).encode()
+                status, ct = 500, JSON_CT
+            self.conn.send_response(rid, status, ct, out)
+        except OSError:
+            pass
 
     def serve(self, threads):
         pool = ThreadPoolExecutor(threads, thread_name_prefix="predict") if threads > 1 else None

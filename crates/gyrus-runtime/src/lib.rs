@@ -138,6 +138,22 @@ pub struct PredictRequest {
     pub body: bytes::Bytes,
     /// `?debug=true`: the worker logs the payload and the prediction.
     pub debug: bool,
+    /// What the worker calls.
+    pub call: Call,
+}
+
+/// What a request asks the worker to call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Call {
+    /// A realtime API's `predict(payload, ...)`.
+    #[default]
+    Predict,
+    /// A batch API's `predict(payload, batch_id)`: the body is the batch, a JSON list of items.
+    /// A failure is answered with the error and the user's traceback
+    /// (`{"error": ..., "traceback": ...}`).
+    Batch { batch_id: String },
+    /// A batch API's `on_job_complete()`, once per job, after every batch.
+    JobComplete,
 }
 
 /// What the worker answered: the prediction encoded by type, or a 400/500 error object.

@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::OwnedReadHalf;
 
-use crate::{PredictRequest, PredictResponse, RuntimeError};
+use crate::{Call, PredictRequest, PredictResponse, RuntimeError};
 
 pub(crate) const INIT: u8 = 1;
 pub(crate) const REQUEST: u8 = 2;
@@ -27,6 +27,10 @@ const REQUEST_META: usize = 11;
 /// `u16 status`, `u16 ctype_len`.
 const RESPONSE_META: usize = 4;
 const FLAG_DEBUG: u8 = 1;
+/// A batch API's call: `predict(payload, batch_id)` with the batch id as the query string.
+const FLAG_BATCH: u8 = 2;
+/// A batch API's `on_job_complete()`; the body is empty.
+const FLAG_JOB_COMPLETE: u8 = 4;
 
 /// A frame read from a worker; `body` shares the read buffer.
 pub(crate) struct Frame {
@@ -66,10 +70,11 @@ pub(crate) fn encode_request_head(
     let ctype_len = u16::try_from(ctype.len()).map_err(|_| {
         RuntimeError::InvalidRequest("Content-Type is longer than 65535 bytes".into())
     })?;
-    let query = if send_query {
-        req.query.as_bytes()
-    } else {
-        b""
+    let (query, call_flag) = match &req.call {
+        Call::Predict if send_query => (req.query.as_bytes(), 0),
+        Call::Predict => (&b""[..], 0),
+        Call::Batch { batch_id } => (batch_id.as_bytes(), FLAG_BATCH),
+        Call::JobComplete => (&b""[..], FLAG_JOB_COMPLETE),
     };
     let query_len = u32::try_from(query.len())
         .map_err(|_| RuntimeError::InvalidRequest("query string is too long".into()))?;
@@ -88,7 +93,7 @@ pub(crate) fn encode_request_head(
     );
     // The length is patched in once the headers' JSON size is known.
     put_head(&mut out, 0, REQUEST, id)?;
-    out.push(if req.debug { FLAG_DEBUG } else { 0 });
+    out.push(if req.debug { FLAG_DEBUG } else { 0 } | call_flag);
     out.extend_from_slice(&ctype_len.to_le_bytes());
     out.extend_from_slice(&query_len.to_le_bytes());
     let headers_len_at = out.len();
@@ -247,6 +252,7 @@ mod tests {
             headers: vec![("X-Key".into(), "v\"\n\u{e9}".into())],
             body: Bytes::from_static(b"{}"),
             debug: true,
+            call: Default::default(),
         };
         let head = encode_request_head(7, &req, true, true).unwrap();
         let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
@@ -271,6 +277,7 @@ mod tests {
             headers: vec![("a".into(), "b".into())],
             body: Bytes::new(),
             debug: false,
+            call: Default::default(),
         };
         let head = encode_request_head(1, &req, false, false).unwrap();
         assert_eq!(head.len(), FRAME_HEAD + REQUEST_META + "text/plain".len());

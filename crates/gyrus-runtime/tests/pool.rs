@@ -218,6 +218,7 @@ async fn payload_by_content_type() -> TestResult {
     let r = pool
         .call(PredictRequest {
             debug: true,
+            call: Default::default(),
             ..request("text/plain", "config")
         })
         .await?;

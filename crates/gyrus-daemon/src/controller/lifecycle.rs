@@ -71,6 +71,7 @@ impl ApiController {
                 model_path: plan.model_path.clone(),
                 models: plan.models.clone(),
                 onnx_library: plan.onnx_library.clone(),
+                job: None,
             },
             env: plan.env.clone(),
             limits: Limits::from_spec(&plan.spec.compute),

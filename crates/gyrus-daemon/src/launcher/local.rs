@@ -107,7 +107,16 @@ impl ReplicaLauncher for LocalLauncher {
             slot,
         } = request;
         let id = launch.id.clone();
-        let log_path = self.home.api_log(&api);
+        let log_path = match &launch.job {
+            Some(job) => {
+                let path = self.home.job_log(&api, &job.job_id);
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                path
+            }
+            None => self.home.api_log(&api),
+        };
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
