@@ -99,9 +99,9 @@ impl DeployService {
             })
             .collect();
         for api in &parsed.apis {
-            if api.kind == ApiKind::BatchAPI {
+            if api.kind == ApiKind::BatchAPI && api.predictor.path.is_none() {
                 return Err(DaemonError::BadRequest(format!(
-                    "api {:?}: kind BatchAPI is accepted by `gyrus validate` but batch APIs cannot be deployed yet",
+                    "api {:?}: a BatchAPI needs predictor.path: its predictor's predict(payload, batch_id) is called once per batch",
                     api.name
                 )));
             }

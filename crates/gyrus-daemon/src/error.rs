@@ -10,6 +10,9 @@ pub enum DaemonError {
     BadRequest(String),
     #[error("api {0:?} is not deployed")]
     ApiNotFound(String),
+    /// Something else the URL names is not there (a job): 404.
+    #[error("{0}")]
+    NotFound(String),
     /// No token, or not this daemon's: 401.
     #[error("{0}")]
     Unauthorized(String),
@@ -61,7 +64,7 @@ impl DaemonError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::ApiNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ApiNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

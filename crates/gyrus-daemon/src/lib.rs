@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod error;
 pub mod home;
 pub mod jobs;
+pub mod jobs_api;
 pub mod launcher;
 pub mod logs;
 pub mod model_source;
@@ -185,7 +186,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     }
 
+    // Jobs that had not ended run on, each once its API is live again.
+    let jobs = jobs::JobService::open(home.clone(), supervisor.clone())?;
+    jobs.restore()?;
+
     let app = Arc::new(AppState {
+        jobs,
+        routes: routes.clone(),
         guard: auth::ControlGuard::new(token, &opts.addr, scheme == "https"),
         home: home.clone(),
         addr: local.to_string(),

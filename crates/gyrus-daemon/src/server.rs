@@ -29,6 +29,9 @@ pub struct AppState {
     pub state: Arc<StateStore>,
     pub supervisor: Arc<Supervisor>,
     pub gateway: Gateway,
+    /// The gateway's route table, where batch APIs' endpoints are found.
+    pub routes: Arc<gyrus_gateway::RouteTable>,
+    pub jobs: Arc<crate::jobs::JobService>,
     pub shutdown: tokio::sync::Notify,
     /// Set when the daemon begins to stop: long-lived responses (`logs -f`) end.
     pub stopping: std::sync::atomic::AtomicBool,
@@ -92,6 +95,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/apis/{name}/logs", get(logs))
         .route("/shutdown", post(shutdown))
         .merge(crate::store_api::routes())
+        .merge(crate::jobs_api::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             require_token,
@@ -111,6 +115,19 @@ pub fn router(app: Arc<AppState>) -> Router {
 }
 
 async fn gateway(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    if let Some(api) = app.routes.batch_api(req.uri().path()) {
+        // Submitting a job runs code on this machine: the control API's rules apply.
+        if let Err(e) = app
+            .guard
+            .refuse_browsers(req.method(), req.headers())
+            .and_then(|()| app.guard.require_token(req.headers()))
+        {
+            return refused(e);
+        }
+        return crate::jobs_api::endpoint(app, api, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
     app.gateway.handle(req).await.map(Body::new)
 }
 
@@ -139,7 +156,7 @@ async fn require_token(
 /// A request refused before its body was read: the connection closes after the answer (the
 /// unread body is still on it), and says so, so that the client does not send its next request
 /// on a connection about to be closed.
-fn refused(e: DaemonError) -> Response {
+pub(crate) fn refused(e: DaemonError) -> Response {
     let mut response = e.into_response();
     response.headers_mut().insert(
         axum::http::header::CONNECTION,
@@ -225,6 +242,7 @@ async fn delete_api(
 ) -> Result<Json<serde_json::Value>, DaemonError> {
     check_name(&name)?;
     app.deploys.delete(&name).await?;
+    app.jobs.delete_api(&name)?;
     Ok(Json(serde_json::json!({"deleted": name})))
 }
 
@@ -250,7 +268,7 @@ async fn refresh_api(
 }
 
 #[derive(Deserialize)]
-struct LogsQuery {
+pub(crate) struct LogsQuery {
     #[serde(default)]
     follow: bool,
     tail: Option<usize>,
@@ -266,6 +284,16 @@ async fn logs(
     if app.state.get(&name)?.is_none() && !path.exists() {
         return Err(DaemonError::ApiNotFound(name));
     }
+    log_response(app, path, q).await
+}
+
+/// A log file's text (its last `tail` lines), then with `follow` what is appended to it until
+/// the client goes or the daemon stops.
+pub(crate) async fn log_response(
+    app: Arc<AppState>,
+    path: std::path::PathBuf,
+    q: LogsQuery,
+) -> Result<Response, DaemonError> {
     let content = tokio::fs::read(&path).await.unwrap_or_default();
     let start = match q.tail {
         Some(n) => tail_start(&content, n),

@@ -72,6 +72,23 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (job_id, seq)
      );
      CREATE INDEX batches_by_state ON batches (job_id, state, seq);",
+    // 4: batch jobs (`jobs::JobStore`).
+    "CREATE TABLE jobs (
+         job_id           TEXT PRIMARY KEY,
+         api              TEXT NOT NULL,
+         spec_json        TEXT NOT NULL,
+         status           TEXT NOT NULL,
+         workers          INTEGER NOT NULL,
+         timeout_secs     INTEGER,
+         max_receive_count INTEGER NOT NULL,
+         created_at       TEXT NOT NULL,
+         started_at       TEXT,
+         ended_at         TEXT,
+         completion       TEXT NOT NULL DEFAULT 'pending',
+         completion_error TEXT,
+         error            TEXT
+     );
+     CREATE INDEX jobs_by_api ON jobs (api, created_at);",
 ];
 
 pub struct StateStore {

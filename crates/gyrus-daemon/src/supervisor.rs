@@ -283,6 +283,20 @@ impl Supervisor {
             .collect()
     }
 
+    /// The serving version of `name`, ready to launch processes from.
+    pub fn serving_plan(&self, name: &str) -> Option<crate::controller::Generation> {
+        self.apis().get(name).and_then(|c| c.serving_plan())
+    }
+
+    /// The launcher every process of the daemon is started with.
+    pub fn launcher(&self) -> Arc<dyn crate::launcher::ReplicaLauncher> {
+        self.ctx.launcher.clone()
+    }
+
+    pub fn lib_dir(&self) -> std::path::PathBuf {
+        self.ctx.lib_dir.clone()
+    }
+
     pub fn info(&self, name: &str) -> Option<ApiInfo> {
         self.controller(name).map(|c| c.info())
     }

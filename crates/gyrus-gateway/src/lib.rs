@@ -14,7 +14,7 @@ mod stall;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -67,6 +67,9 @@ pub struct ApiRoute {
     pub replicas: Vec<Arc<ReplicaTarget>>,
     /// Models served over the Open Inference Protocol (model APIs); empty for predictors.
     pub models: Vec<String>,
+    /// A batch API: its endpoint takes job submissions, which the daemon answers itself
+    /// ([`RouteTable::batch_api`]); the gateway forwards nothing to it.
+    pub batch: bool,
 }
 
 /// Rotates where the search for the least busy replica starts, so that ties (the common case
@@ -78,6 +81,8 @@ static TIE_BREAK: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug, Default)]
 pub struct RouteTable {
     by_endpoint: RwLock<HashMap<String, Arc<ApiRoute>>>,
+    /// Whether any route is a batch API's, so that realtime requests skip that lookup.
+    any_batch: AtomicBool,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,10 +102,23 @@ impl RouteTable {
         let mut map = self.write();
         map.retain(|endpoint, r| r.api != route.api || *endpoint == route.endpoint);
         map.insert(route.endpoint.clone(), Arc::new(route));
+        self.any_batch
+            .store(map.values().any(|r| r.batch), Ordering::Relaxed);
     }
 
     pub fn remove_api(&self, api: &str) {
-        self.write().retain(|_, r| r.api != api);
+        let mut map = self.write();
+        map.retain(|_, r| r.api != api);
+        self.any_batch
+            .store(map.values().any(|r| r.batch), Ordering::Relaxed);
+    }
+
+    /// The batch API whose endpoint is `path`, if any.
+    pub fn batch_api(&self, path: &str) -> Option<String> {
+        if !self.any_batch.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.lookup(path).filter(|r| r.batch).map(|r| r.api.clone())
     }
 
     /// How many replicas of `api` requests are sent to now (0 when it has no route).
@@ -466,6 +484,7 @@ mod tests {
             status: "live".into(),
             replicas: vec![],
             models: vec![],
+            batch: false,
         });
         t.set_api(ApiRoute {
             api: "x".into(),
@@ -473,6 +492,7 @@ mod tests {
             status: "live".into(),
             replicas: vec![],
             models: vec![],
+            batch: false,
         });
         assert!(t.lookup("/x").is_none());
         assert_eq!(t.lookup("/y/").map(|r| r.api.clone()).as_deref(), Some("x"));
@@ -494,6 +514,7 @@ mod tests {
                 status: "live".into(),
                 replicas: vec![],
                 models: models.into_iter().map(String::from).collect(),
+                batch: false,
             });
         }
         let under = |p: &str| {
@@ -514,6 +535,7 @@ mod tests {
             status: "live".into(),
             replicas: vec![],
             models: vec!["nested".into()],
+            batch: false,
         });
         assert_eq!(
             under("/iris/v2/v2/models/nested"),

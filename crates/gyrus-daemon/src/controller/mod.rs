@@ -237,6 +237,16 @@ impl ApiController {
         if self.is_superseded(plan.generation) {
             return;
         }
+        if plan.spec.kind == gyrus_spec::ApiKind::BatchAPI {
+            // A batch API holds no replicas: each job starts its own workers from the serving
+            // version (`jobs`), and a job already running keeps the version it started with.
+            let stored = {
+                let mut g = self.lock();
+                self.become_serving(&mut g, plan, Some(0))
+            };
+            self.went_live(&stored);
+            return;
+        }
         if self.lock().serving.is_some() {
             self.roll(plan).await;
         } else {
@@ -379,6 +389,9 @@ impl ApiController {
             let Some(spec) = g.serving.as_ref().map(|p| p.spec.clone()) else {
                 return;
             };
+            if spec.kind == gyrus_spec::ApiKind::BatchAPI {
+                return;
+            }
             let params = Params::from_spec(&spec.autoscaling);
             let keep = params.window.max(Duration::from_secs(1));
             g.metrics.prune(now, keep);
@@ -432,6 +445,12 @@ impl ApiController {
     }
 
     /// The specs this API runs: the one being deployed, and the serving one when it differs.
+    /// The version serving now, with everything its processes need (a batch API's job
+    /// workers start from it).
+    pub fn serving_plan(&self) -> Option<Generation> {
+        self.lock().serving.clone()
+    }
+
     pub fn specs(&self) -> Vec<ApiSpec> {
         let g = self.lock();
         let mut out = vec![(*g.spec).clone()];
@@ -488,6 +507,7 @@ impl ApiController {
                 .as_ref()
                 .map(|p| p.v2_models.clone())
                 .unwrap_or_default(),
+            batch: g.spec.kind == gyrus_spec::ApiKind::BatchAPI,
         });
     }
 }
