@@ -172,3 +172,25 @@ def test_bad_submissions_are_refused_precisely(batch_api):
     assert r.status_code == 401, r.text
     r = batch_api.control("GET", f"/apis/{API}/jobs/nope")
     assert r.status_code == 404, r.text
+
+
+def test_the_cli_submits_waits_lists_and_shows_failed_batches(batch_api, tmp_path):
+    out = tmp_path / "out"
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"workers": 1, "config": {"out": str(out)},
+                                "item_list": {"items": [1, 2, 3, "boom"], "batch_size": 2}}))
+    dry = batch_api.run("job", "submit", API, str(spec), "--dry-run")
+    assert dry.returncode == 0 and "would run 2 batch(es)" in dry.stdout, dry.stdout + dry.stderr
+    proc = batch_api.run("job", "submit", API, str(spec), "--wait", timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "status:   completed_with_failures" in proc.stdout, proc.stdout
+    assert "ValueError: cannot sum batch" in proc.stdout, proc.stdout
+    job_id = proc.stdout.split("submitted job ", 1)[1].split()[0]
+    status = batch_api.json("job", "get", API, job_id, "-o", "json")
+    assert status["batch_metrics"] == {**status["batch_metrics"], "succeeded": 1, "failed": 1}
+    listed = batch_api.json("job", "list", API, "-o", "json")
+    assert job_id in [j["job_id"] for j in listed["jobs"]]
+    logs = batch_api.run("job", "logs", API, job_id)
+    assert "raise ValueError" in logs.stdout, logs.stdout
+    stop = batch_api.run("job", "stop", API, job_id)
+    assert stop.returncode == 1 and "has already ended" in stop.stderr, stop.stderr

@@ -3,6 +3,7 @@
 
 mod archive;
 mod client;
+mod jobs;
 mod models;
 mod output;
 mod processes;
@@ -161,6 +162,11 @@ enum Command {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
+    /// A batch API's jobs: submit, get, list, stop, logs (see docs/batch.md).
+    Job {
+        #[command(subcommand)]
+        command: jobs::JobCommand,
+    },
     /// Print a shell completion script (e.g. `gyrus completion bash > ~/.gyrus-completion`).
     Completion { shell: clap_complete::Shell },
     #[command(hide = true)]
@@ -263,6 +269,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Models { command } => models::run(command).await,
+        Command::Job { command } => jobs::run(command).await,
         Command::Replica(args) => processes::replica(args).await,
         Command::InspectModel { onnx_library, path } => {
             processes::inspect_model(&onnx_library, &path)
