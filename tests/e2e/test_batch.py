@@ -194,3 +194,25 @@ def test_the_cli_submits_waits_lists_and_shows_failed_batches(batch_api, tmp_pat
     assert "raise ValueError" in logs.stdout, logs.stdout
     stop = batch_api.run("job", "stop", API, job_id)
     assert stop.returncode == 1 and "has already ended" in stop.stderr, stop.stderr
+
+
+def test_a_daemon_killed_mid_job_resumes_it_and_runs_on_job_complete_once(batch_api, tmp_path):
+    from e2e_helpers import wait_until
+    out = tmp_path / "out"
+    r = submit(batch_api, {"workers": 2, "config": {"out": str(out), "sleep": 0.2},
+                           "item_list": {"items": list(range(60)), "batch_size": 3}})
+    assert r.status_code == 200, r.text
+    job_id = r.json()["job_id"]
+    wait_until(lambda: len(items_done(out)) >= 6, 60, what=lambda: "some batches to finish")
+    daemon_pid = batch_api.health()["pid"]
+    os.kill(daemon_pid, signal.SIGKILL)
+    wait_until(lambda: batch_api.health() is None, 30, what=lambda: "the daemon to die")
+    before = len(items_done(out))
+    assert before < 60, "the job ended before the daemon was killed; make it longer"
+    batch_api.start_daemon()
+    s = wait_final(batch_api, job_id, timeout=180)
+    assert s["status"] == "succeeded", (s, batch_api.diag(API))
+    assert sorted(set(items_done(out))) == list(range(60))
+    assert (out / "complete").read_text() == f"{job_id}\n", "on_job_complete runs exactly once"
+    log = (batch_api.home / "logs" / "jobs" / f"{API}-{job_id}.log").read_text()
+    assert "the daemon restarted" in log, log
