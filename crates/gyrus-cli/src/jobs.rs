@@ -259,10 +259,14 @@ fn show(status: &Value, output: Output) -> Result<()> {
         println!("per batch: {:.3}s on average", avg);
     }
     let w = &status["worker_counts"];
-    println!(
-        "workers:  {} requested; {} initializing, {} running, {} succeeded, {} failed",
-        status["workers"], w["initializing"], w["running"], w["succeeded"], w["failed"]
-    );
+    if !w.is_null() {
+        println!(
+            "workers:  {} requested; {} initializing, {} running, {} succeeded, {} failed",
+            status["workers"], w["initializing"], w["running"], w["succeeded"], w["failed"]
+        );
+    } else {
+        println!("workers:  {}", status["workers"]);
+    }
     println!("started:  {}", text(&status["start_time"]));
     println!("ended:    {}", text(&status["end_time"]));
     let completion = &status["on_job_complete"];

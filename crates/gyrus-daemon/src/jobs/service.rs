@@ -204,11 +204,11 @@ impl JobService {
         let job = self.record(api, job_id)?;
         let stats = self.queue.stats(job_id)?;
         let failed = self.queue.failed(job_id, FAILED_SHOWN)?;
+        // Only a running job has workers to count.
         let workers = self
             .live()
             .get(job_id)
-            .map(|l| *l.workers.lock().unwrap_or_else(|e| e.into_inner()))
-            .unwrap_or_default();
+            .map(|l| *l.workers.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(json!({
             "job_id": job.job_id,
             "api_name": job.api,
