@@ -24,14 +24,17 @@ pub enum JobCommand {
     /// Submit a job to a batch API: FILE holds Cortex's submission (`-` for stdin).
     ///
     /// Example: `gyrus job submit sums job.json --wait` with job.json
-    /// `{"workers": 2, "item_list": {"items": [[1, 2], [3]], "batch_size": 1}}`.
+    /// `{"workers": 2, "item_list": {"items": [[1, 2], [3]], "batch_size": 1}}`, or with
+    /// `"delimited_files": {"s3_paths": ["data/"], "includes": ["*.jsonl"], "batch_size": 10}`
+    /// (JSON lines; relative paths are taken from the current directory; s3:// and other URLs
+    /// are read with your AWS_*/GOOGLE_*/AZURE_* credentials).
     Submit {
         api: String,
         file: PathBuf,
         /// Follow the job with a progress bar until it ends; exit 1 unless it succeeded.
         #[arg(long)]
         wait: bool,
-        /// Only say how many batches the job would have.
+        /// Only say what the job would process (the files it would read, how many batches).
         #[arg(long)]
         dry_run: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -84,10 +87,15 @@ pub async fn run(command: JobCommand) -> Result<()> {
             } else {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             };
+            let body = absolute_local_paths(body)?;
             let resp = client
                 .control(reqwest::Method::POST, &format!("/apis/{api}/jobs"))
                 .query(&[("dryRun", dry_run.to_string())])
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(
+                    gyrus_daemon::api::FETCH_ENV_HEADER,
+                    gyrus_daemon::api::encode_header(&crate::fetch_env())?,
+                )
                 .body(body)
                 .send()
                 .await
@@ -101,6 +109,13 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 eprintln!("warning: {}", w.as_str().unwrap_or_default());
             }
             if dry_run {
+                for f in job["files"].as_array().into_iter().flatten() {
+                    println!("{}", f.as_str().unwrap_or_default());
+                }
+                let shown = job["files"].as_array().map_or(0, Vec::len) as u64;
+                if let Some(count) = job["file_count"].as_u64().filter(|c| *c > shown) {
+                    println!("... and {} more file(s)", count - shown);
+                }
                 println!(
                     "would run {} batch(es) of up to {} item(s) ({} items)",
                     job["batch_count"], job["batch_size"], job["item_count"]
@@ -181,6 +196,36 @@ pub async fn run(command: JobCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The submission with the relative local paths of `file_path_lister` / `delimited_files`
+/// made absolute against the current directory, since the daemon has no working directory of
+/// the user's. A body that is not JSON goes as it is: the daemon says what is wrong with it.
+fn absolute_local_paths(body: Vec<u8>) -> Result<Vec<u8>> {
+    let Ok(mut submission) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(body);
+    };
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut changed = false;
+    for source in ["file_path_lister", "delimited_files"] {
+        let paths = submission
+            .get_mut(source)
+            .and_then(|s| s.get_mut("s3_paths"))
+            .and_then(Value::as_array_mut);
+        for path in paths.into_iter().flatten() {
+            if let Some(p) = path.as_str().filter(|p| !p.contains("://")) {
+                let p = std::path::Path::new(p);
+                if p.is_relative() {
+                    *path = Value::String(cwd.join(p).display().to_string());
+                    changed = true;
+                }
+            }
+        }
+    }
+    Ok(match changed {
+        true => serde_json::to_vec(&submission)?,
+        false => body,
+    })
 }
 
 fn text(v: &Value) -> String {

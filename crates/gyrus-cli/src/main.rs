@@ -403,7 +403,7 @@ async fn deploy(
 
 /// What the daemon needs of this shell to fetch model URLs as this user: the cloud SDKs'
 /// variables (credentials, region, endpoint, profile) and HOME (for ~/.aws).
-fn fetch_env() -> std::collections::BTreeMap<String, String> {
+pub(crate) fn fetch_env() -> std::collections::BTreeMap<String, String> {
     std::env::vars()
         .filter(|(k, _)| {
             k == "HOME"

@@ -37,6 +37,9 @@ pub enum DaemonError {
     /// The request conflicts with the current state (a model in use): 409.
     #[error("{0}")]
     Conflict(String),
+    /// A server the daemon had to ask on the caller's behalf (object storage) failed.
+    #[error("{0}")]
+    BadGateway(String),
     #[error(transparent)]
     Store(#[from] gyrus_store::StoreError),
     /// A deploy's models: 400 when the config names what is not there, 5xx for our faults.
@@ -72,6 +75,7 @@ impl DaemonError {
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Store(e) => match e {
                 gyrus_store::StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
                 gyrus_store::StoreError::Exists(_) => StatusCode::CONFLICT,

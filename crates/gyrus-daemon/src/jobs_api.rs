@@ -8,20 +8,21 @@
 //!   (`?dryRun=true` only says what would run), `GET /<endpoint>?jobID=<job>` shows a job
 //!   (without `jobID`, the list), `DELETE /<endpoint>?jobID=<job>` stops it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::Method;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 
+use crate::api::FETCH_ENV_HEADER;
 use crate::error::DaemonError;
 use crate::jobs::MAX_SUBMISSION_BYTES;
-use crate::server::{log_response, AppState, LogsQuery};
+use crate::server::{json_header, log_response, AppState, LogsQuery};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -41,14 +42,23 @@ fn dry_run(query: &HashMap<String, String>) -> bool {
         .is_some_and(|v| v == "true" || v == "1")
 }
 
+/// The submitting user's environment for reading files at URLs (as `gyrus deploy` sends it).
+fn fetch_env(headers: &HeaderMap) -> Result<BTreeMap<String, String>, DaemonError> {
+    Ok(json_header(headers, FETCH_ENV_HEADER)?.unwrap_or_default())
+}
+
 async fn submit(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, DaemonError> {
     check_name(&name)?;
-    Ok(Json(app.jobs.submit(&name, &body, dry_run(&query))?))
+    let env = fetch_env(&headers)?;
+    Ok(Json(
+        app.jobs.submit(&name, &body, dry_run(&query), env).await?,
+    ))
 }
 
 async fn list(
@@ -99,6 +109,7 @@ pub async fn endpoint(
     let job = query.get("jobID").or_else(|| query.get("job_id")).cloned();
     match (req.method().clone(), job) {
         (Method::POST, _) => {
+            let env = fetch_env(req.headers())?;
             let body = http_body_util::Limited::new(req.into_body(), MAX_SUBMISSION_BYTES)
                 .collect()
                 .await
@@ -108,7 +119,7 @@ pub async fn endpoint(
                     ))
                 })?
                 .to_bytes();
-            Ok(Json(app.jobs.submit(&api, &body, dry_run(&query))?).into_response())
+            Ok(Json(app.jobs.submit(&api, &body, dry_run(&query), env).await?).into_response())
         }
         (Method::GET, Some(job)) => Ok(Json(app.jobs.get(&api, &job)?).into_response()),
         (Method::GET, None) => Ok(Json(app.jobs.list(&api)?).into_response()),

@@ -31,15 +31,15 @@ pub(crate) struct Cache {
 }
 
 /// What a URL turned out to name.
-enum Plan {
+pub(crate) enum Plan {
     File(ObjectMeta),
     Dir(Vec<DirFile>),
 }
 
-struct DirFile {
+pub(crate) struct DirFile {
     /// Path components below the prefix, each checked to be a plain name.
-    rel: Vec<String>,
-    meta: ObjectMeta,
+    pub(crate) rel: Vec<String>,
+    pub(crate) meta: ObjectMeta,
 }
 
 impl Plan {
@@ -339,7 +339,7 @@ impl Cache {
 
 /// Decides between one object and a prefix, and lists the prefix. For an HTTP(S) server that
 /// refuses HEAD and ignores ranges, also the GET whose body is the download.
-async fn resolve(
+pub(crate) async fn resolve(
     target: &Target,
     remote: &Remote,
 ) -> Result<(Plan, Option<GetResult>), FetchError> {

@@ -100,6 +100,10 @@ pub enum FetchError {
         actual: String,
     },
 
+    /// An object read whole into memory (a job's JSON-lines file) is larger than allowed.
+    #[error("{url} is {size} bytes, over the limit of {limit} bytes for one file")]
+    TooLarge { url: String, size: u64, limit: u64 },
+
     /// The local side failed: creating, writing, syncing or renaming cache files.
     #[error("cannot store the download of {url} in {}: {source}", path.display())]
     Io {
@@ -123,7 +127,8 @@ impl FetchError {
             | FetchError::NoSuchBucket { .. }
             | FetchError::NoSuchKey { .. }
             | FetchError::NotFound { .. }
-            | FetchError::UnsafeKey { .. } => true,
+            | FetchError::UnsafeKey { .. }
+            | FetchError::TooLarge { .. } => true,
             FetchError::Unreachable { .. }
             | FetchError::Remote { .. }
             | FetchError::Incomplete { .. }

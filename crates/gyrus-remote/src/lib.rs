@@ -1,5 +1,7 @@
 //! Models named by URL (`s3://`, `gs://`, `az://`, `azure://`, `http://`, `https://`): this crate
-//! turns such a URL into a local path the daemon can hand to a replica.
+//! turns such a URL into a local path the daemon can hand to a replica. It also lists what a
+//! URL names and reads one small object into memory, without the cache (a batch job's files:
+//! `listing.rs`).
 //!
 //! It owns the remote cache under `GYRUS_HOME/cache/remote`:
 //!
@@ -24,6 +26,7 @@
 mod cache;
 mod download;
 mod error;
+mod listing;
 mod location;
 mod profile;
 
@@ -32,6 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::FetchError;
+pub use listing::{list, read, RemoteObject};
 
 /// Where the fetch's credentials and endpoints come from.
 #[derive(Clone, Default)]

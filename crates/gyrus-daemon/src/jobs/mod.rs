@@ -10,7 +10,8 @@
 //! [`JobService`] (`service.rs`) submits, shows, lists and stops jobs, and brings unfinished
 //! ones back after a restart; `runner.rs` runs one job: its workers, their batches,
 //! `on_job_complete()` once, and its final status; `store.rs` keeps job records;
-//! `submission.rs` checks Cortex's submission body and cuts it into batches under the limits.
+//! `submission.rs` checks Cortex's submission body and cuts it into batches under the limits;
+//! `sources.rs` lists and reads the files of `file_path_lister` and `delimited_files`.
 //!
 //! What a worker runs is a job worker replica (`gyrus-replica`, `ReplicaLaunch::job`), which
 //! answers the daemon's `POST /_batch/<batch id>` with the predictor's result, or with its
@@ -19,6 +20,7 @@
 mod queue;
 mod runner;
 mod service;
+mod sources;
 mod store;
 mod submission;
 
@@ -27,5 +29,6 @@ pub use queue::{
     RetryPolicy, SqliteQueue,
 };
 pub use service::JobService;
+pub use sources::MAX_DELIMITED_BYTES;
 pub use store::{JobRecord, JobStatus, JobStore};
 pub use submission::{Submission, SubmissionError, MAX_BATCH_BYTES, MAX_SUBMISSION_BYTES};

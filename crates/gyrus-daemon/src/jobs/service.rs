@@ -2,10 +2,11 @@
 //! brings unfinished jobs back after a restart. It checks the API, records the job and its
 //! batches, and starts a [`JobRun`] for it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gyrus_remote::FetchOptions;
 use gyrus_spec::ApiKind;
 use serde_json::{json, Value};
 
@@ -17,6 +18,8 @@ use crate::error::DaemonError;
 use crate::home::GyrusHome;
 use crate::supervisor::Supervisor;
 
+/// How many files a dry run lists (it counts them all).
+const DRY_RUN_FILES_SHOWN: usize = 1000;
 /// How many failed batches a job's status lists.
 const FAILED_SHOWN: usize = 20;
 /// How long a restored job waits for its API to be live again.
@@ -35,6 +38,10 @@ impl From<SubmissionError> for DaemonError {
         match e {
             SubmissionError::Invalid(m) => DaemonError::BadRequest(m),
             e @ SubmissionError::TooLarge { .. } => DaemonError::TooLarge(e.to_string()),
+            SubmissionError::Fetch { ref source, .. } if source.is_client_error() => {
+                DaemonError::BadRequest(e.to_string())
+            }
+            e @ SubmissionError::Fetch { .. } => DaemonError::BadGateway(e.to_string()),
         }
     }
 }
@@ -72,43 +79,62 @@ impl JobService {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The API `api` if it is a batch API.
-    fn batch_api(&self, api: &str) -> Result<(), DaemonError> {
-        let kind = self
+    /// The spec of `api` if it is a batch API.
+    fn batch_api(&self, api: &str) -> Result<gyrus_spec::ApiSpec, DaemonError> {
+        let spec = self
             .supervisor
             .specs_in_use()
             .into_iter()
             .find(|(name, _)| name == api)
-            .map(|(_, spec)| spec.kind);
-        match kind {
+            .map(|(_, spec)| spec);
+        match spec {
             None => Err(DaemonError::ApiNotFound(api.to_owned())),
-            Some(ApiKind::BatchAPI) => Ok(()),
+            Some(spec) if spec.kind == ApiKind::BatchAPI => Ok(spec),
             Some(_) => Err(DaemonError::BadRequest(format!(
                 "api {api:?} is a RealtimeAPI: jobs are submitted to BatchAPIs"
             ))),
         }
     }
 
-    /// Submits a job (or, with `dry_run`, says what it would process).
-    pub fn submit(
+    /// Submits a job (or, with `dry_run`, says what it would process). `env` is the
+    /// submitting user's `AWS_*`, `GOOGLE_*`, `AZURE_*` variables and `HOME`, for reading the
+    /// files of `file_path_lister` and `delimited_files` at URLs.
+    pub async fn submit(
         self: &Arc<Self>,
         api: &str,
         body: &[u8],
         dry_run: bool,
+        env: BTreeMap<String, String>,
     ) -> Result<Value, DaemonError> {
-        self.batch_api(api)?;
-        let submission = Submission::parse(body)?;
+        let api_spec = self.batch_api(api)?;
+        let mut submission = Submission::parse(body)?;
+        let s3 = api_spec.predictor.s3.as_ref();
+        let opts = FetchOptions {
+            env,
+            s3_endpoint_url: s3.and_then(|s| s.endpoint_url.clone()),
+            s3_region: s3.and_then(|s| s.region.clone()),
+        };
+        let files = submission.read_files(&opts).await?;
         let job_id = new_job_id();
         let batches = submission.batches(&job_id)?;
         if dry_run {
-            return Ok(json!({
+            let mut shown = json!({
                 "dry_run": true,
                 "api_name": api,
                 "item_count": submission.items.len(),
                 "batch_count": batches.len(),
                 "batch_size": submission.batch_size,
                 "warnings": submission.warnings,
-            }));
+            });
+            if !files.is_empty() {
+                shown["file_count"] = json!(files.len());
+                shown["files"] = files
+                    .iter()
+                    .take(DRY_RUN_FILES_SHOWN)
+                    .map(|f| f.name.clone())
+                    .collect();
+            }
+            return Ok(shown);
         }
         let Some(plan) = self.supervisor.serving_plan(api) else {
             return Err(DaemonError::Busy {
@@ -209,7 +235,7 @@ impl JobService {
             .live()
             .get(job_id)
             .map(|l| *l.workers.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(json!({
+        let mut status = json!({
             "job_id": job.job_id,
             "api_name": job.api,
             "kind": "BatchAPI",
@@ -233,7 +259,14 @@ impl JobService {
             "failed_batches": failed,
             "on_job_complete": {"status": job.completion, "error": job.completion_error},
             "error": job.error,
-        }))
+        });
+        // Where the items came from (`item_list`, `file_path_lister` or `delimited_files`).
+        for source in ["item_list", "file_path_lister", "delimited_files"] {
+            if let Some(v) = job.spec.get(source) {
+                status[source] = v.clone();
+            }
+        }
+        Ok(status)
     }
 
     /// An API's jobs, newest first.

@@ -3,12 +3,13 @@
 //!
 //! Accepted: `workers` (required), `timeout` (seconds), `config` (merged over the API's),
 //! `sqs_dead_letter_queue.max_receive_count` (its `arn` is ignored, with a warning), and one
-//! data source. `item_list` is served; `file_path_lister` and `delimited_files` are recognised
-//! and refused with a clear message until they are built.
+//! data source: `item_list` (the items inline), or `file_path_lister` / `delimited_files`
+//! (files read when the job is enqueued: `sources.rs`).
 
 use serde_json::{Map, Value};
 
 use super::queue::NewBatch;
+use super::sources::{FileSource, FilesKind, FoundFile};
 
 /// The largest submission body (Cortex's limit).
 pub const MAX_SUBMISSION_BYTES: usize = 10 * 1024 * 1024;
@@ -27,13 +28,15 @@ pub struct Submission {
     pub config: Map<String, Value>,
     /// Tries a batch gets when `predict` raises (1 without a dead-letter setting: no retry).
     pub max_receive_count: u32,
+    /// The items: given inline, or filled in from `files` by [`Submission::read_files`].
     pub items: Vec<Value>,
+    pub files: Option<FileSource>,
     pub batch_size: usize,
     /// Things accepted but ignored, for the response and the job's log.
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum SubmissionError {
     #[error("{0}")]
     Invalid(String),
@@ -42,6 +45,12 @@ pub enum SubmissionError {
         what: String,
         actual: String,
         limit: String,
+    },
+    /// Listing or reading a remote file source failed.
+    #[error("{at}: {source}")]
+    Fetch {
+        at: String,
+        source: gyrus_remote::FetchError,
     },
 }
 
@@ -158,10 +167,23 @@ impl Submission {
                 )))
             }
         };
-        if source != "item_list" {
-            return Err(invalid(format!(
-                "{source} is not supported by gyrus yet; use item_list (items inline)"
-            )));
+        let kind = match source {
+            "file_path_lister" => Some(FilesKind::PathLister),
+            "delimited_files" => Some(FilesKind::Delimited),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let (files, batch_size) = FileSource::parse(kind, top.remove(source))?;
+            return Ok(Submission {
+                workers: workers as u32,
+                timeout_secs,
+                config,
+                max_receive_count,
+                items: Vec::new(),
+                files: Some(files),
+                batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
+                warnings,
+            });
         }
         let Some(Value::Object(mut list)) = top.remove("item_list") else {
             return Err(invalid(
@@ -199,6 +221,7 @@ impl Submission {
             config,
             max_receive_count,
             items,
+            files: None,
             batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
             warnings,
         })
@@ -233,18 +256,50 @@ impl Submission {
             .collect()
     }
 
+    /// Lists the files of a file source and reads its items; returns the files (none for
+    /// `item_list`).
+    pub async fn read_files(
+        &mut self,
+        opts: &gyrus_remote::FetchOptions,
+    ) -> Result<Vec<FoundFile>, SubmissionError> {
+        let Some(files) = &self.files else {
+            return Ok(Vec::new());
+        };
+        let found = files.list(opts).await?;
+        self.items = files.items(&found, opts).await?;
+        if self.items.is_empty() {
+            return Err(invalid(format!(
+                "{}: the files hold no items",
+                files.kind.field()
+            )));
+        }
+        Ok(found)
+    }
+
     /// The submission as the job shows it (and the predictor's `job_spec`): everything but
     /// the items, which can be large.
     pub fn spec_json(&self, api: &str, job_id: &str) -> Value {
-        serde_json::json!({
+        let (field, mut source) = match &self.files {
+            None => ("item_list", serde_json::json!({})),
+            Some(f) => (
+                f.kind.field(),
+                serde_json::json!({
+                    "s3_paths": f.paths, "includes": f.includes, "excludes": f.excludes,
+                }),
+            ),
+        };
+        source["batch_size"] = self.batch_size.into();
+        source["item_count"] = self.items.len().into();
+        let mut spec = serde_json::json!({
             "job_id": job_id,
             "api_name": api,
             "workers": self.workers,
             "timeout": self.timeout_secs,
             "config": self.config,
             "sqs_dead_letter_queue": {"max_receive_count": self.max_receive_count},
-            "item_list": {"batch_size": self.batch_size, "item_count": self.items.len()},
-        })
+        });
+        spec[field] = source;
+        spec
     }
 }
 
@@ -325,8 +380,8 @@ mod tests {
                 "has 2 data sources",
             ),
             (
-                serde_json::json!({"workers": 1, "file_path_lister": {}}),
-                "file_path_lister is not supported by gyrus yet",
+                serde_json::json!({"workers": 1, "file_path_lister": {"s3_paths": ["/x"]}}),
+                "file_path_lister.batch_size is required",
             ),
             (
                 serde_json::json!({"workers": 1, "item_list": {"items": [], "batch_size": 1}}),
