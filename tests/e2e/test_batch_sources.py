@@ -177,3 +177,22 @@ def test_bad_files_and_paths_are_named(g, tmp_path):
     assert r.status_code == 400 and "is not a glob pattern" in r.text, r.text
     # None of them was recorded as a job.
     assert len(g.control("GET", f"/apis/{API}/jobs").json()["jobs"]) == jobs_before
+
+
+def test_gyrus_get_shows_a_batch_api_with_its_jobs(g, tmp_path):
+    write_files(tmp_path / "d", {"x.jsonl": "1\n2\n3\n"})
+    proc = submit_cli(g, {"workers": 1, "config": {"out": str(tmp_path / "out")},
+                          "delimited_files": {"s3_paths": ["d"], "batch_size": 2}}, "--wait", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.split()[2]
+    info = json.loads(g.ok("get", API, "-o", "json").stdout)
+    assert info["kind"] == "BatchAPI" and info["replicas"]["requested"] == 0, info
+    assert info["jobs"]["running"] == 0 and info["jobs"]["workers_running"] == 0, info
+    newest = info["jobs"]["recent"][0]
+    assert newest["job_id"] == job_id and newest["status"] == "succeeded", info
+    assert (newest["succeeded"], newest["total_batch_count"]) == (2, 2), newest
+    table = g.ok("get", API).stdout
+    assert "0 worker(s)" in table and "BATCHES DONE" in table, table
+    row = next(line for line in table.splitlines() if line.startswith(job_id))
+    assert row.split()[1:3] == ["succeeded", "2/2"], table
+    assert "batch API, 0 job(s) running" in g.ok("get").stdout

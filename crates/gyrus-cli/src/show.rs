@@ -1,7 +1,7 @@
 //! `gyrus get` and `gyrus describe`: an API's status, replicas and scaling, as tables or JSON.
 
 use anyhow::Result;
-use gyrus_daemon::api::ApiInfo;
+use gyrus_daemon::api::{ApiInfo, BatchJobs};
 
 use crate::client::DaemonClient;
 use crate::output::{age, print_table};
@@ -28,10 +28,15 @@ pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
     let rows = infos
         .iter()
         .map(|i| {
+            // A batch API has no replicas of its own: its processes are its jobs' workers.
+            let replicas = match &i.jobs {
+                Some(j) => format!("{} worker(s)", j.workers_running),
+                None => format!("{}/{}", i.replicas.ready, i.replicas.requested),
+            };
             vec![
                 i.name.clone(),
                 i.status.clone(),
-                format!("{}/{}", i.replicas.ready, i.replicas.requested),
+                replicas,
                 i.autoscaling
                     .as_ref()
                     .and_then(|a| a.in_flight_avg)
@@ -55,7 +60,20 @@ pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
     );
     if let [one] = infos.as_slice() {
         if api.is_some() {
-            print_scaling(one);
+            match &one.jobs {
+                Some(jobs) => print_jobs(&one.name, jobs),
+                None => print_scaling(one),
+            }
+        }
+    }
+    if api.is_none() {
+        for i in &infos {
+            if let Some(j) = &i.jobs {
+                println!(
+                    "\n{}: batch API, {} job(s) running, {} in all (gyrus get {} lists them)",
+                    i.name, j.running, j.total, i.name
+                );
+            }
         }
     }
     for i in &infos {
@@ -64,6 +82,42 @@ pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A batch API's newest jobs.
+fn print_jobs(api: &str, jobs: &BatchJobs) {
+    println!(
+        "\njobs:        {} running, {} in all; workers running: {}",
+        jobs.running, jobs.total, jobs.workers_running
+    );
+    if jobs.recent.is_empty() {
+        println!("no jobs yet: submit one with `gyrus job submit {api} job.json`");
+        return;
+    }
+    println!();
+    let rows = jobs
+        .recent
+        .iter()
+        .map(|j| {
+            vec![
+                j.job_id.clone(),
+                j.status.clone(),
+                format!("{}/{}", j.succeeded, j.total_batch_count),
+                j.failed.to_string(),
+                age(&j.created_time),
+            ]
+        })
+        .collect();
+    print_table(
+        &["JOB", "STATUS", "BATCHES DONE", "FAILED", "SUBMITTED"],
+        rows,
+    );
+    if jobs.total as usize > jobs.recent.len() {
+        println!(
+            "(the newest {}; gyrus job list {api} shows all)",
+            jobs.recent.len()
+        );
+    }
 }
 
 /// The replica counts, the load and the autoscaler's reasoning of one API.

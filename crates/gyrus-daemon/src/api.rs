@@ -42,6 +42,33 @@ pub struct ApiInfo {
     pub created_at: String,
     pub updated_at: String,
     pub replica_details: Vec<ReplicaInfo>,
+    /// A batch API's jobs (it has no replicas of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<BatchJobs>,
+}
+
+/// A batch API's jobs, as `gyrus get` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct BatchJobs {
+    /// Jobs still enqueuing or running.
+    pub running: u32,
+    /// Their worker processes serving now.
+    pub workers_running: u32,
+    /// Every job the API has a record of.
+    pub total: u32,
+    /// The newest jobs, newest first (at most 10).
+    pub recent: Vec<JobBrief>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobBrief {
+    pub job_id: String,
+    pub status: String,
+    pub created_time: String,
+    pub end_time: Option<String>,
+    pub total_batch_count: u64,
+    pub succeeded: u64,
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -221,6 +221,7 @@ async fn list_apis(State(app): State<Arc<AppState>>) -> Json<Vec<crate::api::Api
             .names()
             .iter()
             .filter_map(|n| app.supervisor.info(n))
+            .map(|info| with_jobs(&app, info))
             .collect(),
     )
 }
@@ -232,8 +233,16 @@ async fn get_api(
     check_name(&name)?;
     app.supervisor
         .info(&name)
-        .map(Json)
+        .map(|info| Json(with_jobs(&app, info)))
         .ok_or(DaemonError::ApiNotFound(name))
+}
+
+/// A batch API's info with its jobs.
+fn with_jobs(app: &AppState, mut info: crate::api::ApiInfo) -> crate::api::ApiInfo {
+    if info.kind == gyrus_spec::ApiKind::BatchAPI.to_string() {
+        info.jobs = app.jobs.summary(&info.name).ok();
+    }
+    info
 }
 
 async fn delete_api(

@@ -44,7 +44,10 @@ impl ApiController {
             .as_ref()
             .map(|p| p.spec.autoscaling.window.as_duration())
             .unwrap_or(Duration::from_secs(60));
-        let requested = if g.desired > 0 {
+        let requested = if g.spec.kind == gyrus_spec::ApiKind::BatchAPI {
+            // A batch API's processes are its jobs' workers (`jobs` in the info).
+            0
+        } else if g.desired > 0 {
             g.desired
         } else {
             g.spec.autoscaling.init_replicas.max(1)
@@ -84,6 +87,7 @@ impl ApiController {
             created_at: g.stored.created_at.clone(),
             updated_at: g.stored.updated_at.clone(),
             replica_details: details,
+            jobs: None,
         }
     }
 }

@@ -14,12 +14,15 @@ use super::queue::{BatchQueue, SqliteQueue};
 use super::runner::{http_client, JobRun, LiveJob};
 use super::store::{JobRecord, JobStatus, JobStore};
 use super::submission::{Submission, SubmissionError};
+use crate::api::{BatchJobs, JobBrief};
 use crate::error::DaemonError;
 use crate::home::GyrusHome;
 use crate::supervisor::Supervisor;
 
 /// How many files a dry run lists (it counts them all).
 const DRY_RUN_FILES_SHOWN: usize = 1000;
+/// How many jobs `gyrus get` lists for a batch API.
+const RECENT_JOBS_SHOWN: usize = 10;
 /// How many failed batches a job's status lists.
 const FAILED_SHOWN: usize = 20;
 /// How long a restored job waits for its API to be live again.
@@ -267,6 +270,42 @@ impl JobService {
             }
         }
         Ok(status)
+    }
+
+    /// What `gyrus get` shows of a batch API: its running jobs and workers, the newest jobs.
+    pub fn summary(&self, api: &str) -> Result<BatchJobs, DaemonError> {
+        let jobs = self.store.list(api)?;
+        let live = self.live();
+        let mut summary = BatchJobs {
+            total: u32::try_from(jobs.len()).unwrap_or(u32::MAX),
+            ..BatchJobs::default()
+        };
+        for job in &jobs {
+            if !job.status.is_final() {
+                summary.running += 1;
+            }
+            if let Some(l) = live.get(&job.job_id) {
+                summary.workers_running +=
+                    l.workers.lock().unwrap_or_else(|e| e.into_inner()).running;
+            }
+        }
+        summary.recent = jobs
+            .iter()
+            .take(RECENT_JOBS_SHOWN)
+            .map(|j| {
+                let stats = self.queue.stats(&j.job_id).unwrap_or_default();
+                JobBrief {
+                    job_id: j.job_id.clone(),
+                    status: j.status.as_str().to_owned(),
+                    created_time: j.created_at.clone(),
+                    end_time: j.ended_at.clone(),
+                    total_batch_count: stats.total,
+                    succeeded: stats.succeeded,
+                    failed: stats.failed,
+                }
+            })
+            .collect();
+        Ok(summary)
     }
 
     /// An API's jobs, newest first.
