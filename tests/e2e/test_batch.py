@@ -21,6 +21,7 @@ import json, os, time
 
 class PythonPredictor:
     def __init__(self, config, job_spec):
+        self.config = config
         self.out = config["out"]
         self.sleep = config.get("sleep", 0)
         self.job_id = job_spec["job_id"]
@@ -40,6 +41,8 @@ class PythonPredictor:
         return sum(payload)
 
     def on_job_complete(self):
+        if self.config.get("fail_complete"):
+            raise RuntimeError("cannot write the total")
         with open(os.path.join(self.out, "complete"), "a") as f:
             f.write(f"{self.job_id}\n")
 '''
@@ -158,6 +161,41 @@ def test_stop_ends_a_job_within_seconds(batch_api, tmp_path):
     assert s["status"] == "stopped", s
     assert time.time() - stopped < 15
     assert not (out / "complete").exists()
+
+
+def test_a_job_past_its_timeout_ends_timed_out(batch_api, tmp_path):
+    out = tmp_path / "out"
+    r = submit(batch_api, {"workers": 1, "timeout": 3, "config": {"out": str(out), "sleep": 0.5},
+                           "item_list": {"items": list(range(100)), "batch_size": 1}})
+    assert r.status_code == 200, r.text
+    started = time.time()
+    s = wait_final(batch_api, r.json()["job_id"], timeout=60)
+    assert s["status"] == "timed_out", s
+    assert time.time() - started < 20, "the job should end soon after its timeout"
+    assert 0 < s["batch_metrics"]["succeeded"] < 100, s
+    assert not (out / "complete").exists(), "on_job_complete does not run for a timed-out job"
+
+
+def test_a_predictor_that_cannot_start_gives_worker_error(batch_api):
+    # No "out" in the config: the constructor raises KeyError in every worker.
+    r = submit(batch_api, {"workers": 2, "item_list": {"items": [1, 2, 3], "batch_size": 1}})
+    assert r.status_code == 200, r.text
+    s = wait_final(batch_api, r.json()["job_id"], timeout=120)
+    assert s["status"] == "worker_error", s
+    assert "KeyError" in (s["error"] or ""), s
+    assert s["batch_metrics"]["succeeded"] == 0, s
+
+
+def test_a_failing_on_job_complete_is_visible_in_the_status(batch_api, tmp_path):
+    out = tmp_path / "out"
+    r = submit(batch_api, {"workers": 1, "config": {"out": str(out), "fail_complete": True},
+                           "item_list": {"items": [1, 2], "batch_size": 1}})
+    assert r.status_code == 200, r.text
+    s = wait_final(batch_api, r.json()["job_id"])
+    assert s["status"] == "completed_with_failures", s
+    assert s["batch_metrics"]["succeeded"] == 2, s
+    assert s["on_job_complete"]["status"] == "failed", s
+    assert "cannot write the total" in s["on_job_complete"]["error"], s
 
 
 def test_bad_submissions_are_refused_precisely(batch_api):
