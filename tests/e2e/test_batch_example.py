@@ -187,20 +187,23 @@ def test_ten_thousand_items_are_each_processed_exactly_once(tally, tmp_path, cap
 # a worker over its memory limit
 
 HOG = r'''
-import os
+import os, time
 
 class PythonPredictor:
     def __init__(self, config, job_spec):
         self.out = config["out"]
-        self.mib = config.get("mib", 4096)
+        self.mib = config.get("mib", 2048)
+        self.hold = config.get("hold", 10)
         os.makedirs(self.out, exist_ok=True)
 
     def predict(self, payload, batch_id):
         with open(os.path.join(self.out, "attempts"), "a") as f:
             f.write(f"{os.getpid()} {batch_id}\n")
-        # 64 MiB at a time, every page written; at most config["mib"] (4 GiB unless said), so
-        # the batch succeeds if nothing enforces the limit.
+        # 64 MiB at a time, every page written, config["mib"] in all (2 GiB unless said), held
+        # for config["hold"] seconds: longer than the launcher's 1 s between checks, however
+        # fast the allocation. The batch succeeds if nothing enforces the limit.
         chunks = [b"\x01" * (64 << 20) for _ in range(self.mib // 64)]
+        time.sleep(self.hold)
         return len(chunks)
 
     def on_job_complete(self):
@@ -232,7 +235,7 @@ def attempts(out: Path) -> list[str]:
 def test_a_job_within_its_memory_limit_succeeds(hog, tmp_path):
     """The control for the next test: the limit does not stop a worker that stays under it."""
     out = tmp_path / "out"
-    job = submit(hog, "hog", {"workers": 1, "config": {"out": str(out), "mib": 64},
+    job = submit(hog, "hog", {"workers": 1, "config": {"out": str(out), "mib": 64, "hold": 0},
                               "item_list": {"items": [1, 2], "batch_size": 1}})
     s = wait_final(hog, "hog", job["job_id"], timeout=120)
     assert s["status"] == "succeeded", (s, job_log(hog, "hog", job["job_id"])[-3000:])
