@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything on a fresh machine and serves the example iris API:
 # builds gyrus, installs it on PATH, prepares the Python side, trains the example model,
-# and deploys examples/iris-python. Safe to run again.
+# and deploys examples/iris-python (and the other examples, among them the batch API
+# examples/batch-sum). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ if ! "$bindir/gyrus" models get iris -o path >/dev/null 2>&1; then
 fi
 "$bindir/gyrus" deploy examples/store-model
 
+echo "==> deploying the batch API examples/batch-sum (its jobs start their own workers)"
+"$bindir/gyrus" deploy examples/batch-sum
+
 cat <<MSG
 
 The iris API is live. Try it:
@@ -50,6 +54,12 @@ and over the Open Inference Protocol (e.g. tritonclient with url "localhost:8888
 model from the model store (see: gyrus models list):
 
   curl -X POST localhost:8888/iris-store -d '{"input": [[5.2, 3.6, 1.5, 0.3]]}'
+
+A batch job: sum the lists of numbers in examples/batch-sum/job.json with 2 workers, then read
+the total that on_job_complete() wrote (the job's config.dest):
+
+  gyrus job submit batch-sum examples/batch-sum/job.json --wait
+  cat /tmp/batch-sum-out/total.json      # {"job_id": "...", "total": 210, "count": 8, "batches": 3}
 
 Then: gyrus get · gyrus logs iris-classifier · gyrus delete iris-classifier · gyrus --help
 MSG

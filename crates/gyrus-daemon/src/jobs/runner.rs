@@ -78,7 +78,8 @@ pub struct JobRun {
     pub log: PathBuf,
     pub live: Arc<LiveJob>,
     pub client: HttpClient,
-    /// Set when a worker was stopped for exceeding its memory limit.
+    /// Set when a worker was stopped for exceeding its memory limit (while starting, under a
+    /// batch or in `on_job_complete`).
     pub oom: Mutex<Option<String>>,
 }
 
@@ -99,11 +100,17 @@ struct Worker {
     base: String,
     /// Becomes `Some(how it ended)` when the process is gone.
     exited: watch::Receiver<Option<String>>,
+    /// Set (before `exited`) when the launcher stopped it for exceeding its memory limit.
+    oom: Arc<Mutex<Option<String>>>,
 }
 
 impl Worker {
     fn stop(&self) {
         self.handle.stop(Duration::from_secs(5));
+    }
+
+    fn out_of_memory(&self) -> Option<String> {
+        self.oom.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -193,8 +200,7 @@ impl JobRun {
         }
         let Some(last) = drained.pop() else {
             let error = failures.join("; ");
-            let oom = self.oom.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            return match oom {
+            return match self.out_of_memory() {
                 Some(why) => (JobStatus::WorkerOom, Some(why)),
                 None => (JobStatus::WorkerError, Some(error)),
             };
@@ -204,13 +210,40 @@ impl JobRun {
         }
         let completion_ok = self.complete(&last).await;
         last.stop();
+        if !completion_ok {
+            if let Some(why) = last.out_of_memory() {
+                self.note_oom(why);
+            }
+        }
         let stats = self.queue.stats(&self.job.job_id);
         let failed_batches = stats.as_ref().map(|s| s.failed).unwrap_or(0);
-        if failed_batches > 0 || !completion_ok {
-            (JobStatus::CompletedWithFailures, None)
-        } else {
-            (JobStatus::Succeeded, None)
+        if failed_batches == 0 && completion_ok {
+            return (JobStatus::Succeeded, None);
         }
+        // Batches were lost, or on_job_complete() failed, and a worker went over its memory
+        // limit: the job says so (Cortex's worker_oom) rather than completed_with_failures.
+        // A worker stopped for memory whose batches all succeeded on a retry does not count.
+        match self.out_of_memory() {
+            Some(why) => {
+                let mut lost = vec![format!("{failed_batches} batch(es) failed")];
+                if !completion_ok {
+                    lost.push("on_job_complete() failed".into());
+                }
+                (
+                    JobStatus::WorkerOom,
+                    Some(format!("{why}; {}", lost.join(", "))),
+                )
+            }
+            None => (JobStatus::CompletedWithFailures, None),
+        }
+    }
+
+    fn out_of_memory(&self) -> Option<String> {
+        self.oom.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn note_oom(&self, why: String) {
+        *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
     /// Runs `on_job_complete()` once; whether it succeeded.
@@ -281,6 +314,9 @@ impl JobRun {
                     return SlotEnd::Stopped;
                 }
                 Fed::WorkerDied(how) => {
+                    if let Some(why) = worker.out_of_memory() {
+                        self.note_oom(why);
+                    }
                     restarts += 1;
                     if restarts > MAX_WORKER_RESTARTS {
                         self.live.count(|c| c.failed += 1);
@@ -345,9 +381,7 @@ impl JobRun {
                 Some(LauncherEvent::Replica(ReplicaEvent::Ready)) => break,
                 Some(LauncherEvent::Replica(ReplicaEvent::Failed { error })) => return Err(error),
                 Some(LauncherEvent::Replica(ReplicaEvent::Metrics { .. })) => {}
-                Some(LauncherEvent::OutOfMemory(why)) => {
-                    *self.oom.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                }
+                Some(LauncherEvent::OutOfMemory(why)) => self.note_oom(why),
                 Some(LauncherEvent::Exited(how)) => {
                     return Err(format!("exited before it was ready ({how})"))
                 }
@@ -362,7 +396,7 @@ impl JobRun {
             while let Some(event) = events.recv().await {
                 match event {
                     LauncherEvent::Exited(how) => {
-                        let how = match oom.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        let how = match oom.lock().unwrap_or_else(|e| e.into_inner()).clone() {
                             Some(why) => format!("{how}; {why}"),
                             None => how,
                         };
@@ -384,6 +418,7 @@ impl JobRun {
             handle,
             base,
             exited,
+            oom: oom_note,
         })
     }
 
