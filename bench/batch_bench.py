@@ -315,6 +315,24 @@ def floor(project, items, repeat=5):
 # ------------------------------------------------------------------------------------------
 
 
+def machine_load(seconds=1.0):
+    """(busy %, steal %) of all cores over `seconds`, from /proc/stat. Taken while nothing of
+    the benchmark runs: busy is other work on this machine, steal is time the hypervisor gave
+    to other machines; either skews the numbers measured around it."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4], fields[7] if len(fields) > 7 else 0
+
+    try:
+        t0, idle0, steal0 = sample()
+        time.sleep(seconds)
+        t1, idle1, steal1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = max(1, t1 - t0)
+    return 100.0 * (1 - (idle1 - idle0) / total), 100.0 * (steal1 - steal0) / total
+
+
 def cpu_model():
     try:
         return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
@@ -355,6 +373,7 @@ def main():
         env["GYRUS_UV"] = uv
 
     started = time.time()
+    load_before = machine_load()
     home.mkdir()
     daemon_log = open(work / "daemon.log", "wb")
     daemon = subprocess.Popen([str(gyrus), "daemon"], env=env, stdin=subprocess.DEVNULL,
@@ -394,8 +413,10 @@ def main():
         else:
             log(f"kept {work}")
 
+    load_after = machine_load()
     floor_us, floor_json_us = floor_in_subdir(args.items)
-    text = report(args, results, floor_us, floor_json_us, time.time() - started)
+    text = report(args, results, floor_us, floor_json_us, time.time() - started,
+                  (load_before, load_after))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print("\n" + text)
@@ -431,13 +452,18 @@ def med(rs, key):
     return statistics.median(vals) if vals else None
 
 
-def report(args, results, floor_us, floor_json_us, took):
+def report(args, results, floor_us, floor_json_us, took, loads):
     floor_bps = 1e6 / floor_us
+    load = "; ".join(
+        f"{when} {l[0]:.0f}% busy, {l[1]:.0f}% stolen" if l else f"{when} unknown"
+        for when, l in zip(("before", "after"), loads))
     lines = [
         f"Machine: {os.cpu_count()} cores, {cpu_model()}, Linux {platform.release()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Python {platform.python_version()}. "
         f"{args.items} items per job, batch_size 1 (one item per batch), no-op predict(); "
         f"{args.rounds} job(s) per worker count (median); nothing pinned; run took {took:.0f} s.",
+        "",
+        f"Other work on the machine, 1 s while the benchmark ran nothing: {load}.",
         "",
         "| workers | batches/s (all up) | us per batch (all up) | x floor | overhead per batch (us) "
         "| batches/s (wall) | batches/s (start->end) | first batch (s) | all workers up (s) "
