@@ -465,8 +465,8 @@ impl JobRun {
         let url = format!("{}/_batch/{}", worker.base, lease.batch_id);
         let call = self.post(&url, Bytes::from(lease.payload.clone()));
         tokio::pin!(call);
-        let mut renew = tokio::time::interval(LEASE_TTL / 3);
-        renew.tick().await;
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + LEASE_TTL / 3, LEASE_TTL / 3);
         let mut stop = self.live.stop.subscribe();
         let mut exited = worker.exited.clone();
         let result = loop {
