@@ -15,6 +15,11 @@
 //! - With TLS (`crate::tls`), the handshake is bounded by the header timeout as well.
 //! - A peer that stops reading is dropped once a write has waited [`WRITE_STALL_TIMEOUT`]
 //!   (a response, or a `logs -f` stream, it never takes).
+//! - Without TLS, a connection whose first request is for an API whose replicas take
+//!   connections is handed to one of them (`gyrus_gateway::handoff`): the daemon reads the
+//!   request head, sends the socket and those bytes to the replica, and waits, holding a
+//!   duplicate, until the replica closes it, gives it back (it drains, or rebalances), or dies.
+//!   Everything else is served here, by hyper, from the bytes already read.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,112 +29,28 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::Router;
+use bytes::BytesMut;
+use gyrus_gateway::handoff::head::{self, Head};
+pub use gyrus_gateway::handoff::io::WRITE_STALL_TIMEOUT;
+use gyrus_gateway::handoff::io::{Prefixed, WriteStall};
+use gyrus_gateway::handoff::link::Outcome;
+use gyrus_gateway::handoff::slots::SlotState;
+use gyrus_gateway::Gateway;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+
+/// How long a replica serves a handed connection before giving it back once idle, so that
+/// long-lived keep-alive connections spread over replicas that were added since.
+const RETURN_AFTER: Duration = Duration::from_secs(2);
 
 /// Connections admitted beyond `max_connections`, when every other one is busy, for the
 /// control API only.
 pub const CONTROL_RESERVE: usize = 64;
-
-/// A write to a peer that has not gone through for this long ends the connection.
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The peer's socket, with writes that fail once they have waited [`WRITE_STALL_TIMEOUT`]
-/// without progress (reads pass through: their waits are bounded elsewhere).
-struct WriteStall<I> {
-    io: I,
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<I> WriteStall<I> {
-    fn new(io: I) -> Self {
-        Self { io, stalled: None }
-    }
-
-    /// After a write-side poll: progress clears the timer, waiting starts it, and a wait past
-    /// the timeout becomes an error.
-    fn watch<T>(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        polled: std::task::Poll<std::io::Result<T>>,
-    ) -> std::task::Poll<std::io::Result<T>> {
-        use std::future::Future;
-        use std::task::Poll;
-        match polled {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let timer = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the peer stopped reading",
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
-    }
-}
-
-impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        self.watch(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.watch(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
-        self.watch(cx, polled)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
-        self.watch(cx, polled)
-    }
-}
 
 /// How the daemon's socket treats its peers.
 #[derive(Debug, Clone, Copy)]
@@ -298,12 +219,14 @@ impl Drop for BusyGuard {
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then until the open connections are
-/// done (the caller bounds that wait).
+/// done (the caller bounds that wait). With `handoff`, connections for APIs whose replicas
+/// take them are handed over (never with TLS, whose session cannot move).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    handoff: Option<Gateway>,
     mut stop: watch::Receiver<bool>,
 ) {
     let table = Arc::new(Table {
@@ -348,6 +271,7 @@ pub async fn serve(
         let service = service.clone();
         let mut stop = stop.clone();
         let tls = tls.clone();
+        let handoff = handoff.clone().filter(|_| tls.is_none() && !conn.reserved);
         tokio::spawn(async move {
             let svc = {
                 let table = table.clone();
@@ -377,13 +301,17 @@ pub async fn serve(
                     }
                 })
             };
-            let tcp = WriteStall::new(tcp);
-            match tls {
-                None => drive(tcp, svc, limits, &conn, &mut stop).await,
+            match (tls, handoff) {
+                (None, Some(gateway)) => {
+                    serve_plain(tcp, &gateway, svc, limits, &table, &conn, &mut stop).await
+                }
+                (None, None) => drive(WriteStall::new(tcp), svc, limits, &conn, &mut stop).await,
                 // The handshake gets the header timeout too, and yields to eviction and stop.
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
+                (Some(acceptor), _) => {
+                    let handshake = tokio::time::timeout(
+                        limits.header_timeout,
+                        acceptor.accept(WriteStall::new(tcp)),
+                    );
                     tokio::select! {
                         done = handshake => {
                             if let Ok(Ok(stream)) = done {
@@ -430,6 +358,100 @@ fn at_capacity() -> hyper::Response<Body> {
     response
 }
 
+/// A plain connection that may be handed to a replica: reads each first request head (within
+/// the header timeout), hands the connection over when its API's replicas take connections,
+/// and takes it back when the replica returns it or dies; otherwise serves it here.
+async fn serve_plain<S>(
+    mut tcp: TcpStream,
+    gateway: &Gateway,
+    svc: S,
+    limits: ServeLimits,
+    table: &Arc<Table>,
+    conn: &Arc<Conn>,
+    stop: &mut watch::Receiver<bool>,
+) where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut carried = BytesMut::new();
+    loop {
+        let read = tokio::time::timeout(limits.header_timeout, head::read(&mut tcp, &mut carried));
+        let head = tokio::select! {
+            read = read => read,
+            _ = conn.evict.notified() => return,
+            _ = stopped(stop) => return,
+        };
+        let target = match head {
+            Ok(Ok(Head::Complete { method, path })) => gateway.handoff_target(&method, &path),
+            Ok(Ok(Head::Other)) => None,
+            // Closed, timed out, or failed before a whole head: nothing to answer.
+            Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
+        };
+        let Some((route, target, link)) =
+            target.and_then(|(r, t)| t.handoff.clone().map(|l| (r, t, l)))
+        else {
+            break;
+        };
+        // Out of this process's reactor while the replica reads it, and busy (never evicted:
+        // the replica bounds its idle time).
+        let Ok(socket) = tcp.into_std() else { return };
+        let busy = BusyGuard::new(table.clone(), conn.clone());
+        let sent = carried.split().freeze();
+        let handed = link
+            .hand(&socket, sent.clone(), RETURN_AFTER.as_millis() as u32)
+            .await;
+        let outcome = match handed {
+            Ok(rx) => Some(rx.await.unwrap_or(Outcome::Died(SlotState::Done))),
+            Err(e) => {
+                tracing::debug!("serving a connection here: replica {}: {e}", target.id);
+                carried.extend_from_slice(&sent);
+                None
+            }
+        };
+        drop(busy);
+        let Ok(back) = TcpStream::from_std(socket) else {
+            return;
+        };
+        tcp = back;
+        match outcome {
+            None => break,
+            Some(Outcome::Returned(bytes)) => carried.extend_from_slice(&bytes),
+            Some(Outcome::Died(SlotState::Idle)) => {}
+            Some(Outcome::Died(SlotState::Request)) => {
+                let message = format!(
+                    "replica {} of api {} stopped before answering (its process ended); it is \
+                     being replaced, retry the request",
+                    target.id, route.api
+                );
+                answer_and_close(tcp, &message).await;
+                return;
+            }
+            Some(Outcome::Closed) | Some(Outcome::Died(_)) => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+    // Served here, from the bytes already read.
+    let io = WriteStall::new(Prefixed::new(carried.freeze(), tcp));
+    drive(io, svc, limits, conn, stop).await
+}
+
+/// A 503 on a connection whose replica died after reading its request, then the end.
+async fn answer_and_close(mut tcp: TcpStream, message: &str) {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(WRITE_STALL_TIMEOUT, async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
+}
+
 /// Serves HTTP/1 on one connection until it ends, it is evicted (dropped at once), or the
 /// daemon stops (idle: closed now; busy: after the response in progress).
 async fn drive<I, S>(
@@ -474,31 +496,6 @@ mod tests {
             conns: Mutex::new(HashMap::new()),
             emptied: Notify::new(),
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_peer_that_stops_reading_fails_the_write_after_the_timeout() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (ours, mut theirs) = tokio::io::duplex(1024);
-        let mut ours = WriteStall::new(ours);
-        // A slow reader keeps it going: each bit of progress restarts the wait.
-        let reader = tokio::spawn(async move {
-            let mut buf = [0u8; 512];
-            for _ in 0..4 {
-                tokio::time::sleep(WRITE_STALL_TIMEOUT - Duration::from_secs(1)).await;
-                let _ = theirs.read(&mut buf).await;
-            }
-            theirs // then it stops reading, and keeps the stream open
-        });
-        let started = tokio::time::Instant::now();
-        let err = ours.write_all(&vec![0u8; 64 * 1024]).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        let waited = started.elapsed();
-        assert!(
-            waited >= WRITE_STALL_TIMEOUT * 4 && waited < WRITE_STALL_TIMEOUT * 6,
-            "{waited:?}"
-        );
-        drop(reader.await.unwrap());
     }
 
     #[test]

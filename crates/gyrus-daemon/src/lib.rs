@@ -113,9 +113,30 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let compute = Arc::new(gyrus_compute::Compute::detect(&instance));
     tracing::info!("compute limits: {}", compute.describe());
     let routes = RouteTable::new();
+    // Replicas take their connections from the daemon (one hop per request) unless TLS is on,
+    // or GYRUS_HANDOFF=0 asks for the proxy (to compare the two, or to rule one out).
+    let handoff_enabled = acceptor.is_none()
+        && !matches!(
+            std::env::var("GYRUS_HANDOFF").as_deref(),
+            Ok("0") | Ok("false") | Ok("off")
+        );
+    // Where a replica sends the requests of a handed connection that are not its own.
+    let daemon_for_replicas = handoff_enabled.then(|| {
+        let ip = match local.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            }
+            ip => ip,
+        };
+        std::net::SocketAddr::new(ip, local.port())
+    });
     let launcher = Arc::new(launcher::local::LocalLauncher::new(
         home.clone(),
         compute.clone(),
+        daemon_for_replicas,
     ));
     let supervisor = Supervisor::new(
         home.clone(),
@@ -240,11 +261,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             let _ = stop_tx.send(true);
         });
     }
+    let handoff = handoff_enabled.then(|| app.gateway.clone());
     let server = connections::serve(
         listener,
         server::router(app),
         limits,
         acceptor,
+        handoff,
         stop_rx.clone(),
     );
     // Open connections (a hung predict, a client that never reads) may delay the stop only a

@@ -10,6 +10,7 @@
 //! root is the protocol for the whole server, with `/v2/models/{m}/...` sent to the API that
 //! serves model `m` (an API named `m` first, else the first API by name with a model `m`).
 
+pub mod handoff;
 mod stall;
 
 use std::collections::HashMap;
@@ -28,7 +29,9 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use std::time::Duration;
 
-use stall::StallGuard;
+pub use stall::{is_stalled, BodyStalled, StallGuard};
+
+use handoff::link::HandoffLink;
 
 /// The body type the gateway answers with: either the replica's streamed body or a small
 /// JSON error of its own.
@@ -40,15 +43,31 @@ pub struct ReplicaTarget {
     pub id: String,
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
+    /// Where connections are handed to it, for a replica that takes them.
+    pub handoff: Option<Arc<HandoffLink>>,
 }
 
 impl ReplicaTarget {
     pub fn new(id: impl Into<String>, addr: SocketAddr) -> Arc<Self> {
+        Self::with_handoff(id, addr, None)
+    }
+
+    pub fn with_handoff(
+        id: impl Into<String>,
+        addr: SocketAddr,
+        handoff: Option<Arc<HandoffLink>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id: id.into(),
             addr,
             in_flight: AtomicUsize::new(0),
+            handoff,
         })
+    }
+
+    /// Connections handed to it that it still holds.
+    pub fn held_connections(&self) -> usize {
+        self.handoff.as_ref().map(|l| l.held()).unwrap_or(0)
     }
 
     /// Requests the gateway has sent to this replica that have not answered yet.
@@ -287,6 +306,36 @@ impl Gateway {
         self.forward(req, route, upstream_path).await
     }
 
+    /// Where a connection whose first request is `method path` can be handed, with the API
+    /// it belongs to: the least loaded replica of the API that owns the path, when it takes
+    /// connections. `None` for everything the daemon answers itself (the control API, batch
+    /// submissions, the server-wide `/v2` paths, errors) or proxies.
+    pub fn handoff_target(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Option<(Arc<ApiRoute>, Arc<ReplicaTarget>)> {
+        let route = if path == "/v2" || path.starts_with("/v2/") {
+            let model = path
+                .strip_prefix("/v2/models/")
+                .and_then(|rest| rest.split('/').next())
+                .filter(|m| !m.is_empty())?;
+            self.routes.lookup_model(model)?
+        } else if let Some(route) = self.routes.lookup(path) {
+            if !matches!(*method, Method::POST | Method::GET | Method::HEAD) {
+                return None;
+            }
+            route
+        } else {
+            self.routes.lookup_v2_under_endpoint(path)?.0
+        };
+        if route.batch {
+            return None;
+        }
+        let target = pick_least_loaded(&route.replicas)?.clone();
+        Some((route, target))
+    }
+
     /// The root `/v2` paths: answered here for the server as a whole, or the route of the API
     /// serving the model named in the path.
     #[allow(clippy::result_large_err)]
@@ -403,6 +452,20 @@ fn pick_least_in_flight(replicas: &[Arc<ReplicaTarget>]) -> Option<&Arc<ReplicaT
     (0..n)
         .map(|i| &replicas[(start + i) % n])
         .min_by_key(|r| r.in_flight())
+}
+
+/// For a hand-off: the replica taking connections with the fewest connections and requests.
+fn pick_least_loaded(replicas: &[Arc<ReplicaTarget>]) -> Option<&Arc<ReplicaTarget>> {
+    let n = replicas.len();
+    let start = if n > 1 {
+        TIE_BREAK.fetch_add(1, Ordering::Relaxed) % n
+    } else {
+        0
+    };
+    (0..n)
+        .map(|i| &replicas[(start + i) % n])
+        .filter(|r| r.handoff.as_ref().is_some_and(|l| !l.is_dead()))
+        .min_by_key(|r| r.held_connections() + r.in_flight())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -12,7 +12,7 @@ use bytes::Buf;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a body must bring in each period of the timeout (a byte now and then is a stall).
 pub(crate) const MIN_PROGRESS: usize = 8 * 1024;
@@ -20,9 +20,9 @@ pub(crate) const MIN_PROGRESS: usize = 8 * 1024;
 /// The error a stalled body ends with (found again in the proxy's error chain).
 #[derive(Debug, thiserror::Error)]
 #[error("the request body stopped arriving: less than 8 KiB in {}s", .0.as_secs())]
-pub(crate) struct BodyStalled(pub(crate) Duration);
+pub struct BodyStalled(pub Duration);
 
-pub(crate) struct StallGuard<B> {
+pub struct StallGuard<B> {
     inner: Pin<Box<B>>,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -31,7 +31,7 @@ pub(crate) struct StallGuard<B> {
 }
 
 impl<B> StallGuard<B> {
-    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
+    pub fn new(inner: B, timeout: Duration) -> Self {
         Self {
             inner: Box::pin(inner),
             timeout,
@@ -86,7 +86,7 @@ where
 }
 
 /// Whether `e` (or what caused it) is a stalled body.
-pub(crate) fn is_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+pub fn is_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<BodyStalled>() {

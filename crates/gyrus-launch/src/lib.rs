@@ -36,6 +36,19 @@ pub struct ReplicaLaunch {
     /// daemon's batch calls (`POST /_batch/<batch id>`, `POST /_job_complete`), not users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobLaunch>,
+    /// Set when the daemon hands this replica its clients' connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffLaunch>,
+}
+
+/// How a replica takes connections from the daemon (`gyrus_gateway::handoff`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandoffLaunch {
+    /// The descriptor of its end of the hand-off channel, inherited from the daemon.
+    pub fd: i32,
+    /// Where requests on those connections that belong to another API are sent: the
+    /// daemon's own address.
+    pub daemon: std::net::SocketAddr,
 }
 
 /// What a job worker's predictor is constructed with.

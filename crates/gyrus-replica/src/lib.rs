@@ -15,6 +15,7 @@
 
 mod batch;
 mod error;
+mod handed;
 mod models;
 
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ pub enum ReplicaError {
     NothingToServe(String),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("cannot take the daemon's hand-off channel: {0}")]
+    Handoff(std::io::Error),
 }
 
 /// Reports an event to the daemon: one line on stdout.
@@ -237,6 +240,15 @@ pub async fn run(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
 }
 
 async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
+    // First, before any Python worker is started: close-on-exec, so workers do not inherit it.
+    let channel = match &opts.handoff {
+        // SAFETY: the launcher put our end of the channel at this descriptor for us alone.
+        Some(h) => Some(unsafe {
+            gyrus_gateway::handoff::channel::Channel::from_raw_fd(h.fd)
+                .map_err(ReplicaError::Handoff)?
+        }),
+        None => None,
+    };
     let spec = &opts.spec;
     let api_spec_value = serde_json::to_value(spec)?;
 
@@ -271,6 +283,13 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
 
     let max_concurrency = spec.autoscaling.max_replica_concurrency as usize;
     let serves_models = matches!(serving, Serving::Models(_));
+    let paths = handed::Paths {
+        endpoint: spec.endpoint.clone(),
+        models: match &serving {
+            Serving::Models(service) => service.names(),
+            Serving::Python(_) => Vec::new(),
+        },
+    };
     let state = Arc::new(ReplicaState {
         api: spec.name.clone(),
         id: opts.id.clone(),
@@ -328,14 +347,34 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
         }
     });
 
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let handed = match (channel, &opts.handoff) {
+        (Some(channel), Some(h)) => {
+            let handed =
+                handed::Handed::new(channel, app.clone(), paths, h.daemon, stopping.clone());
+            Some(tokio::spawn(handed.run()))
+        }
+        _ => None,
+    };
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         // Small request/response pairs: Nagle would add up to 40 ms per answer.
         let _ = tcp.set_nodelay(true);
     });
+    let mut stop = stopping.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(stop_signal())
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
         .await
         .map_err(ReplicaError::Serve)?;
+    // Handed connections: closed after their response, or given back to the daemon.
+    if let Some(task) = handed {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
+    }
 
     // Let in-flight requests finish, bounded, then stop the workers.
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;

@@ -72,6 +72,7 @@ impl ApiController {
                 models: plan.models.clone(),
                 onnx_library: plan.onnx_library.clone(),
                 job: None,
+                handoff: None,
             },
             env: plan.env.clone(),
             limits: Limits::from_spec(&plan.spec.compute),
@@ -79,6 +80,7 @@ impl ApiController {
         };
         let launched = self.ctx.launcher.launch(request)?;
         let replica = Replica::new(id, plan.generation, restarts, launched.handle);
+        replica.lock().handoff = launched.handoff;
         let me = self.clone();
         let plan = plan.clone();
         let r = replica.clone();
@@ -106,9 +108,10 @@ impl ApiController {
             ReplicaEvent::Listening { port } => {
                 let mut g = r.lock();
                 g.port = Some(port);
-                g.target = Some(ReplicaTarget::new(
+                g.target = Some(ReplicaTarget::with_handoff(
                     r.id.clone(),
                     std::net::SocketAddr::new(r.handle.host(), port),
+                    g.handoff.clone(),
                 ));
             }
             ReplicaEvent::Ready => {

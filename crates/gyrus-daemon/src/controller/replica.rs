@@ -53,6 +53,8 @@ pub(crate) struct ReplicaInner {
     pub(crate) state: ReplicaState,
     pub(crate) port: Option<u16>,
     pub(crate) target: Option<Arc<ReplicaTarget>>,
+    /// Where the gateway hands it connections (from its launch), for its route target.
+    pub(crate) handoff: Option<Arc<gyrus_gateway::handoff::link::HandoffLink>>,
     pub(crate) error: Option<String>,
     /// The replica died and waits out its backoff before a replacement starts; scaling down
     /// clears it to cancel the restart.
@@ -88,6 +90,7 @@ impl Replica {
                 state: ReplicaState::Starting,
                 port: None,
                 target: None,
+                handoff: None,
                 error: None,
                 pending_restart: false,
                 in_flight: 0,
@@ -167,7 +170,13 @@ impl Replica {
             pid: self.handle.pid(),
             port: g.port,
             state: state.to_owned(),
-            in_flight: g.target.as_ref().map(|t| t.in_flight()).unwrap_or(0),
+            // Requests on connections handed to it never pass the gateway: what it reported.
+            in_flight: g
+                .target
+                .as_ref()
+                .map(|t| t.in_flight())
+                .unwrap_or(0)
+                .max(g.in_flight as usize),
             started_at: self.started_at.clone(),
             restarts: self.restarts,
             error: g.error.clone(),

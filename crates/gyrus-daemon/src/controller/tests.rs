@@ -174,6 +174,7 @@ impl ReplicaLauncher for FakeLauncher {
             Script::Manual => {}
         }
         Ok(Launched {
+            handoff: None,
             handle: replica,
             events,
         })

@@ -163,7 +163,7 @@ impl JobStore {
     pub fn list(&self, api: &str) -> Result<Vec<JobRecord>, QueueError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM jobs WHERE api = ?1 ORDER BY created_at DESC, job_id DESC"
+            "SELECT {COLUMNS} FROM jobs WHERE api = ?1 ORDER BY created_at DESC, rowid DESC"
         ))?;
         let rows = stmt.query_map(params![api], row_to_job)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)

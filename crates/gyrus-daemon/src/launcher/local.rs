@@ -5,6 +5,7 @@
 //! never outlives the daemon.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -23,14 +24,21 @@ pub struct LocalLauncher {
     home: GyrusHome,
     compute: Arc<Compute>,
     exe: PathBuf,
+    /// The daemon's address, when replicas serving users take connections from it.
+    handoff: Option<std::net::SocketAddr>,
 }
 
 impl LocalLauncher {
-    pub fn new(home: GyrusHome, compute: Arc<Compute>) -> Self {
+    pub fn new(
+        home: GyrusHome,
+        compute: Arc<Compute>,
+        handoff: Option<std::net::SocketAddr>,
+    ) -> Self {
         Self {
             home,
             compute,
             exe: crate::own_exe(),
+            handoff,
         }
     }
 }
@@ -101,7 +109,7 @@ impl ReplicaLauncher for LocalLauncher {
     fn launch(&self, request: LaunchRequest) -> Result<Launched, LaunchError> {
         let LaunchRequest {
             api,
-            launch,
+            mut launch,
             env,
             limits,
             slot,
@@ -125,6 +133,21 @@ impl ReplicaLauncher for LocalLauncher {
                 path: log_path.clone(),
                 source,
             })?;
+        // Job workers serve the daemon's batch calls only: no connections to hand them.
+        let handoff = match self.handoff.filter(|_| launch.job.is_none()) {
+            Some(daemon) => {
+                let (link, theirs) =
+                    gyrus_gateway::handoff::link::pair().map_err(LaunchError::Handoff)?;
+                // At 3 or above (stdio is 0 to 2), close-on-exec until the child moves it.
+                let theirs = theirs.try_clone().map_err(LaunchError::Handoff)?;
+                launch.handoff = Some(gyrus_launch::HandoffLaunch {
+                    fd: gyrus_gateway::handoff::REPLICA_CHANNEL_FD,
+                    daemon,
+                });
+                Some((link, theirs))
+            }
+            None => None,
+        };
         let line = format!("{}\n", launch.to_line()?);
 
         let mut cmd = tokio::process::Command::new(&self.exe);
@@ -145,11 +168,24 @@ impl ReplicaLauncher for LocalLauncher {
             // Its own process group: a Ctrl-C on a foreground daemon reaches the daemon only,
             // which then stops replicas gracefully.
             .process_group(0);
-        // SAFETY: only an async-signal-safe call (prctl) between fork and exec.
+        let channel_fd = handoff.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between fork and exec.
         #[cfg(target_os = "linux")]
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if let Some(fd) = channel_fd {
+                    let to = gyrus_gateway::handoff::REPLICA_CHANNEL_FD;
+                    // dup2 clears close-on-exec on the copy; a descriptor already at 3 keeps
+                    // its own flag, cleared here.
+                    if fd == to {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -157,6 +193,9 @@ impl ReplicaLauncher for LocalLauncher {
             exe: self.exe.clone(),
             source,
         })?;
+        // The daemon keeps no copy of the replica's end: when the replica exits, its end
+        // closes and the link learns at once.
+        let handoff = handoff.map(|(link, _theirs)| link);
         let pid = child.id();
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -230,6 +269,10 @@ impl ReplicaLauncher for LocalLauncher {
             // Kept for the replica's whole life: its cgroup can only go once it is empty.
             drop(limit);
         });
-        Ok(Launched { handle, events })
+        Ok(Launched {
+            handle,
+            events,
+            handoff,
+        })
     }
 }

@@ -57,6 +57,8 @@ pub trait ReplicaHandle: Send + Sync {
 /// A replica just started.
 pub struct Launched {
     pub handle: Arc<dyn ReplicaHandle>,
+    /// Where the gateway hands it connections, for a replica that takes them.
+    pub handoff: Option<Arc<gyrus_gateway::handoff::link::HandoffLink>>,
     /// Ends after [`LauncherEvent::Exited`].
     pub events: mpsc::UnboundedReceiver<LauncherEvent>,
 }
@@ -73,6 +75,8 @@ pub enum LaunchError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("making the replica's hand-off channel: {0}")]
+    Handoff(std::io::Error),
     #[error("encoding the replica's launch: {0}")]
     Encode(#[from] serde_json::Error),
 }
