@@ -356,14 +356,15 @@ impl Handed {
                 response
             }
             Mapped::NotAllowed => {
-                let mut r = crate::error_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!(
-                        "{} is not allowed on {}: use POST to predict, GET for health",
-                        req.method(),
-                        self.paths.endpoint
-                    ),
+                let message = format!(
+                    "{} is not allowed on {}: use POST to predict, GET for health",
+                    req.method(),
+                    self.paths.endpoint
                 );
+                // A small body is read to its end so that the connection stays usable.
+                let body = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+                let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+                let mut r = crate::error_response(StatusCode::METHOD_NOT_ALLOWED, message);
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
                 r
