@@ -193,16 +193,27 @@ def ensure_venv(name):
     """bench/.venvs/NAME with bench/onnx/requirements-NAME.txt, rebuilt when the file changes."""
     req = HERE / f"requirements-{name}.txt"
     venv = VENVS / name
-    base = getattr(sys, "_base_executable", None) or sys.executable
+    # .venv's own base interpreter, whichever Python runs this (python_path.py runs under any
+    # python3), so that both scripts agree on the stamp and share the virtualenv.
+    base = subprocess.run([str(VENV_PY), "-c", "import sys; print(getattr(sys, "
+                           "'_base_executable', None) or sys.executable)"], check=True,
+                          capture_output=True, text=True).stdout.strip()
     want = hashlib.sha256(req.read_bytes() + base.encode()).hexdigest()
     stamp = venv / ".requirements.sha256"
     if stamp.exists() and stamp.read_text().strip() == want and (venv / "bin" / "python").exists():
         return venv
     log(f"==> creating bench/.venvs/{name} from {req.relative_to(ROOT)}")
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([str(UV), "venv", "-q", "--python", base, str(venv)], check=True)
-    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
-                    "-r", str(req)], check=True)
+    for cmd in ([str(UV), "venv", "-q", "--python", base, str(venv)],
+                [str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                 "-r", str(req)]):
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        if r.returncode:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise BenchError(
+                f"could not create bench/.venvs/{name} with {req.name}'s pinned packages "
+                f"(.venv has no {name}; the first run installs it from the package index):\n"
+                f"$ {' '.join(cmd)}\n{(r.stdout + r.stderr).strip()[-2000:]}")
     stamp.write_text(want + "\n")
     return venv
 

@@ -158,8 +158,8 @@ def main():
             sys.exit(f"{onnx_bench.UV} is missing (scripts/setup-python.sh); or --no-fastapi")
         try:
             fastapi_venv = onnx_bench.ensure_venv("fastapi")
-        except subprocess.CalledProcessError as e:
-            sys.exit(f"could not create bench/.venvs/fastapi ({e}); or --no-fastapi")
+        except onnx_bench.BenchError as e:
+            sys.exit(f"python_path: {e}\n(--no-fastapi leaves the FastAPI row out)")
 
     home = tempfile.mkdtemp(prefix="gyrus-bench-")
     addr = f"127.0.0.1:{free_port()}"
