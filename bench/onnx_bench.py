@@ -917,7 +917,7 @@ def pinned_report(run, server_core, client_core, skip_gyrus):
     def cell(x):
         return "" if x is None else f"{x:.2f}"
 
-    lines += [
+    lines += [] if skip_gyrus else [
         "",
         "Ratios of requests/s, from this run (floor: the static responder at the same "
         "concurrency):",
@@ -926,7 +926,7 @@ def pinned_report(run, server_core, client_core, skip_gyrus):
         "| iris (b)/(c) | hello (f)/(g) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for conns in CONCURRENCY:
+    for conns in () if skip_gyrus else CONCURRENCY:
         floor = rps("http", HTTP_FLOOR, conns)
         lines.append("| " + " | ".join([str(conns)] + [cell(x) for x in (
             ratio(rps("iris", A, conns), rps("iris", C, conns)),
