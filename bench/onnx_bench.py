@@ -883,7 +883,8 @@ def pinned_report(run, server_core, client_core, skip_gyrus):
         "Each server is started alone, measured at concurrency " +
         ", ".join(map(str, CONCURRENCY)) + " and stopped. (a): gyrus model API (ONNX, no "
         "Python); (b): gyrus ONNXPredictor (`examples/iris-onnx`); (c): FastAPI + onnxruntime "
-        "(uvicorn, one worker); (d): BentoML; (f): gyrus Python predictor (`examples/hello`, "
+        "(uvicorn, one worker); " + ("(d): BentoML; " if any(r[1] == D for r in run.rows) else
+                                   "") + "(f): gyrus Python predictor (`examples/hello`, "
         "through the gateway); (g): a FastAPI app returning the same value "
         "(`bench/onnx/fastapi_hello.py`).",
         "",
