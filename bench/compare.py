@@ -2,10 +2,11 @@
 """Before and after: two gyrus binaries on the model API and the ONNXPredictor path, in turns.
 
 Each round starts an isolated daemon with one binary, deploys the ONNX projects of
-`onnx_bench.py`, checks their answers and measures them with wrk exactly as `onnx_bench.py`
-does (server on core 0, wrk on core 1), then does the same with the other binary. Rounds
-alternate the order (A B, B A, ...), and the table gives each cell's median over the rounds
-and the ratio after/before, so that a change is judged against the noise of the same run.
+`onnx_bench.py` and examples/hello, checks their answers and measures them with wrk exactly as
+`onnx_bench.py` does (server on core 0, wrk on core 1), then does the same with the other
+binary. Rounds alternate the order (A B, B A, ...), and the table gives each cell's median
+over the rounds and the ratio after/before, so that a change is judged against the noise of
+the same run.
 
 Usage: .venv/bin/python bench/compare.py BEFORE AFTER [--rounds 3] [--duration 5]
 e.g.   git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release -p gyrus-cli)
