@@ -25,6 +25,7 @@ Only the standard library is used, and numpy for ONNX predictors (whose environm
 has it). numpy values in a prediction are converted when user code has imported numpy.
 """
 
+import collections
 import email.message
 import email.utils
 import importlib.util
@@ -32,14 +33,12 @@ import inspect
 import io
 import json
 import os
-import queue
 import signal
 import socket
 import struct
 import sys
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
 INIT, REQUEST, SHUTDOWN, INFER_RESULT, INFER_ERROR = 1, 2, 3, 4, 5
@@ -564,111 +563,212 @@ class Predictor:
         return _call(self.predict_fn, self.plan, values)
 
 
+class _Waiter:
+    """A thread waiting for one frame: the next request, or the reply to its INFER call.
+
+    ``lock`` is held by its owner and released once by whoever wakes it, so a wake-up that
+    comes before the owner sleeps is not lost.
+    """
+
+    __slots__ = ("lock", "done", "value", "sleeping", "wants_request")
+
+    def __init__(self, wants_request):
+        self.lock = None
+        self.done = False
+        self.value = None
+        self.sleeping = False
+        self.wants_request = wants_request
+
+
 class Connection:
-    """Frames over the socket: buffered reads on one thread, locked writes from any."""
+    """Frames over the socket: read by whichever thread needs one, written under a lock by any.
+
+    No thread is dedicated to reading (leader/follower): a thread that needs a frame (the next
+    request, or the reply to its own ``onnx_client.predict``) reads frames itself while no
+    other thread does, keeps its own and hands the others over: a request to a thread waiting
+    for one (or to the queue), a reply to the thread that made the call. A thread that finds
+    another reading sleeps until that reader hands it its frame or stops reading, when one
+    sleeper takes over. So with one predict thread a request and its INFER replies are read by
+    the thread that uses them, without a thread switch; with several, a call made from any
+    thread (one that predict() waits for included) is still answered, since a waiting thread
+    reads when nobody else does.
+    """
 
     def __init__(self, fd):
         self.sock = socket.socket(fileno=fd)
         self.rfile = self.sock.makefile("rb", buffering=1 << 16)
-        self.lock = threading.Lock()
-        # ONNX predictors get a reader thread (start_reader) before their constructor runs:
-        # it hands INFER replies to whichever thread waits for them, so a call from any
-        # thread, including one the predict() thread waits for, is answered.
-        self.requests = None
+        self.lock = threading.Lock()  # writes
+        self.mu = threading.Lock()  # everything below
+        self.reader = None  # the _Waiter whose thread reads frames, if any
+        self.requests = collections.deque()  # read, and no thread was waiting for them
+        self.idle = collections.deque()  # sleeping _Waiters for a request
+        self.calls = {}  # call id -> _Waiter
         self.next_call = 0
-        self.calls_lock = threading.Lock()
-        self.calls = {}
-        self.closed = False
-
-    def start_reader(self, index):
-        self.requests = queue.SimpleQueue()
-        threading.Thread(target=self._read_loop, args=(index,), name="gyrus-reader", daemon=True).start()
-
-    def _read_loop(self, index):
-        try:
-            while True:
-                head = self.read_frame_head()
-                if head is None:
-                    break
-                kind, rid, size = head
-                if kind in (INFER_RESULT, INFER_ERROR):
-                    self.deliver(kind, rid, self.read_body(size))
-                elif kind == SHUTDOWN:
-                    # Stop taking requests, but keep reading: calls in flight still get replies.
-                    self.requests.put(None)
-                elif kind == REQUEST:
-                    self.requests.put(self.read_request(rid, size))
-                else:
-                    raise ValueError(f"unexpected frame kind {kind}")
-        except EOFError:
-            pass
-        except ValueError as e:
-            print(f"worker {index}: protocol error: {e}", file=sys.stderr)
-            os._exit(2)
-        self.fail_calls()
-        self.requests.put(None)
-
-    def read_request(self, rid, size):
-        """The rest of a REQUEST frame: (rid, flags, content type, query, headers JSON, body)."""
-        flags, ctype_len, query_len, headers_len = REQUEST_HEAD.unpack(self.read_exact(REQUEST_HEAD.size))
-        ctype = self.read_exact(ctype_len).decode("latin-1")
-        query = self.read_exact(query_len).decode("utf-8", "replace")
-        headers_json = self.read_exact(headers_len)
-        body_len = size - REQUEST_HEAD.size - ctype_len - query_len - headers_len
-        if body_len < 0:
-            raise ValueError(f"REQUEST frame lengths are inconsistent (body length {body_len})")
-        return rid, flags, ctype, query, headers_json, self.read_exact(body_len)
+        self.stopping = False  # SHUTDOWN or EOF: no more requests
+        self.closed = False  # EOF: no more replies
+        self.index = 0  # the worker's, for messages
 
     def next_request(self):
         """The next request, or None when the worker should stop (SHUTDOWN or EOF)."""
-        if self.requests is not None:
-            return self.requests.get()
-        head = self.read_frame_head()
-        if head is None or head[0] == SHUTDOWN:
-            return None
-        kind, rid, size = head
-        if kind != REQUEST:
-            raise ValueError(f"unexpected frame kind {kind}")
-        return self.read_request(rid, size)
+        with self.mu:
+            if self.requests:
+                return self.requests.popleft()
+            if self.stopping:
+                return None
+            waiter = _Waiter(True)
+            if self.reader is not None:
+                self.idle.append(waiter)
+        self._wait(waiter)
+        return waiter.value
 
     def infer(self, parts):
         """Sends an INFER frame built from ``parts`` and returns the INFER_RESULT body."""
-        waiter = [threading.Event(), None, None]
-        with self.calls_lock:
+        waiter = _Waiter(False)
+        with self.mu:
             if self.closed:
                 raise RuntimeError("the replica closed the connection")
             self.next_call += 1
             cid = self.next_call
             self.calls[cid] = waiter
         size = sum(map(len, parts)) + FRAME.size - 4
-        self.send([FRAME.pack(size, INFER, cid), *parts])
-        waiter[0].wait()
-        return self._result(waiter[1], waiter[2])
-
-    def deliver(self, kind, rid, body):
-        with self.calls_lock:
-            waiter = self.calls.pop(rid, None)
-        if waiter is not None:
-            waiter[1], waiter[2] = kind, body
-            waiter[0].set()
-
-    def fail_calls(self):
-        """Wakes every thread still waiting for an INFER reply: no more frames will be read."""
-        with self.calls_lock:
-            waiters, self.calls = list(self.calls.values()), {}
-            self.closed = True
-        for waiter in waiters:
-            waiter[1], waiter[2] = INFER_ERROR, b"\x00the replica closed the connection"
-            waiter[0].set()
-
-    @staticmethod
-    def _result(kind, body):
+        try:
+            self.send([FRAME.pack(size, INFER, cid), *parts])
+        except BaseException:
+            with self.mu:
+                self.calls.pop(cid, None)
+            raise
+        self._wait(waiter)
+        kind, body = waiter.value
         if kind == INFER_RESULT:
             return body
         message = bytes(body[1:]).decode("utf-8", "replace")
         if body[:1] == b"\x01":
             raise InvalidInput(message)
         raise RuntimeError(message)
+
+    def _wait(self, waiter):
+        """Returns once ``waiter`` is done, reading frames meanwhile while no other thread is."""
+        while True:
+            with self.mu:
+                if waiter.done:
+                    return
+                # A reader that stops hands the reading to a sleeper by making it the reader.
+                lead = self.reader is None or self.reader is waiter
+                if lead:
+                    self.reader = waiter
+                else:
+                    if waiter.lock is None:
+                        waiter.lock = threading.Lock()
+                        waiter.lock.acquire()
+                    waiter.sleeping = True
+            if lead:
+                self._lead(waiter)
+                return
+            waiter.lock.acquire()  # woken: done, or made the reader
+
+    def _wake(self, waiter):
+        # Under mu. Each sleep is ended by exactly one release.
+        if waiter.sleeping:
+            waiter.sleeping = False
+            waiter.lock.release()
+
+    def _lead(self, waiter):
+        """Reads and hands over frames until ``waiter``'s own has come, then passes the reading
+        on to a sleeping thread, if any."""
+        try:
+            while not waiter.done:
+                try:
+                    frame = self._read_frame()
+                except (EOFError, OSError):
+                    frame = None  # the replica went away, perhaps mid-frame
+                except ValueError as e:
+                    print(f"worker {self.index}: protocol error: {e}", file=sys.stderr)
+                    os._exit(2)
+                with self.mu:
+                    self._dispatch(frame)
+        finally:
+            with self.mu:
+                self.reader = None
+                nxt = self.idle.popleft() if self.idle else None
+                if nxt is None:
+                    nxt = next((w for w in self.calls.values() if w.sleeping), None)
+                if nxt is not None:
+                    self.reader = nxt
+                    self._wake(nxt)
+
+    def _dispatch(self, frame):
+        """Hands one frame (None at EOF) to the thread it is for. Under mu."""
+        if frame is None:
+            self.stopping = self.closed = True
+            calls, self.calls = list(self.calls.values()), {}
+            for w in calls:
+                self._finish(w, (INFER_ERROR, b"\x00the replica closed the connection"))
+            self._stop_idle()
+            return
+        kind, rid, body = frame
+        if kind == REQUEST:
+            reader = self.reader
+            if reader.wants_request and not reader.done:
+                self._finish(reader, body)
+            elif self.idle:
+                self._finish(self.idle.popleft(), body)
+            else:
+                self.requests.append(body)
+        elif kind == INFER_RESULT or kind == INFER_ERROR:
+            w = self.calls.pop(rid, None)
+            if w is not None:
+                self._finish(w, (kind, body))
+        elif kind == SHUTDOWN:
+            # Stop taking requests, but keep reading: calls in flight still get replies.
+            self.stopping = True
+            self._stop_idle()
+        else:
+            raise AssertionError(kind)  # _read_frame checked the kind
+
+    def _finish(self, waiter, value):
+        waiter.value, waiter.done = value, True
+        self._wake(waiter)
+
+    def _stop_idle(self):
+        reader = self.reader
+        if reader is not None and reader.wants_request and not reader.done and not self.requests:
+            self._finish(reader, None)
+        while self.idle:
+            self._finish(self.idle.popleft(), None)
+
+    def _read_frame(self):
+        """(kind, id, body), the body of a REQUEST parsed; None at EOF between frames."""
+        head = self.rfile.read(FRAME.size)
+        if not head:
+            return None
+        if len(head) != FRAME.size:
+            raise EOFError
+        length, kind, rid = FRAME.unpack(head)
+        size = length - (FRAME.size - 4)
+        if kind == REQUEST:
+            return kind, rid, self._parse_request(rid, self.read_exact(size))
+        if kind == INFER_RESULT or kind == INFER_ERROR:
+            return kind, rid, self.read_body(size)
+        if kind == SHUTDOWN:
+            self.read_exact(size)
+            return kind, rid, None
+        raise ValueError(f"unexpected frame kind {kind}")
+
+    @staticmethod
+    def _parse_request(rid, data):
+        """A REQUEST frame's body as (rid, flags, content type, query, headers JSON, body)."""
+        if len(data) < REQUEST_HEAD.size:
+            raise ValueError("REQUEST frame is shorter than its head")
+        flags, ctype_len, query_len, headers_len = REQUEST_HEAD.unpack_from(data)
+        a = REQUEST_HEAD.size
+        b = a + ctype_len
+        c = b + query_len
+        d = c + headers_len
+        if d > len(data):
+            raise ValueError(f"REQUEST frame lengths are inconsistent (body length {len(data) - d})")
+        ctype = data[a:b].decode("latin-1")
+        query = data[b:c].decode("utf-8", "replace")
+        return rid, flags, ctype, query, data[c:d], data[d:]
 
     def read_exact(self, n):
         data = self.rfile.read(n) if n else b""
@@ -688,7 +788,7 @@ class Connection:
         return buf
 
     def read_frame_head(self):
-        """(kind, id, body length), or None at EOF."""
+        """(kind, id, body length), or None at EOF. Only before the predict threads start."""
         try:
             length, kind, rid = FRAME.unpack(self.read_exact(FRAME.size))
         except EOFError:
@@ -783,24 +883,24 @@ class Worker:
             pass
 
     def serve(self, threads):
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="predict") if threads > 1 else None
+        """Serves requests on ``threads`` threads (this one included) until SHUTDOWN or EOF;
+        each takes its next request itself (see Connection), so none waits on a dispatcher."""
+        others = [
+            threading.Thread(target=self._serve_one, name=f"predict_{i}", daemon=True) for i in range(1, threads)
+        ]
+        for t in others:
+            t.start()
+        self._serve_one()
+        for t in others:
+            t.join()
+
+    def _serve_one(self):
         conn = self.conn
         while True:
-            try:
-                request = conn.next_request()
-            except EOFError:
-                break  # a truncated frame means the replica went away mid-write
-            except ValueError as e:
-                print(f"worker {self.index}: protocol error: {e}", file=sys.stderr)
-                os._exit(2)
+            request = conn.next_request()
             if request is None:
-                break
-            if pool is None:
-                self.handle(*request)
-            else:
-                pool.submit(self.handle, *request)
-        if pool is not None:
-            pool.shutdown(wait=True)
+                return
+            self.handle(*request)
 
 
 def main():
@@ -820,9 +920,7 @@ def main():
         print("gyrus worker: expected an INIT frame", file=sys.stderr)
         sys.exit(2)
     init = json.loads(conn.read_exact(head[2]))
-    index = init.get("worker_index", 0)
-    if init.get("models"):
-        conn.start_reader(index)
+    index = conn.index = init.get("worker_index", 0)
     try:
         predictor = Predictor(init, conn)
     except BaseException as e:  # noqa: BLE001 - report anything the user's code raised
