@@ -89,6 +89,7 @@ DTYPES = (
 )
 TENSOR_HEAD = struct.Struct("<BB")  # dtype code, rank
 U16, U32, U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
+_NP_DTYPES = []  # numpy dtypes by code, filled in when an ONNXClient is made (numpy is imported)
 
 
 class ONNXClient:
@@ -105,6 +106,9 @@ class ONNXClient:
         self._conn = conn
         self._models = {m["name"]: m for m in models}
         self._names = [m["name"] for m in models]
+        self._plans = {m["name"]: _ModelPlan(m, len(models) > 1, numpy) for m in models}
+        global _NP_DTYPES
+        _NP_DTYPES = _numpy_dtypes()
 
     @property
     def models(self):
@@ -142,33 +146,33 @@ class ONNXClient:
 
     def predict(self, model_input, model_name=None):
         model = self._model(model_name)
-        inputs = model["inputs"]
+        plan = self._plans[model["name"]]
+        inputs = plan.inputs
         if isinstance(model_input, dict):
-            names = [t["name"] for t in inputs]
+            names = plan.input_names
             for key in model_input:
                 if key not in names:
                     raise InvalidInput(f'unknown input "{key}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
             for n in names:
                 if n not in model_input:
                     raise InvalidInput(f'missing input "{n}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
-            values = [(t, model_input[t["name"]]) for t in inputs]
+            values = [(t, model_input[t.name]) for t in inputs]
         elif len(inputs) == 1:
             values = [(inputs[0], model_input)]
         else:
             raise InvalidInput(
                 f"the model takes {len(inputs)} inputs ("
-                + ", ".join(f'"{t["name"]}"' for t in inputs)
+                + ", ".join(f'"{t.name}"' for t in inputs)
                 + "); pass a dict of input name to value"
             )
-        name = model["name"].encode() if len(self._names) > 1 else b""
-        parts = [U16.pack(len(name)), name, bytes([1]), U16.pack(len(values))]
+        parts = [plan.head]
         for info, value in values:
             self._encode(parts, info, value)
         return self._decode(self._conn.infer(parts))
 
     def _encode(self, parts, info, value):
         np = self._np
-        name, dtype = info["name"], info["dtype"]
+        name, dtype = info.name, info.dtype
         try:
             arr = value if isinstance(value, np.ndarray) else np.asarray(value)
         except ValueError as e:  # ragged nesting
@@ -179,7 +183,6 @@ class ONNXClient:
                 raise InvalidInput(f'input "{name}": expected strings, found {arr.dtype} numbers')
             items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in arr.reshape(-1).tolist()]
             data = b"".join(U32.pack(len(x)) + x for x in items)
-            code = DTYPES.index("str")
         else:
             if dtype == "bfloat16":
                 raise InvalidInput(f'input "{name}": bfloat16 inputs cannot be sent from Python (numpy has no bfloat16)')
@@ -187,16 +190,16 @@ class ONNXClient:
                 raise InvalidInput(f'input "{name}": expected {dtype} numbers, found {arr.dtype} values')
             if dtype == "bool" and kind != "b":
                 raise InvalidInput(f'input "{name}": expected bool values, found {arr.dtype}')
-            try:
-                arr = np.asarray(arr, dtype=np.dtype(dtype).newbyteorder("<"), order="C")
-            except (ValueError, TypeError, OverflowError) as e:
-                raise InvalidInput(f'input "{name}": cannot convert to {dtype}: {e}') from None
-            data = memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else b""
-            code = DTYPES.index(dtype)
-        encoded = name.encode()
-        parts += [U16.pack(len(encoded)), encoded, TENSOR_HEAD.pack(code, arr.ndim)]
-        parts += [U64.pack(d & 0xFFFFFFFFFFFFFFFF) for d in arr.shape]
-        parts += [U64.pack(len(data)), data]
+            if arr.dtype != info.np_dtype or not arr.flags.c_contiguous:
+                try:
+                    arr = np.asarray(arr, dtype=info.np_dtype, order="C")
+                except (ValueError, TypeError, OverflowError) as e:
+                    raise InvalidInput(f'input "{name}": cannot convert to {dtype}: {e}') from None
+            # A small tensor is copied into the joined frame anyway; a large one goes to
+            # sendmsg as a view of the array, without a copy.
+            nbytes = arr.nbytes
+            data = arr.tobytes() if nbytes <= SMALL_FRAME else memoryview(arr.reshape(-1)).cast("B")
+        parts += [info.head, _tensor_head(arr.ndim).pack(info.code, arr.ndim, *arr.shape, len(data)), data]
 
     def _decode(self, body):
         np = self._np
@@ -208,27 +211,72 @@ class ONNXClient:
             at += 2 + n
             code, rank = TENSOR_HEAD.unpack_from(view, at)
             at += 2
-            shape = struct.unpack_from(f"<{rank}q", view, at)
+            shape = _SHAPES[rank].unpack_from(view, at) if rank < len(_SHAPES) else struct.unpack_from(f"<{rank}q", view, at)
             at += 8 * rank
             (size,) = U64.unpack_from(view, at)
             at += 8
             data = view[at : at + size]
             at += size
-            dtype = DTYPES[code]
-            if dtype == "str":
+            np_dtype = _NP_DTYPES[code] if code < len(_NP_DTYPES) else None
+            if np_dtype is not None:
+                # A view of the received buffer (writable, like onnxruntime's outputs): no copy.
+                arr = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+            elif DTYPES[code] == "str":
                 items, i = [], 0
                 while i < size:
                     (k,) = U32.unpack_from(data, i)
                     items.append(bytes(data[i + 4 : i + 4 + k]).decode("utf-8", "replace"))
                     i += 4 + k
                 arr = np.array(items, dtype=object).reshape(shape)
-            elif dtype == "bfloat16":
+            else:  # bfloat16
                 bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
                 arr = bits.view(np.float32).reshape(shape)
-            else:
-                arr = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
             outputs.append(arr)
         return outputs
+
+
+class _Input:
+    """What encoding one model input needs, worked out once: its name's bytes, dtype code and
+    numpy dtype."""
+
+    __slots__ = ("name", "dtype", "code", "np_dtype", "head")
+
+    def __init__(self, info, np):
+        self.name, self.dtype = info["name"], info["dtype"]
+        self.code = DTYPES.index(self.dtype)
+        self.np_dtype = None if self.dtype in ("str", "bfloat16") else np.dtype(self.dtype).newbyteorder("<")
+        encoded = self.name.encode()
+        self.head = U16.pack(len(encoded)) + encoded
+
+
+class _ModelPlan:
+    """A model's INFER frame head (model name, flags, input count) and its inputs."""
+
+    __slots__ = ("head", "inputs", "input_names")
+
+    def __init__(self, model, named, np):
+        self.inputs = [_Input(t, np) for t in model["inputs"]]
+        self.input_names = [t.name for t in self.inputs]
+        name = model["name"].encode() if named else b""
+        self.head = U16.pack(len(name)) + name + bytes([1]) + U16.pack(len(self.inputs))
+
+
+_SHAPES = [struct.Struct(f"<{rank}q") for rank in range(9)]
+_TENSOR_HEADS = {}
+
+
+def _tensor_head(rank):
+    """dtype code, rank, shape, data length: one struct per rank."""
+    head = _TENSOR_HEADS.get(rank)
+    if head is None:
+        head = _TENSOR_HEADS[rank] = struct.Struct(f"<BB{rank}QQ")
+    return head
+
+
+def _numpy_dtypes():
+    """numpy's little-endian dtype per engine dtype code; None where decoding is special."""
+    np = sys.modules.get("numpy")
+    return [None if d in ("str", "bfloat16") else np.dtype(d).newbyteorder("<") for d in DTYPES]
 
 
 class Headers(dict):
