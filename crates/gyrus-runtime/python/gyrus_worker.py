@@ -107,6 +107,8 @@ class ONNXClient:
         self._models = {m["name"]: m for m in models}
         self._names = [m["name"] for m in models]
         self._plans = {m["name"]: _ModelPlan(m, len(models) > 1, numpy) for m in models}
+        # As in Cortex, the name given for the only model is ignored.
+        self._single = self._plans[self._names[0]] if len(models) == 1 else None
         global _NP_DTYPES
         _NP_DTYPES = _numpy_dtypes()
 
@@ -145,8 +147,7 @@ class ONNXClient:
         return self._signature(self._model(model_name)["outputs"])
 
     def predict(self, model_input, model_name=None):
-        model = self._model(model_name)
-        plan = self._plans[model["name"]]
+        plan = self._single or self._plans[self._model(model_name)["name"]]
         inputs = plan.inputs
         if isinstance(model_input, dict):
             names = plan.input_names
@@ -203,25 +204,23 @@ class ONNXClient:
 
     def _decode(self, body):
         np = self._np
-        view = memoryview(body)
-        (count,), at = U16.unpack_from(view, 0), 2
+        (count,) = U16.unpack_from(body, 0)
+        at = 2
         outputs = []
         for _ in range(count):
-            (n,) = U16.unpack_from(view, at)
-            at += 2 + n
-            code, rank = TENSOR_HEAD.unpack_from(view, at)
-            at += 2
-            shape = _SHAPES[rank].unpack_from(view, at) if rank < len(_SHAPES) else struct.unpack_from(f"<{rank}q", view, at)
-            at += 8 * rank
-            (size,) = U64.unpack_from(view, at)
-            at += 8
-            data = view[at : at + size]
-            at += size
+            at += 2 + U16.unpack_from(body, at)[0]  # the name: outputs come in the model's order
+            code, rank = TENSOR_HEAD.unpack_from(body, at)
+            head = _output_head(rank)
+            *shape, size = head.unpack_from(body, at + 2)
+            at += 2 + head.size
             np_dtype = _NP_DTYPES[code] if code < len(_NP_DTYPES) else None
             if np_dtype is not None:
+                if size % np_dtype.itemsize or at + size > len(body):
+                    raise RuntimeError(f"malformed INFER_RESULT: {size} bytes of {DTYPES[code]}")
                 # A view of the received buffer (writable, like onnxruntime's outputs): no copy.
-                arr = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+                arr = np.frombuffer(body, np_dtype, size // np_dtype.itemsize, at).reshape(shape)
             elif DTYPES[code] == "str":
+                data = memoryview(body)[at : at + size]
                 items, i = [], 0
                 while i < size:
                     (k,) = U32.unpack_from(data, i)
@@ -229,8 +228,9 @@ class ONNXClient:
                     i += 4 + k
                 arr = np.array(items, dtype=object).reshape(shape)
             else:  # bfloat16
-                bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+                bits = np.frombuffer(body, "<u2", size // 2, at).astype(np.uint32) << 16
                 arr = bits.view(np.float32).reshape(shape)
+            at += size
             outputs.append(arr)
         return outputs
 
@@ -261,8 +261,8 @@ class _ModelPlan:
         self.head = U16.pack(len(name)) + name + bytes([1]) + U16.pack(len(self.inputs))
 
 
-_SHAPES = [struct.Struct(f"<{rank}q") for rank in range(9)]
 _TENSOR_HEADS = {}
+_OUTPUT_HEADS = {}
 
 
 def _tensor_head(rank):
@@ -270,6 +270,14 @@ def _tensor_head(rank):
     head = _TENSOR_HEADS.get(rank)
     if head is None:
         head = _TENSOR_HEADS[rank] = struct.Struct(f"<BB{rank}QQ")
+    return head
+
+
+def _output_head(rank):
+    """An output's shape (signed: the engine writes i64) and data length: one struct per rank."""
+    head = _OUTPUT_HEADS.get(rank)
+    if head is None:
+        head = _OUTPUT_HEADS[rank] = struct.Struct(f"<{rank}qQ")
     return head
 
 
@@ -582,6 +590,8 @@ class Predictor:
         wanted = set(self.plan[0]) | set(self.plan[1])
         self.wants_query_params = "query_params" in wanted
         self.wants_headers = "headers" in wanted
+        # predict(payload), the usual form, is called without building the argument dict.
+        self.payload_only = self.plan == ([], ["payload"])
 
     @staticmethod
     def _load_module(path):
@@ -601,6 +611,8 @@ class Predictor:
         return _call(self.predict_fn, self.plan, {"payload": payload, "batch_id": batch_id})
 
     def predict(self, payload, query, headers):
+        if self.payload_only:
+            return self.predict_fn(payload=payload)
         values = {
             "payload": payload,
             "sample": payload,
@@ -678,9 +690,10 @@ class Connection:
             self.next_call += 1
             cid = self.next_call
             self.calls[cid] = waiter
-        size = sum(map(len, parts)) + FRAME.size - 4
+        size = sum(map(len, parts))
+        parts.insert(0, FRAME.pack(size + FRAME.size - 4, INFER, cid))
         try:
-            self.send([FRAME.pack(size, INFER, cid), *parts])
+            self.send(parts, size + FRAME.size)
         except BaseException:
             with self.mu:
                 self.calls.pop(cid, None)
@@ -738,7 +751,7 @@ class Connection:
             with self.mu:
                 self.reader = None
                 nxt = self.idle.popleft() if self.idle else None
-                if nxt is None:
+                if nxt is None and self.calls:
                     nxt = next((w for w in self.calls.values() if w.sleeping), None)
                 if nxt is not None:
                     self.reader = nxt
@@ -827,12 +840,14 @@ class Connection:
     def read_body(self, n):
         """A writable buffer, so that numpy arrays made over it are writable like onnxruntime's."""
         buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        while got < n:
-            k = self.rfile.readinto(view[got:])
-            if not k:
-                raise EOFError
-            got += k
+        got = self.rfile.readinto(buf)
+        if got < n:
+            view = memoryview(buf)
+            while got < n:
+                k = self.rfile.readinto(view[got:])
+                if not k:
+                    raise EOFError
+                got += k
         return buf
 
     def read_frame_head(self):
@@ -843,8 +858,11 @@ class Connection:
             return None
         return kind, rid, length - (FRAME.size - 4)
 
-    def send(self, parts):
-        if sum(map(len, parts)) <= SMALL_FRAME:
+    def send(self, parts, size=None):
+        """Writes one frame, given as parts, with one system call where the socket takes it."""
+        if size is None:
+            size = sum(map(len, parts))
+        if size <= SMALL_FRAME:
             # Joining a small frame is cheaper than building memoryviews for sendmsg.
             data = b"".join(parts)
             with self.lock:
