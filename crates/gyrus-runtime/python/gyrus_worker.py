@@ -25,6 +25,7 @@ Only the standard library is used, and numpy for ONNX predictors (whose environm
 has it). numpy values in a prediction are converted when user code has imported numpy.
 """
 
+import collections
 import email.message
 import email.utils
 import importlib.util
@@ -32,14 +33,12 @@ import inspect
 import io
 import json
 import os
-import queue
 import signal
 import socket
 import struct
 import sys
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
 INIT, REQUEST, SHUTDOWN, INFER_RESULT, INFER_ERROR = 1, 2, 3, 4, 5
@@ -90,6 +89,7 @@ DTYPES = (
 )
 TENSOR_HEAD = struct.Struct("<BB")  # dtype code, rank
 U16, U32, U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
+_NP_DTYPES = []  # numpy dtypes by code, filled in when an ONNXClient is made (numpy is imported)
 
 
 class ONNXClient:
@@ -106,6 +106,11 @@ class ONNXClient:
         self._conn = conn
         self._models = {m["name"]: m for m in models}
         self._names = [m["name"] for m in models]
+        self._plans = {m["name"]: _ModelPlan(m, len(models) > 1, numpy) for m in models}
+        # As in Cortex, the name given for the only model is ignored.
+        self._single = self._plans[self._names[0]] if len(models) == 1 else None
+        global _NP_DTYPES
+        _NP_DTYPES = _numpy_dtypes()
 
     @property
     def models(self):
@@ -142,34 +147,33 @@ class ONNXClient:
         return self._signature(self._model(model_name)["outputs"])
 
     def predict(self, model_input, model_name=None):
-        model = self._model(model_name)
-        inputs = model["inputs"]
+        plan = self._single or self._plans[self._model(model_name)["name"]]
+        inputs = plan.inputs
         if isinstance(model_input, dict):
-            names = [t["name"] for t in inputs]
+            names = plan.input_names
             for key in model_input:
                 if key not in names:
                     raise InvalidInput(f'unknown input "{key}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
             for n in names:
                 if n not in model_input:
                     raise InvalidInput(f'missing input "{n}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
-            values = [(t, model_input[t["name"]]) for t in inputs]
+            values = [(t, model_input[t.name]) for t in inputs]
         elif len(inputs) == 1:
             values = [(inputs[0], model_input)]
         else:
             raise InvalidInput(
                 f"the model takes {len(inputs)} inputs ("
-                + ", ".join(f'"{t["name"]}"' for t in inputs)
+                + ", ".join(f'"{t.name}"' for t in inputs)
                 + "); pass a dict of input name to value"
             )
-        name = model["name"].encode() if len(self._names) > 1 else b""
-        parts = [U16.pack(len(name)), name, bytes([1]), U16.pack(len(values))]
+        parts = [plan.head]
         for info, value in values:
             self._encode(parts, info, value)
         return self._decode(self._conn.infer(parts))
 
     def _encode(self, parts, info, value):
         np = self._np
-        name, dtype = info["name"], info["dtype"]
+        name, dtype = info.name, info.dtype
         try:
             arr = value if isinstance(value, np.ndarray) else np.asarray(value)
         except ValueError as e:  # ragged nesting
@@ -180,7 +184,6 @@ class ONNXClient:
                 raise InvalidInput(f'input "{name}": expected strings, found {arr.dtype} numbers')
             items = [x if isinstance(x, bytes) else str(x).encode("utf-8") for x in arr.reshape(-1).tolist()]
             data = b"".join(U32.pack(len(x)) + x for x in items)
-            code = DTYPES.index("str")
         else:
             if dtype == "bfloat16":
                 raise InvalidInput(f'input "{name}": bfloat16 inputs cannot be sent from Python (numpy has no bfloat16)')
@@ -188,48 +191,100 @@ class ONNXClient:
                 raise InvalidInput(f'input "{name}": expected {dtype} numbers, found {arr.dtype} values')
             if dtype == "bool" and kind != "b":
                 raise InvalidInput(f'input "{name}": expected bool values, found {arr.dtype}')
-            try:
-                arr = np.asarray(arr, dtype=np.dtype(dtype).newbyteorder("<"), order="C")
-            except (ValueError, TypeError, OverflowError) as e:
-                raise InvalidInput(f'input "{name}": cannot convert to {dtype}: {e}') from None
-            data = memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else b""
-            code = DTYPES.index(dtype)
-        encoded = name.encode()
-        parts += [U16.pack(len(encoded)), encoded, TENSOR_HEAD.pack(code, arr.ndim)]
-        parts += [U64.pack(d & 0xFFFFFFFFFFFFFFFF) for d in arr.shape]
-        parts += [U64.pack(len(data)), data]
+            if arr.dtype != info.np_dtype or not arr.flags.c_contiguous:
+                try:
+                    arr = np.asarray(arr, dtype=info.np_dtype, order="C")
+                except (ValueError, TypeError, OverflowError) as e:
+                    raise InvalidInput(f'input "{name}": cannot convert to {dtype}: {e}') from None
+            # A small tensor is copied into the joined frame anyway; a large one goes to
+            # sendmsg as a view of the array, without a copy.
+            nbytes = arr.nbytes
+            data = arr.tobytes() if nbytes <= SMALL_FRAME else memoryview(arr.reshape(-1)).cast("B")
+        parts += [info.head, _tensor_head(arr.ndim).pack(info.code, arr.ndim, *arr.shape, len(data)), data]
 
     def _decode(self, body):
         np = self._np
-        view = memoryview(body)
-        (count,), at = U16.unpack_from(view, 0), 2
+        (count,) = U16.unpack_from(body, 0)
+        at = 2
         outputs = []
         for _ in range(count):
-            (n,) = U16.unpack_from(view, at)
-            at += 2 + n
-            code, rank = TENSOR_HEAD.unpack_from(view, at)
-            at += 2
-            shape = struct.unpack_from(f"<{rank}q", view, at)
-            at += 8 * rank
-            (size,) = U64.unpack_from(view, at)
-            at += 8
-            data = view[at : at + size]
-            at += size
-            dtype = DTYPES[code]
-            if dtype == "str":
+            at += 2 + U16.unpack_from(body, at)[0]  # the name: outputs come in the model's order
+            code, rank = TENSOR_HEAD.unpack_from(body, at)
+            head = _output_head(rank)
+            *shape, size = head.unpack_from(body, at + 2)
+            at += 2 + head.size
+            np_dtype = _NP_DTYPES[code] if code < len(_NP_DTYPES) else None
+            if np_dtype is not None:
+                if size % np_dtype.itemsize or at + size > len(body):
+                    raise RuntimeError(f"malformed INFER_RESULT: {size} bytes of {DTYPES[code]}")
+                # A view of the received buffer (writable, like onnxruntime's outputs): no copy.
+                arr = np.frombuffer(body, np_dtype, size // np_dtype.itemsize, at).reshape(shape)
+            elif DTYPES[code] == "str":
+                data = memoryview(body)[at : at + size]
                 items, i = [], 0
                 while i < size:
                     (k,) = U32.unpack_from(data, i)
                     items.append(bytes(data[i + 4 : i + 4 + k]).decode("utf-8", "replace"))
                     i += 4 + k
                 arr = np.array(items, dtype=object).reshape(shape)
-            elif dtype == "bfloat16":
-                bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+            else:  # bfloat16
+                bits = np.frombuffer(body, "<u2", size // 2, at).astype(np.uint32) << 16
                 arr = bits.view(np.float32).reshape(shape)
-            else:
-                arr = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+            at += size
             outputs.append(arr)
         return outputs
+
+
+class _Input:
+    """What encoding one model input needs, worked out once: its name's bytes, dtype code and
+    numpy dtype."""
+
+    __slots__ = ("name", "dtype", "code", "np_dtype", "head")
+
+    def __init__(self, info, np):
+        self.name, self.dtype = info["name"], info["dtype"]
+        self.code = DTYPES.index(self.dtype)
+        self.np_dtype = None if self.dtype in ("str", "bfloat16") else np.dtype(self.dtype).newbyteorder("<")
+        encoded = self.name.encode()
+        self.head = U16.pack(len(encoded)) + encoded
+
+
+class _ModelPlan:
+    """A model's INFER frame head (model name, flags, input count) and its inputs."""
+
+    __slots__ = ("head", "inputs", "input_names")
+
+    def __init__(self, model, named, np):
+        self.inputs = [_Input(t, np) for t in model["inputs"]]
+        self.input_names = [t.name for t in self.inputs]
+        name = model["name"].encode() if named else b""
+        self.head = U16.pack(len(name)) + name + bytes([1]) + U16.pack(len(self.inputs))
+
+
+_TENSOR_HEADS = {}
+_OUTPUT_HEADS = {}
+
+
+def _tensor_head(rank):
+    """dtype code, rank, shape, data length: one struct per rank."""
+    head = _TENSOR_HEADS.get(rank)
+    if head is None:
+        head = _TENSOR_HEADS[rank] = struct.Struct(f"<BB{rank}QQ")
+    return head
+
+
+def _output_head(rank):
+    """An output's shape (signed: the engine writes i64) and data length: one struct per rank."""
+    head = _OUTPUT_HEADS.get(rank)
+    if head is None:
+        head = _OUTPUT_HEADS[rank] = struct.Struct(f"<{rank}qQ")
+    return head
+
+
+def _numpy_dtypes():
+    """numpy's little-endian dtype per engine dtype code; None where decoding is special."""
+    np = sys.modules.get("numpy")
+    return [None if d in ("str", "bfloat16") else np.dtype(d).newbyteorder("<") for d in DTYPES]
 
 
 class Headers(dict):
@@ -535,6 +590,8 @@ class Predictor:
         wanted = set(self.plan[0]) | set(self.plan[1])
         self.wants_query_params = "query_params" in wanted
         self.wants_headers = "headers" in wanted
+        # predict(payload), the usual form, is called without building the argument dict.
+        self.payload_only = self.plan == ([], ["payload"])
 
     @staticmethod
     def _load_module(path):
@@ -554,6 +611,8 @@ class Predictor:
         return _call(self.predict_fn, self.plan, {"payload": payload, "batch_id": batch_id})
 
     def predict(self, payload, query, headers):
+        if self.payload_only:
+            return self.predict_fn(payload=payload)
         values = {
             "payload": payload,
             "sample": payload,
@@ -564,111 +623,213 @@ class Predictor:
         return _call(self.predict_fn, self.plan, values)
 
 
+class _Waiter:
+    """A thread waiting for one frame: the next request, or the reply to its INFER call.
+
+    ``lock`` is held by its owner and released once by whoever wakes it, so a wake-up that
+    comes before the owner sleeps is not lost.
+    """
+
+    __slots__ = ("lock", "done", "value", "sleeping", "wants_request")
+
+    def __init__(self, wants_request):
+        self.lock = None
+        self.done = False
+        self.value = None
+        self.sleeping = False
+        self.wants_request = wants_request
+
+
 class Connection:
-    """Frames over the socket: buffered reads on one thread, locked writes from any."""
+    """Frames over the socket: read by whichever thread needs one, written under a lock by any.
+
+    No thread is dedicated to reading (leader/follower): a thread that needs a frame (the next
+    request, or the reply to its own ``onnx_client.predict``) reads frames itself while no
+    other thread does, keeps its own and hands the others over: a request to a thread waiting
+    for one (or to the queue), a reply to the thread that made the call. A thread that finds
+    another reading sleeps until that reader hands it its frame or stops reading, when one
+    sleeper takes over. So with one predict thread a request and its INFER replies are read by
+    the thread that uses them, without a thread switch; with several, a call made from any
+    thread (one that predict() waits for included) is still answered, since a waiting thread
+    reads when nobody else does.
+    """
 
     def __init__(self, fd):
         self.sock = socket.socket(fileno=fd)
         self.rfile = self.sock.makefile("rb", buffering=1 << 16)
-        self.lock = threading.Lock()
-        # ONNX predictors get a reader thread (start_reader) before their constructor runs:
-        # it hands INFER replies to whichever thread waits for them, so a call from any
-        # thread, including one the predict() thread waits for, is answered.
-        self.requests = None
+        self.lock = threading.Lock()  # writes
+        self.mu = threading.Lock()  # everything below
+        self.reader = None  # the _Waiter whose thread reads frames, if any
+        self.requests = collections.deque()  # read, and no thread was waiting for them
+        self.idle = collections.deque()  # sleeping _Waiters for a request
+        self.calls = {}  # call id -> _Waiter
         self.next_call = 0
-        self.calls_lock = threading.Lock()
-        self.calls = {}
-        self.closed = False
-
-    def start_reader(self, index):
-        self.requests = queue.SimpleQueue()
-        threading.Thread(target=self._read_loop, args=(index,), name="gyrus-reader", daemon=True).start()
-
-    def _read_loop(self, index):
-        try:
-            while True:
-                head = self.read_frame_head()
-                if head is None:
-                    break
-                kind, rid, size = head
-                if kind in (INFER_RESULT, INFER_ERROR):
-                    self.deliver(kind, rid, self.read_body(size))
-                elif kind == SHUTDOWN:
-                    # Stop taking requests, but keep reading: calls in flight still get replies.
-                    self.requests.put(None)
-                elif kind == REQUEST:
-                    self.requests.put(self.read_request(rid, size))
-                else:
-                    raise ValueError(f"unexpected frame kind {kind}")
-        except EOFError:
-            pass
-        except ValueError as e:
-            print(f"worker {index}: protocol error: {e}", file=sys.stderr)
-            os._exit(2)
-        self.fail_calls()
-        self.requests.put(None)
-
-    def read_request(self, rid, size):
-        """The rest of a REQUEST frame: (rid, flags, content type, query, headers JSON, body)."""
-        flags, ctype_len, query_len, headers_len = REQUEST_HEAD.unpack(self.read_exact(REQUEST_HEAD.size))
-        ctype = self.read_exact(ctype_len).decode("latin-1")
-        query = self.read_exact(query_len).decode("utf-8", "replace")
-        headers_json = self.read_exact(headers_len)
-        body_len = size - REQUEST_HEAD.size - ctype_len - query_len - headers_len
-        if body_len < 0:
-            raise ValueError(f"REQUEST frame lengths are inconsistent (body length {body_len})")
-        return rid, flags, ctype, query, headers_json, self.read_exact(body_len)
+        self.stopping = False  # SHUTDOWN or EOF: no more requests
+        self.closed = False  # EOF: no more replies
+        self.index = 0  # the worker's, for messages
 
     def next_request(self):
         """The next request, or None when the worker should stop (SHUTDOWN or EOF)."""
-        if self.requests is not None:
-            return self.requests.get()
-        head = self.read_frame_head()
-        if head is None or head[0] == SHUTDOWN:
-            return None
-        kind, rid, size = head
-        if kind != REQUEST:
-            raise ValueError(f"unexpected frame kind {kind}")
-        return self.read_request(rid, size)
+        with self.mu:
+            if self.requests:
+                return self.requests.popleft()
+            if self.stopping:
+                return None
+            waiter = _Waiter(True)
+            if self.reader is not None:
+                self.idle.append(waiter)
+        self._wait(waiter)
+        return waiter.value
 
     def infer(self, parts):
         """Sends an INFER frame built from ``parts`` and returns the INFER_RESULT body."""
-        waiter = [threading.Event(), None, None]
-        with self.calls_lock:
+        waiter = _Waiter(False)
+        with self.mu:
             if self.closed:
                 raise RuntimeError("the replica closed the connection")
             self.next_call += 1
             cid = self.next_call
             self.calls[cid] = waiter
-        size = sum(map(len, parts)) + FRAME.size - 4
-        self.send([FRAME.pack(size, INFER, cid), *parts])
-        waiter[0].wait()
-        return self._result(waiter[1], waiter[2])
-
-    def deliver(self, kind, rid, body):
-        with self.calls_lock:
-            waiter = self.calls.pop(rid, None)
-        if waiter is not None:
-            waiter[1], waiter[2] = kind, body
-            waiter[0].set()
-
-    def fail_calls(self):
-        """Wakes every thread still waiting for an INFER reply: no more frames will be read."""
-        with self.calls_lock:
-            waiters, self.calls = list(self.calls.values()), {}
-            self.closed = True
-        for waiter in waiters:
-            waiter[1], waiter[2] = INFER_ERROR, b"\x00the replica closed the connection"
-            waiter[0].set()
-
-    @staticmethod
-    def _result(kind, body):
+        size = sum(map(len, parts))
+        parts.insert(0, FRAME.pack(size + FRAME.size - 4, INFER, cid))
+        try:
+            self.send(parts, size + FRAME.size)
+        except BaseException:
+            with self.mu:
+                self.calls.pop(cid, None)
+            raise
+        self._wait(waiter)
+        kind, body = waiter.value
         if kind == INFER_RESULT:
             return body
         message = bytes(body[1:]).decode("utf-8", "replace")
         if body[:1] == b"\x01":
             raise InvalidInput(message)
         raise RuntimeError(message)
+
+    def _wait(self, waiter):
+        """Returns once ``waiter`` is done, reading frames meanwhile while no other thread is."""
+        while True:
+            with self.mu:
+                if waiter.done:
+                    return
+                # A reader that stops hands the reading to a sleeper by making it the reader.
+                lead = self.reader is None or self.reader is waiter
+                if lead:
+                    self.reader = waiter
+                else:
+                    if waiter.lock is None:
+                        waiter.lock = threading.Lock()
+                        waiter.lock.acquire()
+                    waiter.sleeping = True
+            if lead:
+                self._lead(waiter)
+                return
+            waiter.lock.acquire()  # woken: done, or made the reader
+
+    def _wake(self, waiter):
+        # Under mu. Each sleep is ended by exactly one release.
+        if waiter.sleeping:
+            waiter.sleeping = False
+            waiter.lock.release()
+
+    def _lead(self, waiter):
+        """Reads and hands over frames until ``waiter``'s own has come, then passes the reading
+        on to a sleeping thread, if any."""
+        try:
+            while not waiter.done:
+                try:
+                    frame = self._read_frame()
+                except (EOFError, OSError):
+                    frame = None  # the replica went away, perhaps mid-frame
+                except ValueError as e:
+                    print(f"worker {self.index}: protocol error: {e}", file=sys.stderr)
+                    os._exit(2)
+                with self.mu:
+                    self._dispatch(frame)
+        finally:
+            with self.mu:
+                self.reader = None
+                nxt = self.idle.popleft() if self.idle else None
+                if nxt is None and self.calls:
+                    nxt = next((w for w in self.calls.values() if w.sleeping), None)
+                if nxt is not None:
+                    self.reader = nxt
+                    self._wake(nxt)
+
+    def _dispatch(self, frame):
+        """Hands one frame (None at EOF) to the thread it is for. Under mu."""
+        if frame is None:
+            self.stopping = self.closed = True
+            calls, self.calls = list(self.calls.values()), {}
+            for w in calls:
+                self._finish(w, (INFER_ERROR, b"\x00the replica closed the connection"))
+            self._stop_idle()
+            return
+        kind, rid, body = frame
+        if kind == REQUEST:
+            reader = self.reader
+            if reader.wants_request and not reader.done:
+                self._finish(reader, body)
+            elif self.idle:
+                self._finish(self.idle.popleft(), body)
+            else:
+                self.requests.append(body)
+        elif kind == INFER_RESULT or kind == INFER_ERROR:
+            w = self.calls.pop(rid, None)
+            if w is not None:
+                self._finish(w, (kind, body))
+        elif kind == SHUTDOWN:
+            # Stop taking requests, but keep reading: calls in flight still get replies.
+            self.stopping = True
+            self._stop_idle()
+        else:
+            raise AssertionError(kind)  # _read_frame checked the kind
+
+    def _finish(self, waiter, value):
+        waiter.value, waiter.done = value, True
+        self._wake(waiter)
+
+    def _stop_idle(self):
+        reader = self.reader
+        if reader is not None and reader.wants_request and not reader.done and not self.requests:
+            self._finish(reader, None)
+        while self.idle:
+            self._finish(self.idle.popleft(), None)
+
+    def _read_frame(self):
+        """(kind, id, body), the body of a REQUEST parsed; None at EOF between frames."""
+        head = self.rfile.read(FRAME.size)
+        if not head:
+            return None
+        if len(head) != FRAME.size:
+            raise EOFError
+        length, kind, rid = FRAME.unpack(head)
+        size = length - (FRAME.size - 4)
+        if kind == REQUEST:
+            return kind, rid, self._parse_request(rid, self.read_exact(size))
+        if kind == INFER_RESULT or kind == INFER_ERROR:
+            return kind, rid, self.read_body(size)
+        if kind == SHUTDOWN:
+            self.read_exact(size)
+            return kind, rid, None
+        raise ValueError(f"unexpected frame kind {kind}")
+
+    @staticmethod
+    def _parse_request(rid, data):
+        """A REQUEST frame's body as (rid, flags, content type, query, headers JSON, body)."""
+        if len(data) < REQUEST_HEAD.size:
+            raise ValueError("REQUEST frame is shorter than its head")
+        flags, ctype_len, query_len, headers_len = REQUEST_HEAD.unpack_from(data)
+        a = REQUEST_HEAD.size
+        b = a + ctype_len
+        c = b + query_len
+        d = c + headers_len
+        if d > len(data):
+            raise ValueError(f"REQUEST frame lengths are inconsistent (body length {len(data) - d})")
+        ctype = data[a:b].decode("latin-1")
+        query = data[b:c].decode("utf-8", "replace")
+        return rid, flags, ctype, query, data[c:d], data[d:]
 
     def read_exact(self, n):
         data = self.rfile.read(n) if n else b""
@@ -679,24 +840,29 @@ class Connection:
     def read_body(self, n):
         """A writable buffer, so that numpy arrays made over it are writable like onnxruntime's."""
         buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        while got < n:
-            k = self.rfile.readinto(view[got:])
-            if not k:
-                raise EOFError
-            got += k
+        got = self.rfile.readinto(buf)
+        if got < n:
+            view = memoryview(buf)
+            while got < n:
+                k = self.rfile.readinto(view[got:])
+                if not k:
+                    raise EOFError
+                got += k
         return buf
 
     def read_frame_head(self):
-        """(kind, id, body length), or None at EOF."""
+        """(kind, id, body length), or None at EOF. Only before the predict threads start."""
         try:
             length, kind, rid = FRAME.unpack(self.read_exact(FRAME.size))
         except EOFError:
             return None
         return kind, rid, length - (FRAME.size - 4)
 
-    def send(self, parts):
-        if sum(map(len, parts)) <= SMALL_FRAME:
+    def send(self, parts, size=None):
+        """Writes one frame, given as parts, with one system call where the socket takes it."""
+        if size is None:
+            size = sum(map(len, parts))
+        if size <= SMALL_FRAME:
             # Joining a small frame is cheaper than building memoryviews for sendmsg.
             data = b"".join(parts)
             with self.lock:
@@ -783,24 +949,24 @@ class Worker:
             pass
 
     def serve(self, threads):
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="predict") if threads > 1 else None
+        """Serves requests on ``threads`` threads (this one included) until SHUTDOWN or EOF;
+        each takes its next request itself (see Connection), so none waits on a dispatcher."""
+        others = [
+            threading.Thread(target=self._serve_one, name=f"predict_{i}", daemon=True) for i in range(1, threads)
+        ]
+        for t in others:
+            t.start()
+        self._serve_one()
+        for t in others:
+            t.join()
+
+    def _serve_one(self):
         conn = self.conn
         while True:
-            try:
-                request = conn.next_request()
-            except EOFError:
-                break  # a truncated frame means the replica went away mid-write
-            except ValueError as e:
-                print(f"worker {self.index}: protocol error: {e}", file=sys.stderr)
-                os._exit(2)
+            request = conn.next_request()
             if request is None:
-                break
-            if pool is None:
-                self.handle(*request)
-            else:
-                pool.submit(self.handle, *request)
-        if pool is not None:
-            pool.shutdown(wait=True)
+                return
+            self.handle(*request)
 
 
 def main():
@@ -820,9 +986,7 @@ def main():
         print("gyrus worker: expected an INIT frame", file=sys.stderr)
         sys.exit(2)
     init = json.loads(conn.read_exact(head[2]))
-    index = init.get("worker_index", 0)
-    if init.get("models"):
-        conn.start_reader(index)
+    index = conn.index = init.get("worker_index", 0)
     try:
         predictor = Predictor(init, conn)
     except BaseException as e:  # noqa: BLE001 - report anything the user's code raised
