@@ -81,6 +81,24 @@ ORDER = [HTTP_FLOOR, GYRUS_GET, A, B, C, D, F, G]
 # --whole-machine rows
 WM_MODEL = "model API (iris)"
 WM_PYTHON = "Python predictor (hello)"
+# The same two paths with work that dominates each request, so that the load generator's own
+# CPU is a small share: what a second replica can add shows.
+WM_HEAVY_MODEL = "model API (MLP 784-512-512-10)"
+WM_HEAVY_PYTHON = "Python predictor (~0.3 ms of Python)"
+WM_PATHS = (WM_MODEL, WM_PYTHON, WM_HEAVY_MODEL, WM_HEAVY_PYTHON)
+MLP_LARGE_BODY = json.dumps({"x": [[round((i % 97) * 0.01, 2) for i in range(784)]]})
+BUSY_PREDICTOR = """\
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload):
+        total = 0
+        for i in range(6000):
+            total += i * i % 7
+        return {"total": total}
+"""
+BUSY_ANSWER = {"total": sum(i * i % 7 for i in range(6000))}
 
 
 class BenchError(Exception):
@@ -722,9 +740,36 @@ def run_fastapi_hello(run, core, work, venv):
         stop(p)
 
 
+def busy_project(work, api, replicas):
+    """A Python predictor that spends about 0.3 ms of pure Python per request."""
+    d = work / "projects" / api
+    d.mkdir(parents=True)
+    (d / "predictor.py").write_text(BUSY_PREDICTOR)
+    (d / "cortex.yaml").write_text(f"- name: {api}\n  predictor:\n    type: python\n"
+                                   f"    path: predictor.py\n" + autoscaling_yaml(replicas))
+    return d
+
+
+def check_logits(system, url):
+    status, text = post(url, MLP_LARGE_BODY)
+    try:
+        logits = json.loads(text)["logits"]
+        ok = status == 200 and len(logits) == 1 and len(logits[0]) == 10
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise BenchError(f"{system} at {url} answered {status} {text[:300]!r}; expected "
+                         "{\"logits\": [[10 floats]]}")
+
+
 def run_whole_machine(run, models, refs, work, dylib, concurrency):
     """Part 4: the daemon unpinned (every core), wrk on the same cores; the model API and the
-    Python path with 1 replica and with 2 (autoscaling min = max = init)."""
+    Python path with 1 replica and with 2 (autoscaling min = max = init), each also with work
+    that dominates its requests (a larger MLP, a busier predictor)."""
+    large = work / "models-large"
+    subprocess.run([sys.executable, str(HERE / "models.py"), str(large), "mlp-large"],
+                   check=True, capture_output=True)
+    large = large / "mlp-large.onnx"
     cases = [
         (WM_MODEL, 1, "iris-r1", project(work, "iris-r1", "iris-r1", models["iris"], 1),
          IRIS_BODY, lambda url: check_json(A, url, IRIS_BODY, refs["iris"])),
@@ -734,6 +779,14 @@ def run_whole_machine(run, models, refs, work, dylib, concurrency):
          lambda url: check_hello(F, url)),
         (WM_PYTHON, 2, "hello-r2", hello_project(work, "hello-r2", 2), HELLO_BODY,
          lambda url: check_hello(F, url)),
+        (WM_HEAVY_MODEL, 1, "mlpl-r1", project(work, "mlpl-r1", "mlpl-r1", large, 1),
+         MLP_LARGE_BODY, lambda url: check_logits(A, url)),
+        (WM_HEAVY_MODEL, 2, "mlpl-r2", project(work, "mlpl-r2", "mlpl-r2", large, 2),
+         MLP_LARGE_BODY, lambda url: check_logits(A, url)),
+        (WM_HEAVY_PYTHON, 1, "busy-r1", busy_project(work, "busy-r1", 1), HELLO_BODY,
+         lambda url: check_json_exact(F, url, HELLO_BODY, BUSY_ANSWER)),
+        (WM_HEAVY_PYTHON, 2, "busy-r2", busy_project(work, "busy-r2", 2), HELLO_BODY,
+         lambda url: check_json_exact(F, url, HELLO_BODY, BUSY_ANSWER)),
     ]
     g = Gyrus(work, None, dylib, name="gyrus-daemon-whole-machine")
     try:
@@ -746,7 +799,7 @@ def run_whole_machine(run, models, refs, work, dylib, concurrency):
             run.wm_wrk.run(f"{g.base}/{api}", 8, run.args.warmup, body)
         # 1 and 2 replicas back to back at each concurrency, so that drift in the machine's
         # other load falls on both alike.
-        for what in (WM_MODEL, WM_PYTHON):
+        for what in WM_PATHS:
             for conns in concurrency:
                 for _, replicas, api, _, body, _ in (c for c in cases if c[0] == what):
                     r = run.wm_wrk.run(f"{g.base}/{api}", conns, run.args.duration, body)
@@ -1006,7 +1059,10 @@ def whole_machine_report(run):
         "absolute numbers, and do not compare them with the one-core table). Each path is "
         "deployed twice in one daemon: with 1 replica and with 2 (`autoscaling: "
         "{min_replicas, max_replicas, init_replicas}` all 1, or all 2), measured one at a "
-        "time while the others are idle.",
+        "time while the others are idle. The light paths (iris, hello) cost wrk about as "
+        "much CPU per request as the server, so one replica and wrk already fill the "
+        "machine; the heavy paths (a 784-512-512-10 MLP, a predictor running about 0.3 ms "
+        "of Python) leave wrk a small share, and show what a second replica adds.",
         "",
         "| path | concurrency | requests/s, 1 replica | requests/s, 2 replicas | 2 / 1 "
         "| p50 (us), 1 | p50 (us), 2 | errors, 1 / 2 |",
@@ -1014,7 +1070,7 @@ def whole_machine_report(run):
     ]
     cells = {(w, rep, c): r for w, rep, c, r in run.wm}
     summary = []
-    for what in (WM_MODEL, WM_PYTHON):
+    for what in WM_PATHS:
         for conns in sorted({c for w, _, c, _ in run.wm if w == what}):
             one, two = cells.get((what, 1, conns)), cells.get((what, 2, conns))
             if not one or not two:

@@ -7,8 +7,10 @@ scikit-learn, skl2onnx and onnx):
   mlp.onnx   a 3-layer MLP built with onnx.helper: Gemm 64->128, Relu, Gemm 128->128, Relu,
              Gemm 128->10; input "x" float [batch, 64], output "logits" float [batch, 10];
              weights from numpy RandomState(0)
+  mlp-large.onnx  the same with Gemm 784->512, 512->512, 512->10 (about 30 us a row on one
+             core): the whole-machine part's model whose own time dominates its requests
 
-Usage: python bench/onnx/models.py OUT_DIR [iris|mlp ...]
+Usage: python bench/onnx/models.py OUT_DIR [iris|mlp|mlp-large ...]
 """
 import sys
 from pathlib import Path
@@ -40,12 +42,14 @@ def make_iris(path):
     Path(path).write_bytes(onx.SerializeToString())
 
 
-def make_mlp(path):
+MLP_LARGE = ((784, 512), (512, 512), (512, 10))
+
+
+def make_mlp(path, sizes=((64, 128), (128, 128), (128, 10))):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rs = np.random.RandomState(0)
-    sizes = [(64, 128), (128, 128), (128, 10)]
     inits, nodes = [], []
     prev = "x"
     for i, (fan_in, fan_out) in enumerate(sizes):
@@ -62,7 +66,7 @@ def make_mlp(path):
     graph = helper.make_graph(
         nodes,
         "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0][0]])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         initializer=inits,
     )
@@ -83,6 +87,8 @@ def main():
         make_iris(out / "iris.onnx")
     if "mlp" in which:
         make_mlp(out / "mlp.onnx")
+    if "mlp-large" in which:
+        make_mlp(out / "mlp-large.onnx", MLP_LARGE)
     print(" ".join(str(out / f"{w}.onnx") for w in which))
 
 
