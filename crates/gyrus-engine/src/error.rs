@@ -5,12 +5,17 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The ONNX Runtime shared library could not be found, loaded or initialised.
-    #[error("ONNX Runtime library {path}: {message}")]
-    Library { path: PathBuf, message: String },
-    #[error("ONNX Runtime is not initialised: call init_library first")]
-    NotInitialised,
-    /// A model file did not load (ONNX Runtime's message).
+    /// A runtime's shared library (`runtime`: "ONNX Runtime", "TensorFlow") could not be
+    /// found, loaded or initialised.
+    #[error("{runtime} library {path}: {message}")]
+    Library {
+        runtime: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{0} is not initialised: call init_library first")]
+    NotInitialised(&'static str),
+    /// A model did not load (the runtime's message).
     #[error("model \"{model}\" ({path}) failed to load: {message}")]
     Load {
         model: String,

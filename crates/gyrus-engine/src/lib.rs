@@ -11,6 +11,7 @@ mod convert;
 mod error;
 mod library;
 pub mod tensor;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use ort::value::ValueType;
 pub use error::EngineError;
 pub use library::{init_library, library_version, MIN_LIBRARY_VERSION};
 pub use tensor::{DataType, ModelSignature, ShapeDisplay, Tensor, TensorData, TensorInfo};
+pub use validate::{check_inputs, ShapePolicy};
 
 /// How much ONNX Runtime may rewrite the graph when it loads a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,16 +86,6 @@ impl Default for SessionConfig {
             providers: Providers::Auto,
         }
     }
-}
-
-/// How [`Model::infer`] treats an input with fewer dimensions than the model declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShapePolicy {
-    /// The shape must have the declared rank (the Open Inference Protocol).
-    Exact,
-    /// Leading dimensions of 1 are added up to the declared rank, so a single example can be
-    /// sent without its batch dimension (Cortex's `onnx_client`, the simple JSON API).
-    AddLeadingDims,
 }
 
 /// One loaded model.
@@ -186,7 +178,7 @@ impl Model {
         mut inputs: Vec<Tensor>,
         policy: ShapePolicy,
     ) -> Result<Vec<Tensor>, EngineError> {
-        self.check_inputs(&mut inputs, policy)?;
+        validate::check_inputs(&self.signature, &mut inputs, policy)?;
         let values = inputs
             .iter()
             .map(|t| convert::to_value(t).map(|v| (t.name.clone(), v)))
@@ -207,89 +199,6 @@ impl Model {
             })
             .collect()
     }
-
-    /// Matches inputs to the signature by name, then checks dtype, rank and fixed dimensions.
-    /// Reorders `inputs` into the model's order.
-    fn check_inputs(
-        &self,
-        inputs: &mut Vec<Tensor>,
-        policy: ShapePolicy,
-    ) -> Result<(), EngineError> {
-        let declared = &self.signature.inputs;
-        for t in inputs.iter() {
-            if !declared.iter().any(|d| d.name == t.name) {
-                return Err(EngineError::InvalidInput(format!(
-                    "unknown input \"{}\"; {}",
-                    t.name,
-                    describe_inputs(declared)
-                )));
-            }
-            if inputs.iter().filter(|o| o.name == t.name).count() > 1 {
-                return Err(EngineError::InvalidInput(format!(
-                    "input \"{}\" is given more than once",
-                    t.name
-                )));
-            }
-        }
-        let mut ordered = Vec::with_capacity(declared.len());
-        for info in declared {
-            let Some(pos) = inputs.iter().position(|t| t.name == info.name) else {
-                return Err(EngineError::InvalidInput(format!(
-                    "missing input \"{}\"; {}",
-                    info.name,
-                    describe_inputs(declared)
-                )));
-            };
-            let mut t = inputs.swap_remove(pos);
-            check_one(info, &mut t, policy)?;
-            ordered.push(t);
-        }
-        *inputs = ordered;
-        Ok(())
-    }
-}
-
-fn check_one(info: &TensorInfo, t: &mut Tensor, policy: ShapePolicy) -> Result<(), EngineError> {
-    if t.dtype != info.dtype {
-        return Err(EngineError::InvalidInput(format!(
-            "input \"{}\": expected {}, found {}",
-            info.name, info.dtype, t.dtype
-        )));
-    }
-    t.check().map_err(EngineError::InvalidInput)?;
-    if policy == ShapePolicy::AddLeadingDims && t.shape.len() < info.shape.len() {
-        let missing = info.shape.len() - t.shape.len();
-        let mut shape = vec![1; missing];
-        shape.extend_from_slice(&t.shape);
-        t.shape = shape;
-    }
-    let found = ShapeDisplay(&t.shape);
-    let expected = ShapeDisplay(&info.shape);
-    if t.shape.len() != info.shape.len() {
-        return Err(EngineError::InvalidInput(format!(
-            "input \"{}\": expected shape {expected} (rank {}), found {found} (rank {})",
-            info.name,
-            info.shape.len(),
-            t.shape.len()
-        )));
-    }
-    for (axis, (&want, &got)) in info.shape.iter().zip(&t.shape).enumerate() {
-        if want >= 0 && want != got {
-            return Err(EngineError::InvalidInput(format!(
-                "input \"{}\": expected shape {expected}, found {found} (dimension {axis} must be {want})",
-                info.name
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn describe_inputs(declared: &[TensorInfo]) -> String {
-    let list: Vec<String> = declared
-        .iter()
-        .map(|d| format!("\"{}\" ({} {})", d.name, d.dtype, ShapeDisplay(&d.shape)))
-        .collect();
-    format!("the model takes {}", list.join(", "))
 }
 
 fn read_signature(session: &Session) -> Result<ModelSignature, String> {

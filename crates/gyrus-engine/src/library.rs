@@ -13,6 +13,8 @@ use crate::{EngineError, Provider, Providers};
 /// The oldest ONNX Runtime this build can drive: `ort`'s `api-22` feature.
 pub const MIN_LIBRARY_VERSION: (u32, u32) = (1, ort::MINOR_VERSION);
 
+const RUNTIME: &str = "ONNX Runtime";
+
 static ENVIRONMENT: OnceLock<Result<(PathBuf, Environment), String>> = OnceLock::new();
 
 /// The version a library's file name carries (`libonnxruntime.so.1.31.1` → `1.31.1`).
@@ -58,6 +60,7 @@ pub fn init_library(path: &Path) -> Result<(), EngineError> {
     match outcome {
         Ok(_) => Ok(()),
         Err(message) => Err(EngineError::Library {
+            runtime: RUNTIME,
             path: path.to_path_buf(),
             message: message.clone(),
         }),
@@ -68,10 +71,11 @@ pub(crate) fn environment() -> Result<Environment, EngineError> {
     match ENVIRONMENT.get() {
         Some(Ok((_, env))) => Ok(env.clone()),
         Some(Err(message)) => Err(EngineError::Library {
+            runtime: RUNTIME,
             path: PathBuf::new(),
             message: message.clone(),
         }),
-        None => Err(EngineError::NotInitialised),
+        None => Err(EngineError::NotInitialised(RUNTIME)),
     }
 }
 

@@ -106,7 +106,7 @@ impl From<EngineError> for InferenceError {
             EngineError::Rejected(message) => InferenceError::Rejected(message),
             other @ (EngineError::Run(_)
             | EngineError::Library { .. }
-            | EngineError::NotInitialised
+            | EngineError::NotInitialised(_)
             | EngineError::Load { .. }) => InferenceError::Internal(other.to_string()),
         }
     }
@@ -137,7 +137,7 @@ mod tests {
             EngineError::InvalidInput("missing input \"x\"".into()),
             EngineError::Rejected("dims".into()),
             EngineError::Run("no output".into()),
-            EngineError::NotInitialised,
+            EngineError::NotInitialised("ONNX Runtime"),
         ];
         for e in cases {
             let (message, client) = (e.to_string(), e.is_client_error());
