@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use gyrus_spec::{ApiKind, PredictorType};
+use gyrus_spec::ApiKind;
 use sha2::{Digest, Sha256};
 
 use crate::api::{DeployResponse, DeployedApi};
@@ -105,12 +105,8 @@ impl DeployService {
                     api.name
                 )));
             }
-            if api.predictor.kind == PredictorType::Tensorflow {
-                return Err(DaemonError::BadRequest(format!(
-                    "api {:?}: predictor.type {} cannot be deployed yet; python and onnx predictors can",
-                    api.name, api.predictor.kind
-                )));
-            }
+            crate::model_source::check_project_saved_models(api, staged.dir())
+                .map_err(|e| DaemonError::BadRequest(format!("api {:?}: {e}", api.name)))?;
             let limits = gyrus_compute::Limits::from_spec(&api.compute);
             self.compute
                 .check_gpus(limits.gpus)

@@ -3,6 +3,8 @@
 //! file or directory: store tags are pinned to a version when the deploy is accepted, URLs are
 //! fetched into the shared download cache (gyrus-remote) while the deploy runs, and the ONNX
 //! file of each model is picked out and named as the Open Inference Protocol addresses it.
+//! A TensorFlow model is a SavedModel directory (or one with integer version directories);
+//! its signature key is checked against `saved_model.pb` here, before any replica starts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,8 +48,19 @@ impl FetchContext {
 pub struct ResolvedModels {
     /// `predictor.model` as a local path, for Python predictors (Cortex's `model_path`).
     pub model_path: Option<PathBuf>,
-    /// The ONNX models (name, .onnx file) of an ONNX predictor.
-    pub models: Vec<(String, PathBuf)>,
+    /// The engine's models: ONNX files, or SavedModel directories.
+    pub models: Vec<ResolvedModel>,
+}
+
+/// One model for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    pub name: String,
+    /// The `.onnx` file, or the SavedModel directory (holding `saved_model.pb` or integer
+    /// version directories).
+    pub path: PathBuf,
+    /// The SavedModel signature to serve, as configured (`None`: the default).
+    pub signature_key: Option<String>,
 }
 
 /// Why an API's models cannot be found, with the field of the spec that names them.
@@ -195,7 +208,7 @@ impl ModelSources {
             }
         };
         let p = &spec.predictor;
-        if p.kind != PredictorType::Onnx {
+        if p.kind == PredictorType::Python {
             let model_path = match &p.model {
                 Some(m) => Some(locate(m.clone(), "predictor.model".into()).await?),
                 None => None,
@@ -205,21 +218,49 @@ impl ModelSources {
                 models: Vec::new(),
             });
         }
+        let tensorflow = p.kind == PredictorType::Tensorflow;
+        let model_of = |name: String, path: &Path, key: Option<&String>| {
+            if tensorflow {
+                let key = key.or(p.signature_key.as_ref()).cloned();
+                saved_model(name, path, key)
+            } else {
+                Ok(ResolvedModel {
+                    name,
+                    path: onnx_file(path)?,
+                    signature_key: None,
+                })
+            }
+        };
         let mut models = Vec::new();
         if let Some(m) = &p.model {
-            let path = locate(m.clone(), "predictor.model".into()).await?;
-            models.push((spec.name.clone(), onnx_file(&path)?));
+            let field = "predictor.model";
+            let path = locate(m.clone(), field.into()).await?;
+            models.push(model_of(spec.name.clone(), &path, None).map_err(|e| e.at(field))?);
         }
         if let Some(ms) = &p.models {
             for (i, m) in ms.paths.iter().enumerate() {
                 let field = format!("predictor.models[{i}].model");
                 let path = locate(m.model.clone(), field.clone()).await?;
-                let file = onnx_file(&path).map_err(|e| e.at(&field))?;
-                models.push((m.name.clone(), file));
+                let key = m.signature_key.as_ref().or(ms.signature_key.as_ref());
+                models.push(model_of(m.name.clone(), &path, key).map_err(|e| e.at(&field))?);
             }
             if let Some(dir) = &ms.dir {
                 let root = locate(dir.clone(), "predictor.models.dir".into()).await?;
-                models.extend(models_in_dir(&root, dir)?);
+                if tensorflow {
+                    for (name, path) in saved_models_in_dir(&root, dir)? {
+                        let field = format!("predictor.models.dir {dir}/{name}");
+                        let key = ms.signature_key.as_ref();
+                        models.push(model_of(name, &path, key).map_err(|e| e.at(&field))?);
+                    }
+                } else {
+                    for (name, path) in models_in_dir(&root, dir)? {
+                        models.push(ResolvedModel {
+                            name,
+                            path,
+                            signature_key: None,
+                        });
+                    }
+                }
             }
         }
         check_names(&models)?;
@@ -323,10 +364,95 @@ fn models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, Model
     Ok(found)
 }
 
+/// Checks the SavedModels of a TensorFlow API that are in the project (not URLs or store
+/// tags, which are only at hand once fetched), so that a deploy with a wrong `signature_key`
+/// or a directory that is not a SavedModel is refused at once.
+pub fn check_project_saved_models(
+    spec: &ApiSpec,
+    project_dir: &Path,
+) -> Result<(), ModelSourceError> {
+    let p = &spec.predictor;
+    if p.kind != PredictorType::Tensorflow {
+        return Ok(());
+    }
+    let local = |raw: &str| match ModelRef::parse(raw) {
+        Ok(ModelRef::Path(path)) => Some(project_dir.join(path)),
+        _ => None,
+    };
+    if let Some(path) = p.model.as_deref().and_then(local) {
+        saved_model(spec.name.clone(), &path, p.signature_key.clone())
+            .map_err(|e| e.at("predictor.model"))?;
+    }
+    if let Some(ms) = &p.models {
+        for (i, m) in ms.paths.iter().enumerate() {
+            if let Some(path) = local(&m.model) {
+                let key = m
+                    .signature_key
+                    .as_ref()
+                    .or(ms.signature_key.as_ref())
+                    .or(p.signature_key.as_ref());
+                saved_model(m.name.clone(), &path, key.cloned())
+                    .map_err(|e| e.at(&format!("predictor.models[{i}].model")))?;
+            }
+        }
+        if let Some(dir) = &ms.dir {
+            if let Some(root) = local(dir) {
+                let key = ms.signature_key.as_ref().or(p.signature_key.as_ref());
+                for (name, path) in saved_models_in_dir(&root, dir)? {
+                    let field = format!("predictor.models.dir {dir}/{name}");
+                    saved_model(name, &path, key.cloned()).map_err(|e| e.at(&field))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A TensorFlow model: its directory must hold a SavedModel (or integer version directories
+/// with one), and the signature to serve must be in it: checked here, with TensorFlow's own
+/// file format and without TensorFlow, so a wrong `signature_key` fails the deploy with the
+/// signatures the model has.
+pub fn saved_model(
+    name: String,
+    path: &Path,
+    signature_key: Option<String>,
+) -> Result<ResolvedModel, ModelSourceError> {
+    use gyrus_tensorflow::saved_model;
+    let invalid = |e: gyrus_tensorflow::SavedModelError| ModelSourceError::Invalid(e.to_string());
+    let located = saved_model::locate(path).map_err(invalid)?;
+    saved_model::read_signature(&located.dir, signature_key.as_deref()).map_err(invalid)?;
+    Ok(ResolvedModel {
+        name,
+        path: path.to_path_buf(),
+        signature_key,
+    })
+}
+
+/// `models.dir` of a TensorFlow predictor: each subdirectory holding a SavedModel (or version
+/// directories with one) is a model named by the subdirectory.
+fn saved_models_in_dir(root: &Path, dir: &str) -> Result<Vec<(String, PathBuf)>, ModelSourceError> {
+    let entries = std::fs::read_dir(root).map_err(|source| ModelSourceError::Io {
+        context: format!("models.dir {dir}"),
+        source,
+    })?;
+    let mut found: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter(|e| gyrus_tensorflow::saved_model::is_model_dir(&e.path()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    if found.is_empty() {
+        return Err(ModelSourceError::Invalid(format!(
+            "models.dir {dir} holds no TensorFlow models (directories with saved_model.pb, or with integer version directories holding one)"
+        )));
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// Names from file names reach URLs and the replica's `--model NAME=PATH` argument.
-fn check_names(models: &[(String, PathBuf)]) -> Result<(), ModelSourceError> {
+fn check_names(models: &[ResolvedModel]) -> Result<(), ModelSourceError> {
     let mut seen = std::collections::HashSet::new();
-    for (name, path) in models {
+    for ResolvedModel { name, path, .. } in models {
         if let Err(rule) = gyrus_spec::check_model_name(name) {
             return Err(ModelSourceError::Invalid(format!(
                 "model name (from {}) {rule}; rename the file",

@@ -5,12 +5,10 @@
 //! `uv` when it is available (much faster), else `venv` + pip; a `.gyrus-complete` marker is
 //! written last, so a half-built environment is never used.
 //!
-//! ONNX APIs also need `libonnxruntime`, which comes from the `onnxruntime` wheel. It is found
-//! (see [`PythonEnvs::resolve_onnx`]) through `ORT_DYLIB_PATH`, else in the API's own
-//! environment when its requirements install onnxruntime, else in an environment gyrus
-//! manages under `GYRUS_HOME/runtime/`, installed on first use with onnxruntime and numpy.
-//! That managed environment is also the interpreter of ONNX predictors without
-//! `requirements.txt` (numpy is pre-installed for predictors, as in Cortex).
+//! ONNX and TensorFlow APIs also need their runtime's shared library, from its wheel: see
+//! [`runtimes`] and [`PythonEnvs::resolve_runtime`].
+
+mod runtimes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,13 +25,11 @@ use crate::home::GyrusHome;
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const COMPLETE_MARKER: &str = ".gyrus-complete";
 
-/// The onnxruntime wheel gyrus installs when no library is given; the engine needs at least
-/// [`gyrus_engine::MIN_LIBRARY_VERSION`].
-pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
+pub use runtimes::{Runtime, ONNX_RUNTIME, TENSORFLOW};
 
-/// What an ONNX API runs with.
+/// What an API that loads models runs with.
 #[derive(Debug, Clone)]
-pub struct OnnxSetup {
+pub struct RuntimeSetup {
     /// The Python of the predictor (unused by model APIs).
     pub python: PathBuf,
     pub library: PathBuf,
@@ -47,10 +43,22 @@ pub enum EnvError {
     InstallFailed { status: String, output: String },
     #[error("{0}")]
     Io(String),
-    #[error("ORT_DYLIB_PATH={0}: no such file; point it at a libonnxruntime.so, or unset it to let gyrus install ONNX Runtime")]
-    BadOrtPath(String),
-    #[error("installing ONNX Runtime {ONNXRUNTIME_VERSION} failed ({status}):\n{output}")]
-    OnnxInstallFailed { status: String, output: String },
+    #[error("{}={path}: no such file; point it at a {}, or unset it to let gyrus install {}", runtime.override_var, runtime.library_file, runtime.name)]
+    BadLibraryPath {
+        runtime: &'static Runtime,
+        path: String,
+    },
+    #[error(
+        "installing {} ({}) failed ({status}):\n{output}\n\
+         gyrus installs it on the first deploy that needs it. To use one installed already, \
+         `pip install {}` and set {} to its {} (in site-packages)",
+        runtime.name, runtime.requirement(), runtime.requirement(), runtime.override_var, runtime.library_file
+    )]
+    RuntimeInstallFailed {
+        runtime: &'static Runtime,
+        status: String,
+        output: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -94,69 +102,73 @@ impl PythonEnvs {
             .unwrap_or(self.base()?.executable.clone()))
     }
 
-    /// The interpreter and ONNX Runtime library of an ONNX API. `needs_python`: the API has
-    /// a predictor (ONNXPredictor), not only models.
-    pub async fn resolve_onnx(
+    /// The interpreter and `runtime`'s library of an API that loads models. `needs_python`:
+    /// the API has a predictor (ONNXPredictor, TensorFlowPredictor), not only models.
+    pub async fn resolve_runtime(
         &self,
+        runtime: &'static Runtime,
         project_dir: &Path,
         needs_python: bool,
         log: &Path,
-    ) -> Result<OnnxSetup, EnvError> {
-        let given = std::env::var_os("ORT_DYLIB_PATH").filter(|s| !s.is_empty());
-        if let Some(p) = &given {
-            if !Path::new(p).is_file() {
-                return Err(EnvError::BadOrtPath(p.to_string_lossy().into_owned()));
-            }
-        }
+    ) -> Result<RuntimeSetup, EnvError> {
+        let given = given_library(runtime)?;
         let own_env = if needs_python || given.is_none() {
             self.resolve_with(project_dir, &["numpy"], log).await?
         } else {
             None
         };
-        let own_library = own_env.as_deref().and_then(library_in_env);
+        let own_library = own_env
+            .as_deref()
+            .and_then(|p| runtime.library_in_env(p));
         let managed =
             if (given.is_none() && own_library.is_none()) || (needs_python && own_env.is_none()) {
-                Some(self.managed_onnx(log).await?)
+                Some(self.managed(runtime, log).await?)
             } else {
                 None
             };
         let library = given
-            .map(PathBuf::from)
             .or(own_library)
             .or_else(|| managed.as_ref().map(|m| m.library.clone()))
-            .ok_or_else(|| EnvError::Io("no ONNX Runtime library".into()))?;
+            .ok_or_else(|| EnvError::Io(format!("no {} library", runtime.name)))?;
         let python = own_env
             .or_else(|| managed.as_ref().map(|m| m.python.clone()))
             .unwrap_or(self.base()?.executable.clone());
-        Ok(OnnxSetup { python, library })
+        Ok(RuntimeSetup { python, library })
     }
 
-    /// Only the ONNX Runtime library, for work that is no API's (validating a model at save):
-    /// `ORT_DYLIB_PATH`, else the managed environment. No project's requirements are read.
-    pub async fn onnx_library(&self, log: &Path) -> Result<PathBuf, EnvError> {
-        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|s| !s.is_empty()) {
-            if !Path::new(&p).is_file() {
-                return Err(EnvError::BadOrtPath(p.to_string_lossy().into_owned()));
-            }
-            return Ok(PathBuf::from(p));
+    /// Only `runtime`'s library, for work that is no API's (validating a model at save): the
+    /// override variable, else the managed environment. No project's requirements are read.
+    pub async fn runtime_library(
+        &self,
+        runtime: &'static Runtime,
+        log: &Path,
+    ) -> Result<PathBuf, EnvError> {
+        if let Some(p) = given_library(runtime)? {
+            return Ok(p);
         }
-        Ok(self.managed_onnx(log).await?.library)
+        Ok(self.managed(runtime, log).await?.library)
     }
 
-    /// The environment gyrus manages for ONNX Runtime, installed on first use.
-    async fn managed_onnx(&self, log: &Path) -> Result<OnnxSetup, EnvError> {
+    /// The environment gyrus manages for `runtime`, installed on first use.
+    async fn managed(
+        &self,
+        runtime: &'static Runtime,
+        log: &Path,
+    ) -> Result<RuntimeSetup, EnvError> {
         let base = self.base()?.clone();
         let mut h = Sha256::new();
         h.update(base.executable.as_os_str().as_encoded_bytes());
         h.update(base.version.as_bytes());
         let key = format!(
-            "onnxruntime-{ONNXRUNTIME_VERSION}-{}",
+            "{}-{}-{}",
+            runtime.package,
+            runtime.version,
             &hex::encode(h.finalize())[..8]
         );
         let env_dir = self.home.root().join("runtime").join(&key);
         let python = env_dir.join("bin").join("python");
         let found = |dir: &Path| {
-            library_in_env(dir).map(|library| OnnxSetup {
+            runtime.library_in_env(dir).map(|library| RuntimeSetup {
                 python: python.clone(),
                 library,
             })
@@ -184,21 +196,24 @@ impl PythonEnvs {
         crate::logs::append(
             log,
             &format!(
-                "installing ONNX Runtime {ONNXRUNTIME_VERSION} and numpy into {} (first use only)",
+                "installing {} ({}) and numpy into {} (first use only)",
+                runtime.name,
+                runtime.requirement(),
                 env_dir.display()
             ),
         );
-        let packages = [
-            format!("onnxruntime=={ONNXRUNTIME_VERSION}"),
-            "numpy".to_string(),
-        ];
+        let packages = [runtime.requirement(), "numpy".to_string()];
         let parent = env_dir.parent().unwrap_or(&env_dir).to_path_buf();
         let result = build_env(&base, &env_dir, Install::Packages(&packages), &parent, log).await;
         match result {
             Ok(()) => {}
             Err(EnvError::InstallFailed { status, output }) => {
                 let _ = std::fs::remove_dir_all(&env_dir);
-                return Err(EnvError::OnnxInstallFailed { status, output });
+                return Err(EnvError::RuntimeInstallFailed {
+                    runtime,
+                    status,
+                    output,
+                });
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&env_dir);
@@ -207,8 +222,10 @@ impl PythonEnvs {
         }
         let setup = found(&env_dir).ok_or_else(|| {
             EnvError::Io(format!(
-                "onnxruntime was installed into {} but libonnxruntime.so was not found in it",
-                env_dir.display()
+                "{} was installed into {} but {} was not found in it",
+                runtime.package,
+                env_dir.display(),
+                runtime.library_file
             ))
         })?;
         std::fs::write(env_dir.join(COMPLETE_MARKER), b"")
@@ -317,37 +334,21 @@ fn find_uv(base: &BasePython) -> Option<PathBuf> {
     })
 }
 
-/// `libonnxruntime.so.*` inside an environment's onnxruntime package, if it is new enough for
-/// the engine.
-fn library_in_env(python_or_env: &Path) -> Option<PathBuf> {
-    // An interpreter path is `<env>/bin/python`.
-    let env = if python_or_env.ends_with("bin/python") {
-        python_or_env.parent()?.parent()?
-    } else {
-        python_or_env
-    };
-    let lib = std::fs::read_dir(env.join("lib")).ok()?;
-    for entry in lib.flatten() {
-        let capi = entry.path().join("site-packages/onnxruntime/capi");
-        let Ok(files) = std::fs::read_dir(&capi) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let path = f.path();
-            let Some(version) = gyrus_engine::library_version(&path) else {
-                continue;
-            };
-            if (version.0, version.1) >= gyrus_engine::MIN_LIBRARY_VERSION {
-                return Some(path);
-            }
-        }
+/// The library named by `runtime`'s override variable, if set (it must exist).
+fn given_library(runtime: &'static Runtime) -> Result<Option<PathBuf>, EnvError> {
+    match std::env::var_os(runtime.override_var).filter(|s| !s.is_empty()) {
+        Some(p) if Path::new(&p).is_file() => Ok(Some(PathBuf::from(p))),
+        Some(p) => Err(EnvError::BadLibraryPath {
+            runtime,
+            path: p.to_string_lossy().into_owned(),
+        }),
+        None => Ok(None),
     }
-    None
 }
 
 /// What to install into a new environment.
 enum Install<'a> {
-    /// A project's requirements.txt, plus packages gyrus adds (numpy for ONNX predictors).
+    /// A project's requirements.txt, plus packages gyrus adds (numpy for model predictors).
     Requirements(&'a Path, &'a [String]),
     Packages(&'a [String]),
 }

@@ -203,7 +203,7 @@ async fn save(
     let log = app.home.logs().join("models.log");
     let library = app
         .envs
-        .onnx_library(&log)
+        .runtime_library(&crate::pyenv::ONNX_RUNTIME, &log)
         .await
         .map_err(|e| DaemonError::Internal(format!("preparing ONNX Runtime: {e}")))?;
     let output = tokio::process::Command::new(&app.self_exe)

@@ -143,19 +143,32 @@ impl Supervisor {
         };
 
         let project_dir = PathBuf::from(&stored.project_dir);
-        controller.set_message(generation, "preparing the python environment");
-        let resolved = if spec.predictor.kind == PredictorType::Onnx {
-            self.envs
-                .resolve_onnx(&project_dir, spec.predictor.path.is_some(), &log)
-                .await
-                .map(|s| (s.python, Some(s.library)))
-        } else {
-            self.envs
-                .resolve(&project_dir, &log)
-                .await
-                .map(|p| (p, None))
+        let runtime = match spec.predictor.kind {
+            PredictorType::Onnx => Some(&crate::pyenv::ONNX_RUNTIME),
+            PredictorType::Tensorflow => Some(&crate::pyenv::TENSORFLOW),
+            PredictorType::Python => None,
         };
-        let (python, onnx_library) = match resolved {
+        let resolved = match runtime {
+            Some(runtime) => {
+                let message = match spec.predictor.path {
+                    Some(_) => format!("preparing {} and the python environment", runtime.name),
+                    None => format!("preparing {}", runtime.name),
+                };
+                controller.set_message(generation, &message);
+                self.envs
+                    .resolve_runtime(runtime, &project_dir, spec.predictor.path.is_some(), &log)
+                    .await
+                    .map(|s| (s.python, Some(s.library)))
+            }
+            None => {
+                controller.set_message(generation, "preparing the python environment");
+                self.envs
+                    .resolve(&project_dir, &log)
+                    .await
+                    .map(|p| (p, None))
+            }
+        };
+        let (python, library) = match resolved {
             Ok(p) => p,
             Err(e) => {
                 fail(e.to_string());
@@ -191,7 +204,15 @@ impl Supervisor {
         if controller.is_superseded(generation) {
             return None;
         }
-        match launch_plan(&stored, spec, python, onnx_library, &project_dir, resolved) {
+        let (onnx_library, tensorflow_library) = match spec.predictor.kind {
+            PredictorType::Tensorflow => (None, library),
+            _ => (library, None),
+        };
+        let libraries = Libraries {
+            onnx: onnx_library,
+            tensorflow: tensorflow_library,
+        };
+        match launch_plan(&stored, spec, python, libraries, &project_dir, resolved) {
             Ok(plan) => Some(plan),
             Err(e) => {
                 fail(e);
@@ -337,13 +358,19 @@ impl Supervisor {
     }
 }
 
+/// The runtime libraries a version loads its models with.
+struct Libraries {
+    onnx: Option<PathBuf>,
+    tensorflow: Option<PathBuf>,
+}
+
 /// The launch plan of a prepared version: its environment (`.env`, `predictor.env`,
 /// `PYTHONPATH` with `python_path`) and its models.
 fn launch_plan(
     stored: &StoredApi,
     spec: Arc<ApiSpec>,
     python: PathBuf,
-    onnx_library: Option<PathBuf>,
+    libraries: Libraries,
     project_dir: &Path,
     resolved: ResolvedModels,
 ) -> Result<Generation, String> {
@@ -376,23 +403,35 @@ fn launch_plan(
     };
     env.retain(|(k, _)| k != "PYTHONPATH");
     env.push(("PYTHONPATH".into(), pythonpath));
+    // TensorFlow logs every model load and its CPU features at INFO on stderr; warnings and
+    // errors are what belongs in the API's log. The user's own setting wins.
+    if spec.predictor.kind == PredictorType::Tensorflow
+        && !env.iter().any(|(k, _)| k == "TF_CPP_MIN_LOG_LEVEL")
+    {
+        env.push(("TF_CPP_MIN_LOG_LEVEL".into(), "1".into()));
+    }
     Ok(Generation {
         generation: stored.generation,
         stored: stored.clone(),
         v2_models: if spec.predictor.path.is_none() {
-            models.iter().map(|(name, _)| name.clone()).collect()
+            models.iter().map(|m| m.name.clone()).collect()
         } else {
             Vec::new()
         },
         models: models
             .into_iter()
-            .map(|(name, path)| ModelFile { name, path })
+            .map(|m| ModelFile {
+                name: m.name,
+                path: m.path,
+                signature_key: m.signature_key,
+            })
             .collect(),
         spec,
         project_dir: project_dir.to_path_buf(),
         python,
         env,
         model_path,
-        onnx_library,
+        onnx_library: libraries.onnx,
+        tensorflow_library: libraries.tensorflow,
     })
 }

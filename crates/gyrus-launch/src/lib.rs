@@ -28,10 +28,13 @@ pub struct ReplicaLaunch {
     pub lib_dir: PathBuf,
     /// Absolute local path of `predictor.model`, if the API has one.
     pub model_path: Option<PathBuf>,
-    /// The models to load into the engine (ONNX predictors).
+    /// The models to load into the engine (ONNX and TensorFlow predictors).
     pub models: Vec<ModelFile>,
-    /// `libonnxruntime`, for replicas that load models.
+    /// `libonnxruntime`, for replicas that load ONNX models.
     pub onnx_library: Option<PathBuf>,
+    /// `libtensorflow_cc.so.2`, for replicas that load SavedModels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensorflow_library: Option<PathBuf>,
     /// Set for a batch API's job worker: the job it works for. Such a replica serves the
     /// daemon's batch calls (`POST /_batch/<batch id>`, `POST /_job_complete`), not users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,11 +65,15 @@ pub struct JobLaunch {
     pub job_spec: serde_json::Value,
 }
 
-/// One model for the engine: the name it is served under and its local file.
+/// One model for the engine: the name it is served under and its local file (ONNX) or
+/// directory (a SavedModel, or one with integer version directories).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelFile {
     pub name: String,
     pub path: PathBuf,
+    /// The SavedModel signature to serve (`signature_key`); `None` for the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key: Option<String>,
 }
 
 /// One line on a replica's stdout.

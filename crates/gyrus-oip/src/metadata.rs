@@ -52,9 +52,9 @@ impl From<&TensorInfo> for TensorMetadata {
 pub struct ModelMetadata {
     /// The model's name as clients address it.
     pub name: String,
-    /// The versions served; gyrus serves one, `1`.
+    /// The versions served; gyrus serves one per model.
     pub versions: Vec<String>,
-    /// Triton's platform name for ONNX Runtime models, `onnxruntime_onnx`.
+    /// Triton's platform name: `onnxruntime_onnx`, `tensorflow_savedmodel`.
     pub platform: String,
     /// The model's inputs, in its order.
     pub inputs: Vec<TensorMetadata>,
@@ -63,12 +63,17 @@ pub struct ModelMetadata {
 }
 
 impl ModelMetadata {
-    /// The metadata of an ONNX model with this signature.
-    pub fn from_signature(name: &str, signature: &ModelSignature) -> ModelMetadata {
+    /// The metadata of a model serving `version` on `platform` with this signature.
+    pub fn from_signature(
+        name: &str,
+        version: &str,
+        platform: &str,
+        signature: &ModelSignature,
+    ) -> ModelMetadata {
         ModelMetadata {
             name: name.to_owned(),
-            versions: vec!["1".to_owned()],
-            platform: "onnxruntime_onnx".to_owned(),
+            versions: vec![version.to_owned()],
+            platform: platform.to_owned(),
             inputs: signature.inputs.iter().map(TensorMetadata::from).collect(),
             outputs: signature.outputs.iter().map(TensorMetadata::from).collect(),
         }
@@ -81,8 +86,16 @@ pub fn server_metadata(version: &str) -> serde_json::Value {
 }
 
 /// The `GET /v2/models/<model>` body for a model with this signature.
-pub fn model_metadata(name: &str, signature: &ModelSignature) -> serde_json::Value {
-    serde_json::to_value(ModelMetadata::from_signature(name, signature)).unwrap_or_default()
+pub fn model_metadata(
+    name: &str,
+    version: &str,
+    platform: &str,
+    signature: &ModelSignature,
+) -> serde_json::Value {
+    serde_json::to_value(ModelMetadata::from_signature(
+        name, version, platform, signature,
+    ))
+    .unwrap_or_default()
 }
 
 /// An error body, `{"error": "message"}`, as the protocol (and every gyrus endpoint) sends it.
@@ -131,7 +144,7 @@ mod tests {
                 },
             ],
         };
-        let value = model_metadata("iris", &signature);
+        let value = model_metadata("iris", "1", "onnxruntime_onnx", &signature);
         assert_eq!(
             value,
             json!({
@@ -146,7 +159,10 @@ mod tests {
             })
         );
         let back: ModelMetadata = serde_json::from_value(value).unwrap();
-        assert_eq!(back, ModelMetadata::from_signature("iris", &signature));
+        assert_eq!(
+            back,
+            ModelMetadata::from_signature("iris", "1", "onnxruntime_onnx", &signature)
+        );
     }
 
     #[test]

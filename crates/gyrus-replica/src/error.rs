@@ -159,6 +159,7 @@ mod tests {
         let version = InferenceError::VersionNotFound {
             name: "a".into(),
             version: "2".into(),
+            served: "1".into(),
         };
         assert_eq!(status(version), 404);
         assert_eq!(status(InferenceError::Internal("x".into())), 500);

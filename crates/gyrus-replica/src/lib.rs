@@ -33,8 +33,8 @@ use axum::Router;
 use gyrus_engine::{Model, ModelSet, SessionConfig};
 use gyrus_launch::{ModelFile, ReplicaEvent, ReplicaLaunch};
 use gyrus_runtime::{
-    InferenceService, ModelInfo, OnnxBackend, PredictRequest, RuntimeError, ServiceConfig,
-    WorkerConfig, WorkerPool,
+    Backend, InferenceService, ModelInfo, OnnxBackend, PredictRequest, RuntimeError, ServiceConfig,
+    TensorflowBackend, WorkerConfig, WorkerPool,
 };
 use gyrus_spec::{ApiSpec, OnnxOptions};
 use tokio::io::AsyncReadExt;
@@ -77,6 +77,8 @@ pub enum ReplicaError {
     Engine(#[from] gyrus_engine::EngineError),
     #[error("predictor.type is onnx but the replica was given no ONNX Runtime library")]
     NoOnnxLibrary,
+    #[error("predictor.type is tensorflow but the replica was given no TensorFlow library")]
+    NoTensorflowLibrary,
     #[error("cannot start the inference engine thread: {0}")]
     EngineThread(std::io::Error),
     #[error("predictor.type {0} without predictor.path: this replica has nothing to serve")]
@@ -182,7 +184,7 @@ async fn load_models(opts: &ReplicaLaunch, spec: &ApiSpec) -> Result<ModelSet, R
     let loaded = tokio::task::spawn_blocking(move || {
         gyrus_engine::init_library(&library)?;
         let mut loaded = Vec::new();
-        for ModelFile { name, path } in &models {
+        for ModelFile { name, path, .. } in &models {
             let started = std::time::Instant::now();
             let mut warn = |w: String| tracing::warn!("replica {id}: warning: model {name}: {w}");
             let model = Model::load(name, path, &config, &mut warn)?;
@@ -199,6 +201,46 @@ async fn load_models(opts: &ReplicaLaunch, spec: &ApiSpec) -> Result<ModelSet, R
     .await
     .map_err(|e| ReplicaError::Serve(std::io::Error::other(e.to_string())))??;
     Ok(ModelSet::new(loaded))
+}
+
+/// Loads every SavedModel of the API, in order, on a blocking thread.
+async fn load_tensorflow_models(opts: &ReplicaLaunch) -> Result<TensorflowBackend, ReplicaError> {
+    let library = opts
+        .tensorflow_library
+        .clone()
+        .ok_or(ReplicaError::NoTensorflowLibrary)?;
+    let models = opts.models.clone();
+    let id = opts.id.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        gyrus_tensorflow::init_library(&library)?;
+        let config = gyrus_tensorflow::SessionConfig::default();
+        let mut loaded = Vec::new();
+        for m in &models {
+            let started = std::time::Instant::now();
+            let model = gyrus_tensorflow::Model::load(
+                &m.name,
+                &m.path,
+                m.signature_key.as_deref(),
+                &config,
+            )?;
+            tracing::info!(
+                "replica {id}: loaded SavedModel {} from {}{} (signature \"{}\") in {} ms",
+                m.name,
+                model.dir().display(),
+                model
+                    .version()
+                    .map(|v| format!(", version {v}"))
+                    .unwrap_or_default(),
+                model.signature_key(),
+                started.elapsed().as_millis(),
+            );
+            loaded.push(model);
+        }
+        Ok::<_, gyrus_engine::EngineError>(loaded)
+    })
+    .await
+    .map_err(|e| ReplicaError::Serve(std::io::Error::other(e.to_string())))??;
+    Ok(TensorflowBackend::new(loaded))
 }
 
 /// The models' signatures as the Python worker's `onnx_client` wants them.
@@ -219,6 +261,7 @@ fn signatures_json(models: &[ModelInfo]) -> serde_json::Value {
         .map(|m| {
             serde_json::json!({
                 "name": m.name,
+                "version": m.version,
                 "inputs": tensors(&m.signature.inputs),
                 "outputs": tensors(&m.signature.outputs),
             })
@@ -258,13 +301,21 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
     let port = listener.local_addr().map_err(ReplicaError::Bind)?.port();
     emit(&ReplicaEvent::Listening { port });
 
-    let models = if spec.predictor.kind == gyrus_spec::PredictorType::Onnx {
-        let backend = OnnxBackend::new(load_models(&opts, spec).await?);
-        let service = InferenceService::start(Arc::new(backend), ServiceConfig::default())
-            .map_err(ReplicaError::EngineThread)?;
-        Some(service)
-    } else {
-        None
+    let backend: Option<Arc<dyn Backend>> = match spec.predictor.kind {
+        gyrus_spec::PredictorType::Onnx => {
+            Some(Arc::new(OnnxBackend::new(load_models(&opts, spec).await?)))
+        }
+        gyrus_spec::PredictorType::Tensorflow => {
+            Some(Arc::new(load_tensorflow_models(&opts).await?))
+        }
+        gyrus_spec::PredictorType::Python => None,
+    };
+    let models = match backend {
+        Some(backend) => Some(
+            InferenceService::start(backend, ServiceConfig::default())
+                .map_err(ReplicaError::EngineThread)?,
+        ),
+        None => None,
     };
 
     let serving = match (&spec.predictor.path, models) {

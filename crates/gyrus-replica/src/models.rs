@@ -18,7 +18,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gyrus_engine::ShapePolicy;
 use gyrus_oip::OipError;
-use gyrus_runtime::{InferenceService, ModelInfo, MODEL_VERSION};
+use gyrus_runtime::{InferenceService, ModelInfo};
 
 use crate::error::ServeError;
 use crate::{ReplicaState, Serving, MAX_BODY_BYTES};
@@ -102,7 +102,7 @@ pub(crate) async fn model_metadata(
     Path(name): Path<String>,
 ) -> Result<Response, ServeError> {
     let (_, model) = find_model(&state, &name, None)?;
-    Ok(axum::Json(gyrus_oip::model_metadata(&model.name, &model.signature)).into_response())
+    Ok(axum::Json(metadata(model)).into_response())
 }
 
 pub(crate) async fn model_metadata_version(
@@ -110,7 +110,16 @@ pub(crate) async fn model_metadata_version(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ServeError> {
     let (_, model) = find_model(&state, &name, Some(&version))?;
-    Ok(axum::Json(gyrus_oip::model_metadata(&model.name, &model.signature)).into_response())
+    Ok(axum::Json(metadata(model)).into_response())
+}
+
+fn metadata(model: &ModelInfo) -> serde_json::Value {
+    gyrus_oip::model_metadata(
+        &model.name,
+        &model.version,
+        model.platform,
+        &model.signature,
+    )
 }
 
 pub(crate) async fn model_ready(
@@ -174,7 +183,7 @@ async fn infer_inner(
         .await?;
     let encoded = gyrus_oip::encode_infer(
         &model.name,
-        Some(MODEL_VERSION),
+        Some(&model.version),
         request.id.as_deref(),
         outputs,
         &request.outputs,

@@ -117,6 +117,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => Arc::new(Copy {
             models: vec![ModelInfo {
                 name: "m".into(),
+                version: "1".into(),
+                platform: "onnxruntime_onnx",
                 signature: ModelSignature {
                     inputs: vec![TensorInfo {
                         name: "x".into(),

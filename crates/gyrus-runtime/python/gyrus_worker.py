@@ -14,15 +14,16 @@ Frames (little-endian): ``u32 len`` (bytes after this field), ``u8 kind``, ``u64
     101 READY       worker -> replica  JSON: style, wants_query_params, wants_headers, pid
     102 INIT_FAILED worker -> replica  JSON: error, traceback (then exit 1)
     103 RESPONSE    worker -> replica  u16 status, u16 ctype_len, content type, body
-    104 INFER       worker -> replica  onnx_client.predict: model name, flags, tensors
+    104 INFER       worker -> replica  onnx_client / tensorflow_client.predict: model name,
+                                   flags, tensors
     4 INFER_RESULT  replica -> worker  output tensors
     5 INFER_ERROR   replica -> worker  u8 client_error, message
 
 Tensors are raw little-endian bytes with a dtype code and a shape (see tensor_frame.rs);
 INIT carries each model's signature under ``models``.
 
-Only the standard library is used, and numpy for ONNX predictors (whose environment always
-has it). numpy values in a prediction are converted when user code has imported numpy.
+Only the standard library is used, and numpy for ONNX and TensorFlow predictors (whose
+environment always has it). numpy values in a prediction are converted when user code has imported numpy.
 """
 
 import collections
@@ -59,6 +60,7 @@ SMALL_FRAME = 64 * 1024
 
 CONSTRUCTOR_ARGS = ("config", "api_spec", "job_spec")
 ONNX_CONSTRUCTOR_ARGS = ("onnx_client", "config", "api_spec", "job_spec")
+TENSORFLOW_CONSTRUCTOR_ARGS = ("tensorflow_client", "config", "api_spec", "job_spec")
 CLASS_PREDICT_ARGS = ("payload", "query_params", "headers")
 BATCH_PREDICT_ARGS = ("payload", "batch_id")
 FUNCTION_INIT_ARGS = ("model_path", "metadata", "config", "api_spec", "job_spec")
@@ -79,7 +81,7 @@ class InitError(Exception):
 
 
 class InvalidInput(ValueError):
-    """onnx_client.predict was given inputs that do not fit the model; answered with 400."""
+    """A model client's predict was given inputs that do not fit the model; answered with 400."""
 
 
 # The engine's dtype codes: the index in gyrus_engine::DataType::ALL.
@@ -233,6 +235,55 @@ class ONNXClient:
             at += size
             outputs.append(arr)
         return outputs
+
+
+class TensorFlowClient(ONNXClient):
+    """Cortex's ``tensorflow_client``: runs the API's SavedModels in the replica's TensorFlow
+    engine (where Cortex called TensorFlow Serving over gRPC).
+
+    ``predict`` takes a dict of signature input name to value (or the bare value when the
+    signature has one input), converts each value to the signature's dtype, and returns a dict
+    of output name to the output's values as a flat list, as TensorFlow Serving's predict
+    answered through Cortex (``int(prediction["class_ids"][0])`` keeps working).
+    """
+
+    def predict(self, model_input, model_name=None, model_version=None):
+        model = self._model(model_name)
+        name = model["name"]
+        if model_version is not None and str(model_version) not in ("highest", "latest", model["version"]):
+            raise InvalidInput(
+                f'model "{name}" has no version "{model_version}"; the version served is "{model["version"]}"'
+            )
+        plan = self._plans[name]
+        inputs = plan.inputs
+        if isinstance(model_input, dict):
+            names = plan.input_names
+            for info in inputs:
+                if info.name not in model_input:
+                    raise InvalidInput(
+                        f'missing key "{info.name}" for model "{name}"; its signature takes '
+                        + ", ".join(f'"{n}"' for n in names)
+                    )
+            for key in model_input:
+                if key not in names:
+                    raise InvalidInput(
+                        f'unknown key "{key}" for model "{name}"; its signature takes '
+                        + ", ".join(f'"{n}"' for n in names)
+                    )
+            values = [(t, model_input[t.name]) for t in inputs]
+        elif len(inputs) == 1:
+            values = [(inputs[0], model_input)]
+        else:
+            raise InvalidInput(
+                f'model "{name}" takes {len(inputs)} inputs ('
+                + ", ".join(f'"{t.name}"' for t in inputs)
+                + "); pass a dict of input name to value"
+            )
+        parts = [plan.head]
+        for info, value in values:
+            self._encode(parts, info, value)
+        outputs = self._decode(self._conn.infer(parts))
+        return {o["name"]: arr.reshape(-1).tolist() for o, arr in zip(model["outputs"], outputs)}
 
 
 class _Input:
@@ -544,10 +595,12 @@ class Predictor:
         self.config = init.get("config") or {}
         self.batch = init.get("api_kind") == "BatchAPI"
         self.on_job_complete = None
-        onnx_client = ONNXClient(conn, init["models"]) if init.get("models") else None
+        predictor_type = init.get("predictor_type") or "python"
+        client_class = TensorFlowClient if predictor_type == "tensorflow" else ONNXClient
+        model_client = client_class(conn, init["models"]) if init.get("models") else None
         path = os.path.abspath(init["predictor_path"])
         module = self._load_module(path)
-        class_name = CLASS_NAMES.get(init.get("predictor_type") or "python", "PythonPredictor")
+        class_name = CLASS_NAMES.get(predictor_type, "PythonPredictor")
         cls = getattr(module, class_name, None)
         if inspect.isclass(cls):
             self.style = "class"
@@ -555,9 +608,15 @@ class Predictor:
                 "config": self.config,
                 "api_spec": init.get("api_spec"),
                 "job_spec": init.get("job_spec"),
-                "onnx_client": onnx_client,
+                "onnx_client": model_client,
+                "tensorflow_client": model_client,
             }
-            names = ONNX_CONSTRUCTOR_ARGS if onnx_client is not None else CONSTRUCTOR_ARGS
+            if model_client is None:
+                names = CONSTRUCTOR_ARGS
+            elif predictor_type == "tensorflow":
+                names = TENSORFLOW_CONSTRUCTOR_ARGS
+            else:
+                names = ONNX_CONSTRUCTOR_ARGS
             instance = _call(cls, _plan_call(cls, f"{class_name}.__init__()", names), values)
             self.predict_fn = getattr(instance, "predict", None)
             if not callable(self.predict_fn):

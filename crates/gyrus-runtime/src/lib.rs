@@ -7,9 +7,9 @@
 //! processes, balances requests over them and restarts the ones that die.
 //!
 //! Models run in an [`InferenceService`] (module `inference`): a [`Backend`] (ONNX Runtime's
-//! [`OnnxBackend`]) on a dedicated engine thread, off the replica's I/O thread. The replica's
-//! model API and the workers' `onnx_client` (INFER frames, module `tensor_frame`) both go
-//! through it.
+//! [`OnnxBackend`], TensorFlow's [`TensorflowBackend`]) on a dedicated engine thread, off the
+//! replica's I/O thread. The replica's model API and the workers' `onnx_client` and
+//! `tensorflow_client` (INFER frames, module `tensor_frame`) all go through it.
 //!
 //! ```no_run
 //! # async fn demo(config: gyrus_runtime::WorkerConfig) -> Result<(), gyrus_runtime::RuntimeError> {
@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 pub use error::RuntimeError;
 pub use inference::{
     Backend, ErrorKind, InferenceError, InferenceService, ModelInfo, OnnxBackend, ServiceConfig,
-    DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
+    TensorflowBackend, DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
 };
 pub use pool::WorkerPool;
 pub use tensor_frame::InferCall;

@@ -39,6 +39,8 @@ fn info(name: &str) -> ModelInfo {
     };
     ModelInfo {
         name: name.into(),
+        version: "1".into(),
+        platform: "onnxruntime_onnx",
         signature: ModelSignature {
             inputs: vec![tensor("x")],
             outputs: vec![tensor("y")],

@@ -89,6 +89,19 @@ pub struct PredictorSpec {
     pub onnx: Option<OnnxOptions>,
     /// `s3`: where `s3://` models come from when it is not AWS (an S3-compatible server).
     pub s3: Option<S3Options>,
+    /// `signature_key`: the SavedModel signature served for `model` (TensorFlow predictors;
+    /// default: `serving_default`, else the model's only signature).
+    pub signature_key: Option<String>,
+    /// `server_side_batching` (Cortex): group requests for Python and TensorFlow predictors.
+    pub server_side_batching: Option<ServerSideBatching>,
+}
+
+/// `predictor.server_side_batching`, as Cortex defined it: requests that arrive within
+/// `batch_interval` are grouped, up to `max_batch_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSideBatching {
+    pub max_batch_size: u32,
+    pub batch_interval: DurationSpec,
 }
 
 /// `predictor.s3`: overrides `AWS_ENDPOINT_URL` and `AWS_REGION` for this API's `s3://` models.
@@ -362,6 +375,10 @@ struct PredictorOut<'a> {
     execution_providers: Option<ProvidersOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     s3: &'a Option<S3Options>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature_key: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_side_batching: &'a Option<ServerSideBatching>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +398,10 @@ struct PredictorIn {
     execution_providers: Option<Option<Vec<ExecutionProviderName>>>,
     #[serde(default)]
     s3: Option<S3Options>,
+    #[serde(default)]
+    signature_key: Option<String>,
+    #[serde(default)]
+    server_side_batching: Option<ServerSideBatching>,
 }
 
 fn present_providers<'de, D: Deserializer<'de>>(
@@ -425,6 +446,8 @@ impl Serialize for PredictorSpec {
             }),
             execution_providers: onnx.map(|o| ProvidersOut(&o.execution_providers)),
             s3: &self.s3,
+            signature_key: &self.signature_key,
+            server_side_batching: &self.server_side_batching,
         }
         .serialize(serializer)
     }
@@ -458,6 +481,8 @@ impl<'de> Deserialize<'de> for PredictorSpec {
             env: p.env,
             onnx,
             s3: p.s3,
+            signature_key: p.signature_key,
+            server_side_batching: p.server_side_batching,
         })
     }
 }
@@ -467,6 +492,10 @@ impl<'de> Deserialize<'de> for PredictorSpec {
 pub struct ModelsSpec {
     pub paths: Vec<NamedModel>,
     pub dir: Option<String>,
+    /// `models.signature_key`: the SavedModel signature of every model that does not name its
+    /// own (TensorFlow predictors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,6 +503,9 @@ pub struct NamedModel {
     pub name: String,
     /// A URL or a local path, like [`PredictorSpec::model`].
     pub model: String,
+    /// The SavedModel signature to serve (TensorFlow predictors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,6 +71,8 @@ fn python_predictor() -> PredictorSpec {
         env: BTreeMap::new(),
         onnx: None,
         s3: None,
+        signature_key: None,
+        server_side_batching: None,
     }
 }
 
@@ -176,6 +178,8 @@ fn seed_config_templates_with_every_field_parse() {
             .collect(),
             onnx: None,
             s3: None,
+            signature_key: None,
+            server_side_batching: None,
         },
         tracker: Some(TrackerSpec {
             key: Some("label".into()),
@@ -398,14 +402,17 @@ fn models_as_a_list_with_aliases() {
             paths: vec![
                 NamedModel {
                     name: "iris-a".into(),
-                    model: "s3://bucket/a.onnx".into()
+                    model: "s3://bucket/a.onnx".into(),
+                    signature_key: None,
                 },
                 NamedModel {
                     name: "iris-b".into(),
-                    model: "models/iris.onnx".into()
+                    model: "models/iris.onnx".into(),
+                    signature_key: None,
                 },
             ],
             dir: None,
+            signature_key: None,
         })
     );
     assert_eq!(api.predictor.model, None);
@@ -438,7 +445,8 @@ fn models_as_a_mapping() {
         api.predictor.models,
         Some(ModelsSpec {
             paths: vec![],
-            dir: Some("models".into())
+            dir: Some("models".into()),
+            signature_key: None,
         })
     );
     let api = load_one(
@@ -1044,4 +1052,49 @@ fn to_yaml_prints_the_onnx_options() {
     assert_eq!(back, value, "{text}");
     let specs: Vec<ApiSpec> = serde_json::from_value(back).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(specs, apis);
+}
+
+#[test]
+fn tensorflow_signature_keys_and_server_side_batching() {
+    let api = load_one(
+        "\
+- name: iris
+  predictor:
+    type: tensorflow
+    path: predictor.py
+    model: s3://bucket/iris/
+    signature_key: predict
+    server_side_batching:
+      max_batch_size: 8
+      batch_interval: 100ms
+",
+    );
+    assert_eq!(api.predictor.signature_key.as_deref(), Some("predict"));
+    let batching = api.predictor.server_side_batching.unwrap();
+    assert_eq!(batching.max_batch_size, 8);
+    assert_eq!(batching.batch_interval.as_duration(), std::time::Duration::from_millis(100));
+    let back: ApiSpec = serde_json::from_value(serde_json::to_value(&api).unwrap()).unwrap();
+    assert_eq!(back, api);
+
+    let api = load_one(
+        "\
+- name: multi
+  predictor:
+    type: tensorflow
+    models:
+      signature_key: serving_default
+      paths:
+        - name: a
+          model_path: s3://bucket/a/
+          signature_key: predict
+        - name: b
+          model_path: s3://bucket/b/
+",
+    );
+    let models = api.predictor.models.clone().unwrap();
+    assert_eq!(models.signature_key.as_deref(), Some("serving_default"));
+    assert_eq!(models.paths[0].signature_key.as_deref(), Some("predict"));
+    assert_eq!(models.paths[1].signature_key, None);
+    let back: ApiSpec = serde_json::from_value(serde_json::to_value(&api).unwrap()).unwrap();
+    assert_eq!(back, api);
 }

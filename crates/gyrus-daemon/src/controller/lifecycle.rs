@@ -71,6 +71,7 @@ impl ApiController {
                 model_path: plan.model_path.clone(),
                 models: plan.models.clone(),
                 onnx_library: plan.onnx_library.clone(),
+                tensorflow_library: plan.tensorflow_library.clone(),
                 job: None,
                 handoff: None,
             },

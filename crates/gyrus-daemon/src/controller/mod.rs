@@ -97,12 +97,14 @@ pub struct Generation {
     /// The predictor's environment.
     pub env: Vec<(String, String)>,
     pub model_path: Option<PathBuf>,
-    /// The engine's models (ONNX APIs).
+    /// The engine's models (ONNX and TensorFlow APIs).
     pub models: Vec<ModelFile>,
     /// Model names the gateway routes Open Inference Protocol requests for: a model API's
     /// models (an ONNXPredictor's models are reached through its predictor only).
     pub v2_models: Vec<String>,
     pub onnx_library: Option<PathBuf>,
+    /// `libtensorflow_cc.so.2`, for TensorFlow APIs.
+    pub tensorflow_library: Option<PathBuf>,
 }
 
 /// A deployment that failed while an older one kept serving.

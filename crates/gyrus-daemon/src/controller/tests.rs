@@ -239,6 +239,7 @@ fn plan(generation: u64, spec: Arc<ApiSpec>) -> Generation {
         models: Vec::new(),
         v2_models: Vec::new(),
         onnx_library: None,
+        tensorflow_library: None,
     }
 }
 

@@ -347,6 +347,7 @@ impl JobRun {
                 model_path: plan.model_path.clone(),
                 models: plan.models.clone(),
                 onnx_library: plan.onnx_library.clone(),
+                tensorflow_library: plan.tensorflow_library.clone(),
                 handoff: None,
                 job: Some(JobLaunch {
                     job_id: self.job.job_id.clone(),

@@ -1,5 +1,5 @@
-//! The [`Backend`] trait: what the inference service needs from a model runtime (ONNX Runtime
-//! today, TensorFlow later), and [`ModelInfo`], a served model as callers see it.
+//! The [`Backend`] trait: what the inference service needs from a model runtime (ONNX Runtime,
+//! TensorFlow), and [`ModelInfo`], a served model as callers see it.
 //!
 //! Loading is not part of the trait: it is each implementation's constructor, run before the
 //! service starts (for ONNX Runtime, [`gyrus_engine::Model::load`] for each model, gathered in
@@ -10,10 +10,16 @@ use gyrus_engine::{ModelSignature, ShapePolicy, Tensor};
 
 use super::InferenceError;
 
-/// One served model: its name (what requests address it by) and its signature.
+/// One served model: its name (what requests address it by), the version served and its
+/// signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
     pub name: String,
+    /// The version the Open Inference Protocol reports and accepts: a TensorFlow model's
+    /// version directory, else [`MODEL_VERSION`](super::MODEL_VERSION).
+    pub version: String,
+    /// The runtime, by Triton's platform names (`onnxruntime_onnx`, `tensorflow_savedmodel`).
+    pub platform: &'static str,
     pub signature: ModelSignature,
 }
 

@@ -7,8 +7,6 @@
 
 use gyrus_engine::EngineError;
 
-use super::MODEL_VERSION;
-
 /// What kind of failure an [`InferenceError`] is, for the protocol layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -48,10 +46,12 @@ pub enum InferenceError {
         available: Vec<String>,
     },
     /// A request was addressed to a version of a model that does not exist.
-    #[error(
-        "model \"{name}\" has no version \"{version}\"; its only version is \"{MODEL_VERSION}\""
-    )]
-    VersionNotFound { name: String, version: String },
+    #[error("model \"{name}\" has no version \"{version}\"; the version served is \"{served}\"")]
+    VersionNotFound {
+        name: String,
+        version: String,
+        served: String,
+    },
     /// The request's tensors do not fit the model's signature.
     #[error("{0}")]
     InvalidInput(String),
@@ -161,11 +161,12 @@ mod tests {
         let version = InferenceError::VersionNotFound {
             name: "a".into(),
             version: "2".into(),
+            served: "1".into(),
         };
         assert_eq!(version.kind(), ErrorKind::NotFound);
         assert_eq!(
             version.to_string(),
-            "model \"a\" has no version \"2\"; its only version is \"1\""
+            "model \"a\" has no version \"2\"; the version served is \"1\""
         );
         assert!(version.is_client_error());
         let overloaded = InferenceError::Overloaded { capacity: 4 };

@@ -2,7 +2,8 @@
 //!
 //! - [`Backend`] (module `backend`): what a model runtime gives the replica: its models' names
 //!   and signatures, and `infer` on [`Tensor`](gyrus_engine::Tensor)s. ONNX Runtime implements
-//!   it ([`OnnxBackend`], module `onnx`); TensorFlow will.
+//!   it ([`OnnxBackend`], module `onnx`), and so does TensorFlow ([`TensorflowBackend`], module
+//!   `tensorflow`).
 //! - [`InferenceService`] (module `service`): owns a backend on a dedicated engine thread fed
 //!   by a bounded queue, so that inference never runs on the replica's I/O thread. Both the
 //!   replica's model API (HTTP handlers, [`InferenceService::infer`]) and the Python workers'
@@ -18,6 +19,7 @@ mod error;
 mod onnx;
 mod queue;
 mod service;
+mod tensorflow;
 
 pub use backend::{Backend, ModelInfo};
 pub use error::{ErrorKind, InferenceError};
@@ -25,3 +27,4 @@ pub use onnx::OnnxBackend;
 pub use service::{
     InferenceService, ServiceConfig, DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
 };
+pub use tensorflow::TensorflowBackend;

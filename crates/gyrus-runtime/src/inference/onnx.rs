@@ -20,6 +20,8 @@ impl OnnxBackend {
             .iter()
             .map(|m| ModelInfo {
                 name: m.name().to_string(),
+                version: super::MODEL_VERSION.to_string(),
+                platform: "onnxruntime_onnx",
                 signature: m.signature().clone(),
             })
             .collect();

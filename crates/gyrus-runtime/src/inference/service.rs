@@ -85,7 +85,8 @@ impl Default for ServiceConfig {
     }
 }
 
-/// The only version every model has (versions will come from the model store).
+/// The version of a model that has no versions (ONNX models; SavedModels without version
+/// directories).
 pub const MODEL_VERSION: &str = "1";
 
 /// A [`Backend`] served by a dedicated engine thread. See the module documentation.
@@ -181,7 +182,7 @@ impl InferenceService {
 
     /// The model a request is addressed to (the Open Inference Protocol's
     /// `/v2/models/<name>[/versions/<version>]`): exactly `name`, and `version` if given must
-    /// be [`MODEL_VERSION`]. Failures are [`ErrorKind::NotFound`](super::ErrorKind::NotFound).
+    /// be the version it serves. Failures are [`ErrorKind::NotFound`](super::ErrorKind::NotFound).
     pub fn find(&self, name: &str, version: Option<&str>) -> Result<&ModelInfo, InferenceError> {
         let model = self
             .models()
@@ -192,9 +193,10 @@ impl InferenceService {
                 available: self.names(),
             })?;
         match version {
-            Some(v) if v != MODEL_VERSION => Err(InferenceError::VersionNotFound {
+            Some(v) if v != model.version => Err(InferenceError::VersionNotFound {
                 name: name.to_string(),
                 version: v.to_string(),
+                served: model.version.clone(),
             }),
             _ => Ok(model),
         }

@@ -31,7 +31,11 @@ pub(super) fn models(
         Some(f) => match f.node {
             Node::Sequence(list) => {
                 match model_entries(ctx, list, &f.path, "predictor.models[]", schema) {
-                    Some(paths) => Got::Set(f.spanned(ModelsSpec { paths, dir: None })),
+                    Some(paths) => Got::Set(f.spanned(ModelsSpec {
+                        paths,
+                        dir: None,
+                        signature_key: None,
+                    })),
                     None => Got::Invalid,
                 }
             }
@@ -78,6 +82,7 @@ fn models_mapping(ctx: &mut Ctx<'_>, sec: &Section<'_>, schema: &Schema) -> Opti
     };
     let dir = sec.string(ctx, "dir");
     let dir = model_location(ctx, dir, Need::Dir);
+    let signature_key = signature_key(ctx, sec);
     match (&paths, &dir) {
         (Got::Absent, Got::Absent) => {
             ctx.error(sec.at, &sec.path, "expected paths or dir");
@@ -96,6 +101,7 @@ fn models_mapping(ctx: &mut Ctx<'_>, sec: &Section<'_>, schema: &Schema) -> Opti
         _ => Some(ModelsSpec {
             paths: paths.value().unwrap_or_default(),
             dir: dir.value(),
+            signature_key: signature_key.value(),
         }),
     }
 }
@@ -167,9 +173,26 @@ fn model_entries(
             (Got::Set(m), Got::Absent) | (Got::Absent, Got::Set(m)) => Got::Set(m),
         };
         let model = model_location(ctx, model, Need::Model);
+        let signature_key = signature_key(ctx, &sec);
         if let (Some(name), Some(model)) = (name, model.value()) {
-            entries.push(NamedModel { name, model });
+            entries.push(NamedModel {
+                name,
+                model,
+                signature_key: signature_key.value(),
+            });
         }
     }
     (ctx.errors.len() == errors_before).then_some(entries)
+}
+
+/// `signature_key`: a SavedModel signature's name (checked against the model at deploy).
+pub(super) fn signature_key(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Got<String> {
+    let key = s.string(ctx, "signature_key");
+    verdict(ctx, key, |k| {
+        if k.trim().is_empty() {
+            Err("must name a signature of the SavedModel, like serving_default".to_string())
+        } else {
+            Ok(())
+        }
+    })
 }

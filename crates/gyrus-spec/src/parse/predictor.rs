@@ -1,19 +1,20 @@
 //! The `predictor` section of both formats: its type, the Python file and path, the free-form
-//! `config` / `metadata`, `env`, and the `s3` options; models and ONNX options are read by
-//! their own modules.
+//! `config` / `metadata`, `env`, the `s3` options, `signature_key` and Cortex's
+//! `server_side_batching`; models and ONNX options are read by their own modules.
 
 use std::collections::BTreeMap;
 
 use marked_yaml::Node;
 
-use crate::spec::{PredictorSpec, PredictorType, S3Options};
+use crate::spec::{PredictorSpec, PredictorType, S3Options, ServerSideBatching};
+use crate::units::DurationSpec;
 use crate::validate::{self, Need};
-use crate::walker::{Ctx, Got, Schema, Section};
+use crate::walker::{Ctx, Got, IntRange, Schema, Section};
 use crate::yaml::{classify, describe, node_pos, quote, span_pos, to_json, Scalar};
 
-use super::models::{model_location, models};
+use super::models::{model_location, models, signature_key};
 use super::onnx::{onnx_options, OnnxDraft};
-use super::schema::S3_SECTION;
+use super::schema::{S3_SECTION, SERVER_SIDE_BATCHING};
 use super::verdict;
 
 /// A current-format predictor, and its ONNX options for an ONNX predictor (resolved once
@@ -43,19 +44,53 @@ pub(super) fn predictor_current(
     let env = env(ctx, s);
     let onnx = onnx_options(ctx, s, schema, kind.value());
     let s3 = s3_options(ctx, s, schema);
+    let signature = signature_key(ctx, s);
+    let batching = server_side_batching(ctx, s, schema);
     let kind = kind.value()?;
     match kind {
         PredictorType::Python if matches!(path, Got::Absent) => {
             s.missing(ctx, "path", "required when predictor.type is python");
         }
-        PredictorType::Onnx if matches!((&model, &models), (Got::Absent, Got::Absent)) => {
+        PredictorType::Onnx | PredictorType::Tensorflow
+            if matches!((&model, &models), (Got::Absent, Got::Absent)) =>
+        {
             s.missing(
                 ctx,
                 "model",
-                "required when predictor.type is onnx (set model or models)",
+                &format!("required when predictor.type is {kind} (set model or models)"),
             );
         }
         _ => {}
+    }
+    if kind != PredictorType::Tensorflow {
+        let in_models = models.set().filter(|m| {
+            m.value.signature_key.is_some()
+                || m.value.paths.iter().any(|p| p.signature_key.is_some())
+        });
+        if let Some(k) = signature.set() {
+            ctx.error(
+                k.at,
+                &k.path,
+                format!("applies to tensorflow predictors only; this predictor is {kind}"),
+            );
+        } else if let Some(m) = in_models {
+            ctx.error(
+                m.at,
+                &m.path,
+                format!(
+                    "signature_key applies to tensorflow predictors only; this predictor is {kind}"
+                ),
+            );
+        }
+    }
+    if kind == PredictorType::Onnx {
+        if let Some(b) = batching.set() {
+            ctx.error(
+                b.at,
+                &b.path,
+                "applies to python and tensorflow predictors, as in Cortex",
+            );
+        }
     }
     let spec = PredictorSpec {
         kind,
@@ -67,8 +102,52 @@ pub(super) fn predictor_current(
         env,
         onnx: None,
         s3,
+        signature_key: signature.value(),
+        server_side_batching: batching.value(),
     };
     Some((spec, onnx))
+}
+
+/// `server_side_batching: {max_batch_size, batch_interval}`, both required.
+fn server_side_batching(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_>,
+    schema: &Schema,
+) -> Got<ServerSideBatching> {
+    let Some(f) = s.get("server_side_batching") else {
+        return Got::Absent;
+    };
+    let Some(sec) = s.child(ctx, "server_side_batching", SERVER_SIDE_BATCHING.0, schema) else {
+        return Got::Invalid;
+    };
+    let max = sec.int(ctx, "max_batch_size", IntRange::between(1, 65536));
+    let interval = sec.unit::<DurationSpec>(ctx, "batch_interval");
+    let interval = interval.check(
+        ctx,
+        |d| !d.as_duration().is_zero(),
+        "must be longer than 0, like 100ms",
+    );
+    if matches!(max, Got::Absent) {
+        sec.missing(
+            ctx,
+            "max_batch_size",
+            "required: the most requests in one batch",
+        );
+    }
+    if matches!(interval, Got::Absent) {
+        sec.missing(
+            ctx,
+            "batch_interval",
+            "required: how long a batch waits to fill, like 100ms",
+        );
+    }
+    match (max.value(), interval.value()) {
+        (Some(max_batch_size), Some(batch_interval)) => Got::Set(f.spanned(ServerSideBatching {
+            max_batch_size,
+            batch_interval,
+        })),
+        _ => Got::Invalid,
+    }
 }
 
 /// `s3: {endpoint_url, region}` for `s3://` models on S3-compatible servers.
@@ -124,6 +203,8 @@ pub(super) fn predictor_legacy(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Option<Pre
         env: BTreeMap::new(),
         onnx: None,
         s3: None,
+        signature_key: None,
+        server_side_batching: None,
     })
 }
 

@@ -31,7 +31,14 @@ const PREDICTOR_KEYS: &[&str] = &[
     "session_options",
     "execution_providers",
     "s3",
+    "signature_key",
+    "server_side_batching",
 ];
+
+pub(super) const SERVER_SIDE_BATCHING: (&str, &[&str]) = (
+    "predictor.server_side_batching",
+    &["max_batch_size", "batch_interval"],
+);
 
 pub(super) const S3_SECTION: (&str, &[&str]) = ("predictor.s3", &["endpoint_url", "region"]);
 
@@ -46,9 +53,15 @@ pub(super) const SESSION_OPTIONS: (&str, &[&str]) = (
 );
 
 const MODELS_SECTIONS: [(&str, &[&str]); 3] = [
-    ("predictor.models", &["paths", "dir"]),
-    ("predictor.models[]", &["name", "model", "model_path"]),
-    ("predictor.models.paths[]", &["name", "model_path", "model"]),
+    ("predictor.models", &["paths", "dir", "signature_key"]),
+    (
+        "predictor.models[]",
+        &["name", "model", "model_path", "signature_key"],
+    ),
+    (
+        "predictor.models.paths[]",
+        &["name", "model_path", "model", "signature_key"],
+    ),
 ];
 
 const CURRENT_HINTS: &[(&str, &str)] = &[
@@ -94,6 +107,7 @@ pub(super) const REALTIME: Schema = Schema {
         ("predictor", PREDICTOR_KEYS),
         SESSION_OPTIONS,
         S3_SECTION,
+        SERVER_SIDE_BATCHING,
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],
@@ -112,6 +126,7 @@ pub(super) const BATCH: Schema = Schema {
         ("predictor", PREDICTOR_KEYS),
         SESSION_OPTIONS,
         S3_SECTION,
+        SERVER_SIDE_BATCHING,
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],
