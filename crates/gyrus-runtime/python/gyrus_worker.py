@@ -190,7 +190,8 @@ class ONNXClient:
             if dtype == "bfloat16":
                 raise InvalidInput(f'input "{name}": bfloat16 inputs cannot be sent from Python (numpy has no bfloat16)')
             if kind in "USOV":
-                raise InvalidInput(f'input "{name}": expected {dtype} numbers, found {arr.dtype} values')
+                found = {"U": "strings", "S": "bytes", "O": "Python objects", "V": "records"}[kind]
+                raise InvalidInput(f'input "{name}": expected {dtype} numbers, found {found}')
             if dtype == "bool" and kind != "b":
                 raise InvalidInput(f'input "{name}": expected bool values, found {arr.dtype}')
             if arr.dtype != info.np_dtype or not arr.flags.c_contiguous:
