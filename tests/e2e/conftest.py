@@ -55,3 +55,11 @@ def onnx_models(tmp_path_factory) -> Path:
     from onnx_helpers import models_dir
 
     return models_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tf_models(tmp_path_factory) -> Path:
+    """The TensorFlow SavedModels, generated once per session by scripts/make_tf_models.py."""
+    from tf_helpers import models_dir
+
+    return models_dir(tmp_path_factory)
