@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything on a fresh machine and serves the example iris API:
-# builds gyrus, installs it on PATH, prepares the Python side, trains the example model,
-# and deploys examples/iris-python (and the other examples, among them the batch API
-# examples/batch-sum). Safe to run again.
+# builds gyrus, installs it on PATH, prepares the Python side, trains the example models,
+# and deploys the examples: examples/iris-python (Python), examples/onnx-model (ONNX, no
+# Python), examples/store-model (a model from the model store), examples/tensorflow-iris
+# (Cortex's TensorFlow example and a TensorFlow model API) and examples/batch-sum (a batch
+# API). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,7 @@ echo "==> training the example models"
 .venv/bin/python examples/iris-onnx/train.py
 .venv/bin/python examples/onnx-model/make_model.py
 .venv/bin/python examples/mlp/make_model.py
+.venv/bin/python examples/tensorflow-iris/train.py 2>/dev/null
 
 # uv builds the API's Python environment from requirements.txt much faster than pip.
 export GYRUS_UV="$PWD/.venv/bin/uv"
@@ -35,6 +38,9 @@ if ! "$bindir/gyrus" models get iris -o path >/dev/null 2>&1; then
   "$bindir/gyrus" models save examples/onnx-model/model.onnx --name iris --label example=quickstart
 fi
 "$bindir/gyrus" deploy examples/store-model
+
+echo "==> deploying examples/tensorflow-iris (installs tensorflow-cpu into GYRUS_HOME/runtime on first use)"
+"$bindir/gyrus" deploy examples/tensorflow-iris
 
 echo "==> deploying the batch API examples/batch-sum (its jobs start their own workers)"
 "$bindir/gyrus" deploy examples/batch-sum
@@ -54,6 +60,12 @@ and over the Open Inference Protocol (e.g. tritonclient with url "localhost:8888
 model from the model store (see: gyrus models list):
 
   curl -X POST localhost:8888/iris-store -d '{"input": [[5.2, 3.6, 1.5, 0.3]]}'
+
+Cortex's TensorFlow iris example, and the same SavedModel with no Python:
+
+  curl -X POST localhost:8888/iris-tensorflow -H 'Content-Type: application/json' \\
+    -d @examples/tensorflow-iris/sample.json                                   # setosa
+  curl -X POST localhost:8888/iris-tf-model -d @examples/tensorflow-iris/sample.json
 
 A batch job: sum the lists of numbers in examples/batch-sum/job.json with 2 workers, then read
 the total that on_job_complete() wrote (the job's config.dest):

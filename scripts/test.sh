@@ -12,17 +12,25 @@ scripts/setup-s3s.sh
 export GYRUS_TEST_S3S_FS="$PWD/.tools/bin/s3s-fs"
 
 echo "==> cargo test"
-# The engine's tests run real ONNX Runtime (from the onnxruntime wheel in .venv) on models
-# generated here; the end-to-end tests leave ORT_DYLIB_PATH unset so that gyrus installs its
-# own ONNX Runtime, as it does for a new user.
+# The engines' tests run real ONNX Runtime and TensorFlow (the libraries of the onnxruntime and
+# tensorflow-cpu wheels in .venv) on models generated here; the end-to-end tests leave
+# ORT_DYLIB_PATH and GYRUS_TF_LIBRARY unset so that gyrus installs its own runtimes, as it does
+# for a new user.
 models="$PWD/target/test-models"
 .venv/bin/python scripts/make_models.py "$models" >/dev/null
+tf_models="$PWD/target/test-tf-models"
+.venv/bin/python scripts/make_tf_models.py "$tf_models" >/dev/null 2>&1 \
+  || .venv/bin/python scripts/make_tf_models.py "$tf_models"
 ort_lib="$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
+tf_lib="$(ls .venv/lib/python3*/site-packages/tensorflow/libtensorflow_cc.so.2 | head -n 1)"
 cargo build --locked -p gyrus-cli
-ORT_DYLIB_PATH="$PWD/$ort_lib" GYRUS_TEST_MODELS="$models" cargo test --locked --workspace
+ORT_DYLIB_PATH="$PWD/$ort_lib" GYRUS_TEST_MODELS="$models" \
+  GYRUS_TF_LIBRARY="$PWD/$tf_lib" GYRUS_TEST_TF_MODELS="$tf_models" \
+  cargo test --locked --workspace
 
 echo "==> end-to-end tests"
 .venv/bin/python examples/iris-python/train.py
+.venv/bin/python examples/tensorflow-iris/train.py >/dev/null 2>&1
 export GYRUS_BIN="$PWD/target/debug/gyrus"
 export GYRUS_UV="$PWD/.venv/bin/uv"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

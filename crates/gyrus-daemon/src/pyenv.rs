@@ -117,9 +117,7 @@ impl PythonEnvs {
         } else {
             None
         };
-        let own_library = own_env
-            .as_deref()
-            .and_then(|p| runtime.library_in_env(p));
+        let own_library = own_env.as_deref().and_then(|p| runtime.library_in_env(p));
         let managed =
             if (given.is_none() && own_library.is_none()) || (needs_python && own_env.is_none()) {
                 Some(self.managed(runtime, log).await?)

@@ -1072,7 +1072,10 @@ fn tensorflow_signature_keys_and_server_side_batching() {
     assert_eq!(api.predictor.signature_key.as_deref(), Some("predict"));
     let batching = api.predictor.server_side_batching.unwrap();
     assert_eq!(batching.max_batch_size, 8);
-    assert_eq!(batching.batch_interval.as_duration(), std::time::Duration::from_millis(100));
+    assert_eq!(
+        batching.batch_interval.as_duration(),
+        std::time::Duration::from_millis(100)
+    );
     let back: ApiSpec = serde_json::from_value(serde_json::to_value(&api).unwrap()).unwrap();
     assert_eq!(back, api);
 
