@@ -346,3 +346,93 @@ def test_http_url(g, projects_dir, onnx_models):
         deploy_fails(g, g, proj, api, url, ("not found", "404", url))
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------------------------------
+# TensorFlow SavedModels: an s3:// prefix (with version directories) and tar.gz archives
+
+
+def tf_model_api(api: str, model: str, **predictor) -> dict:
+    return {"name": api, "predictor": {"type": "tensorflow", "model": model, **predictor}}
+
+
+def savedmodel_tar_gz(src: Path, dest: Path, top: str | None) -> Path:
+    """`src` packed as a .tar.gz, under the directory `top` (or at the archive's root)."""
+    import tarfile
+
+    with tarfile.open(dest, "w:gz") as tar:
+        for p in sorted(src.rglob("*")):
+            rel = p.relative_to(src).as_posix()
+            tar.add(p, arcname=f"{top}/{rel}" if top else rel, recursive=False)
+    return dest
+
+
+def predict_iris_tf(g: Gyrus, api: str, tf_dir: Path) -> None:
+    from tf_helpers import oracle
+
+    r = g.post(f"/{api}", json={"x": SETOSA})
+    assert r.status_code == 200, g.diag(api, resp=r)
+    want = oracle(tf_dir, {"x": SETOSA})
+    assert r.json()["class_ids"] == want["class_ids"].tolist() == [0], r.text
+
+
+def test_s3_savedmodel_prefix_with_versions(g, s3, bucket, projects_dir, tf_models):
+    src = tf_models / "versions"
+    for p in src.rglob("*"):
+        if p.is_file():
+            s3.put(bucket, f"tf/versions/{p.relative_to(src).as_posix()}", p)
+    s3.put(bucket, "tf/iris/saved_model.pb", tf_models / "iris-x" / "saved_model.pb")
+    for p in (tf_models / "iris-x").rglob("*"):
+        if p.is_file():
+            s3.put(bucket, f"tf/iris/{p.relative_to(tf_models / 'iris-x').as_posix()}", p)
+    api = "s3tf"
+    spec = {"name": api, "predictor": {"type": "tensorflow", "models": {"dir": f"s3://{bucket}/tf/"}}}
+    proj = model_project(projects_dir, api, [spec])
+    with_env(g, **s3_env(s3.endpoint)).deploy_ok(proj, api)
+    meta = g.get_http(f"/{api}/v2/models/versions").json()
+    assert meta["versions"] == ["2"] and meta["platform"] == "tensorflow_savedmodel", meta
+    r = g.post(f"/{api}?model=versions", json={"x": [[1.0, 2.0]]})
+    assert r.status_code == 200 and r.json() == {"y": [[2.0, 4.0]]}, g.diag(api, resp=r)
+    r = g.post(f"/{api}?model=iris", json={"x": SETOSA})
+    assert r.status_code == 200 and r.json()["class_ids"] == [0], g.diag(api, resp=r)
+
+
+@pytest.mark.parametrize("top", [None, "model"])
+def test_savedmodel_tar_gz_over_http_and_s3(g, s3, bucket, projects_dir, tf_models, tmp_path, top):
+    archive = savedmodel_tar_gz(tf_models / "iris-x", tmp_path / "iris.tar.gz", top)
+    server = StaticServer(tmp_path)
+    try:
+        api = f"tftgz-http-{top or 'root'}"
+        proj = model_project(projects_dir, api, [tf_model_api(api, f"{server.url}/iris.tar.gz")])
+        g.deploy_ok(proj, api)
+        predict_iris_tf(g, api, tf_models / "iris-x")
+    finally:
+        server.close()
+    s3.put(bucket, "models/iris.tgz", archive)
+    api = f"tftgz-s3-{top or 'root'}"
+    proj = model_project(projects_dir, api, [tf_model_api(api, f"s3://{bucket}/models/iris.tgz")])
+    with_env(g, **s3_env(s3.endpoint)).deploy_ok(proj, api)
+    predict_iris_tf(g, api, tf_models / "iris-x")
+    unpacked = [p for p in (g.home / "cache" / "unpacked").iterdir() if not p.name.startswith(".")]
+    assert len(unpacked) >= 1, unpacked
+
+
+def test_a_savedmodel_archive_that_escapes_is_refused(g, projects_dir, tmp_path):
+    import io
+    import tarfile
+
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        info = tarfile.TarInfo("../outside/saved_model.pb")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    server = StaticServer(tmp_path)
+    try:
+        api = "tftgz-bad"
+        proj = model_project(projects_dir, api, [tf_model_api(api, f"{server.url}/bad.tar.gz")])
+        proc = g.deploy(proj, timeout=60)
+        assert proc.returncode == 1, g.diag(api, proc=proc)
+        assert "cannot be unpacked" in proc.stderr and "../outside/saved_model.pb" in proc.stderr, g.diag(api, proc=proc)
+    finally:
+        server.close()
+    assert not (g.home / "cache" / "outside").exists()

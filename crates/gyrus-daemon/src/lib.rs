@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod jobs_api;
 pub mod launcher;
 pub mod logs;
+pub mod model_archive;
 pub mod model_source;
 pub mod project;
 pub mod pyenv;
@@ -104,6 +105,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let sources = Arc::new(ModelSources {
         store: Arc::new(store),
         remote,
+        unpacked: home.root().join("cache").join("unpacked"),
     });
     // Limits are per daemon: its home names its cgroups.
     let instance = {

@@ -121,6 +121,8 @@ impl ModelSourceError {
 pub struct ModelSources {
     pub store: Arc<ModelStore>,
     pub remote: RemoteCache,
+    /// Where model archives (`.tar.gz` SavedModels) are unpacked (see `model_archive`).
+    pub unpacked: PathBuf,
 }
 
 /// Every model reference an API spec holds, with the field it came from (for messages).
@@ -222,7 +224,12 @@ impl ModelSources {
         let model_of = |name: String, path: &Path, key: Option<&String>| {
             if tensorflow {
                 let key = key.or(p.signature_key.as_ref()).cloned();
-                saved_model(name, path, key)
+                let path = if crate::model_archive::is_archive(path) {
+                    blocking(|| crate::model_archive::unpack(path, &self.unpacked))?
+                } else {
+                    path.to_path_buf()
+                };
+                saved_model(name, &path, key)
             } else {
                 Ok(ResolvedModel {
                     name,
@@ -304,6 +311,16 @@ impl ModelSources {
     }
 }
 
+/// Runs file-system work that can take a while (unpacking an archive) without holding up the
+/// daemon's other tasks: the daemon's runtime has several threads, and this one is handed
+/// over while `f` runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// A model given as a directory (a store version, a downloaded prefix) is its one ONNX file.
 fn onnx_file(path: &Path) -> Result<PathBuf, ModelSourceError> {
     if path.is_dir() {
@@ -375,8 +392,11 @@ pub fn check_project_saved_models(
     if p.kind != PredictorType::Tensorflow {
         return Ok(());
     }
+    // Archives are unpacked, and checked, while the deploy runs.
     let local = |raw: &str| match ModelRef::parse(raw) {
-        Ok(ModelRef::Path(path)) => Some(project_dir.join(path)),
+        Ok(ModelRef::Path(path)) => {
+            Some(project_dir.join(path)).filter(|p| !crate::model_archive::is_archive(p))
+        }
         _ => None,
     };
     if let Some(path) = p.model.as_deref().and_then(local) {

@@ -1,0 +1,170 @@
+//! Models fetched as tar archives (`.tar.gz`, `.tgz`, `.tar`): Cortex took a TensorFlow
+//! SavedModel as an archive at a URL as well as a directory prefix. The archive is unpacked
+//! once, with gyrus-archive's rules for hostile input (relative paths only, regular files and
+//! directories only, bytes and entries bounded as they are written), into
+//! `GYRUS_HOME/cache/unpacked/<sha256 of the archive's path>/`. The remote cache never changes
+//! a complete download in place (a new version of a URL is a new entry, at a new path), so the
+//! archive's path names its content and one unpacking serves every later deploy. It is staged
+//! in a sibling directory and renamed into place, so a reader never sees half of it.
+
+use std::path::{Path, PathBuf};
+
+use gyrus_archive::{Extractor, Limits};
+use sha2::{Digest, Sha256};
+
+use crate::model_source::ModelSourceError;
+
+/// The most entries (files and directories) an unpacked model may have.
+const MAX_ENTRIES: usize = 100_000;
+
+/// Whether `path` is a file gyrus unpacks as a model archive.
+pub fn is_archive(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let name = name.to_ascii_lowercase();
+    path.is_file()
+        && [".tar.gz", ".tgz", ".tar"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
+/// Unpacks `archive` under `root` (once) and returns the directory holding the model: the
+/// unpacked tree, or its only top-level directory when the archive wraps the model in one
+/// (`tar czf model.tar.gz model/`).
+pub fn unpack(archive: &Path, root: &Path) -> Result<PathBuf, ModelSourceError> {
+    let key = hex::encode(&Sha256::digest(archive.as_os_str().as_encoded_bytes())[..16]);
+    let dest = root.join(&key);
+    if !dest.is_dir() {
+        let io = |context: String| move |source| ModelSourceError::Io { context, source };
+        std::fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{key}-"))
+            .tempdir_in(root)
+            .map_err(io(format!("creating a directory in {}", root.display())))?;
+        let file =
+            std::fs::File::open(archive).map_err(io(format!("opening {}", archive.display())))?;
+        let reader = std::io::BufReader::new(file);
+        let limits = Limits::new(gyrus_store::MAX_MODEL_BYTES, MAX_ENTRIES);
+        let name = archive.to_string_lossy().to_ascii_lowercase();
+        let refused = |e: gyrus_archive::ArchiveError| {
+            ModelSourceError::Invalid(format!(
+                "the archive {} cannot be unpacked: {e}",
+                archive.display()
+            ))
+        };
+        let summary = if name.ends_with(".tar") {
+            let mut tar = Extractor::new(reader, Some(staging.path()), limits);
+            unpack_all(&mut tar).map_err(refused)?;
+            tar.finish()
+        } else {
+            let mut tar = Extractor::gzip(reader, Some(staging.path()), limits);
+            unpack_all(&mut tar).map_err(refused)?;
+            tar.finish()
+        };
+        summary.map_err(refused)?;
+        let staged = staging.keep();
+        if let Err(e) = std::fs::rename(&staged, &dest) {
+            let _ = std::fs::remove_dir_all(&staged);
+            // Another deploy unpacked the same archive meanwhile: its copy is as good.
+            if !dest.is_dir() {
+                return Err(ModelSourceError::Io {
+                    context: format!("moving the unpacked model to {}", dest.display()),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(model_root(&dest))
+}
+
+fn unpack_all<R: std::io::Read>(tar: &mut Extractor<R>) -> Result<(), gyrus_archive::ArchiveError> {
+    let mut entries = tar.entries()?;
+    while let Some(entry) = entries.next_entry()? {
+        entry.extract()?;
+    }
+    Ok(())
+}
+
+/// The unpacked tree, or its only entry when that is a directory and the tree holds nothing
+/// else (no `saved_model.pb` of its own).
+fn model_root(dir: &Path) -> PathBuf {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return dir.to_path_buf();
+    };
+    let entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    match entries.as_slice() {
+        [only] if only.is_dir() => only.clone(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            Default::default(),
+        ));
+        for (name, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, name, *data).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn unpacks_once_into_the_model_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("model.tar.gz");
+        std::fs::write(
+            &archive,
+            tar_gz(&[
+                ("model/1/saved_model.pb", b"pb"),
+                ("model/1/variables/v", b"v"),
+            ]),
+        )
+        .unwrap();
+        assert!(is_archive(&archive));
+        let root = dir.path().join("unpacked");
+        let model = unpack(&archive, &root).unwrap();
+        assert!(model.ends_with("model"), "{}", model.display());
+        assert_eq!(
+            std::fs::read(model.join("1/saved_model.pb")).unwrap(),
+            b"pb"
+        );
+        // A second deploy finds it unpacked: the archive is not read again.
+        std::fs::write(&archive, b"not an archive any more").unwrap();
+        assert_eq!(unpack(&archive, &root).unwrap(), model);
+        // Nothing staged is left behind.
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn hostile_archives_are_refused_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("evil.tgz");
+        let mut raw = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            Default::default(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        // `append_data` refuses `..` itself; write the name into the header by hand.
+        header.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+        header.set_cksum();
+        raw.append(&header, &b"x"[..]).unwrap();
+        std::fs::write(&archive, raw.into_inner().unwrap().finish().unwrap()).unwrap();
+        let root = dir.path().join("unpacked");
+        let err = unpack(&archive, &root).unwrap_err().to_string();
+        assert!(err.contains("cannot be unpacked"), "{err}");
+        assert!(!dir.path().join("escape").exists());
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        assert!(!is_archive(&dir.path().join("model.onnx")));
+    }
+}
