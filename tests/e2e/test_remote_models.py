@@ -417,6 +417,24 @@ def test_savedmodel_tar_gz_over_http_and_s3(g, s3, bucket, projects_dir, tf_mode
     assert len(unpacked) >= 1, unpacked
 
 
+def test_savedmodel_zip_over_http(g, projects_dir, tf_models, tmp_path):
+    import zipfile
+
+    src = tf_models / "iris-x"
+    with zipfile.ZipFile(tmp_path / "iris.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                z.write(p, f"iris/{p.relative_to(src).as_posix()}")
+    server = StaticServer(tmp_path)
+    try:
+        api = "tfzip-http"
+        proj = model_project(projects_dir, api, [tf_model_api(api, f"{server.url}/iris.zip")])
+        g.deploy_ok(proj, api)
+        predict_iris_tf(g, api, src)
+    finally:
+        server.close()
+
+
 def test_a_savedmodel_archive_that_escapes_is_refused(g, projects_dir, tmp_path):
     import io
     import tarfile

@@ -1,7 +1,8 @@
-//! Models fetched as tar archives (`.tar.gz`, `.tgz`, `.tar`): Cortex took a TensorFlow
+//! Models fetched as archives (`.tar.gz`, `.tgz`, `.tar`, `.zip`): Cortex took a TensorFlow
 //! SavedModel as an archive at a URL as well as a directory prefix. The archive is unpacked
 //! once, with gyrus-archive's rules for hostile input (relative paths only, regular files and
-//! directories only, bytes and entries bounded as they are written), into
+//! directories only, bytes and entries bounded as they are written; zip entries are held to
+//! the same path rule, `gyrus_archive::check_path`), into
 //! `GYRUS_HOME/cache/unpacked/<sha256 of the archive's path>/`. The remote cache never changes
 //! a complete download in place (a new version of a URL is a new entry, at a new path), so the
 //! archive's path names its content and one unpacking serves every later deploy. It is staged
@@ -24,7 +25,7 @@ pub fn is_archive(path: &Path) -> bool {
     };
     let name = name.to_ascii_lowercase();
     path.is_file()
-        && [".tar.gz", ".tgz", ".tar"]
+        && [".tar.gz", ".tgz", ".tar", ".zip"]
             .iter()
             .any(|s| name.ends_with(s))
 }
@@ -53,16 +54,22 @@ pub fn unpack(archive: &Path, root: &Path) -> Result<PathBuf, ModelSourceError> 
                 archive.display()
             ))
         };
-        let summary = if name.ends_with(".tar") {
+        if name.ends_with(".zip") {
+            unzip(reader, staging.path()).map_err(|m| {
+                ModelSourceError::Invalid(format!(
+                    "the archive {} cannot be unpacked: {m}",
+                    archive.display()
+                ))
+            })?;
+        } else if name.ends_with(".tar") {
             let mut tar = Extractor::new(reader, Some(staging.path()), limits);
             unpack_all(&mut tar).map_err(refused)?;
-            tar.finish()
+            tar.finish().map_err(refused)?;
         } else {
             let mut tar = Extractor::gzip(reader, Some(staging.path()), limits);
             unpack_all(&mut tar).map_err(refused)?;
-            tar.finish()
-        };
-        summary.map_err(refused)?;
+            tar.finish().map_err(refused)?;
+        }
         let staged = staging.keep();
         if let Err(e) = std::fs::rename(&staged, &dest) {
             let _ = std::fs::remove_dir_all(&staged);
@@ -82,6 +89,56 @@ fn unpack_all<R: std::io::Read>(tar: &mut Extractor<R>) -> Result<(), gyrus_arch
     let mut entries = tar.entries()?;
     while let Some(entry) = entries.next_entry()? {
         entry.extract()?;
+    }
+    Ok(())
+}
+
+/// Unpacks a zip archive into `dest` (empty), bounding entries and the bytes actually written.
+fn unzip<R: std::io::Read + std::io::Seek>(reader: R, dest: &Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| e.to_string())?;
+    if zip.len() > MAX_ENTRIES {
+        return Err(format!(
+            "it has {} entries; at most {MAX_ENTRIES} are allowed",
+            zip.len()
+        ));
+    }
+    let mut budget = gyrus_store::MAX_MODEL_BYTES;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| e.to_string())?;
+        let raw = entry.name_raw().to_vec();
+        let trimmed = raw.strip_suffix(b"/").unwrap_or(&raw);
+        let path = gyrus_archive::check_path(trimmed)
+            .map_err(|e| format!("{}: {e}", String::from_utf8_lossy(&raw)))?
+            .to_string();
+        // S_IFLNK in the Unix mode: a link could point anywhere.
+        if entry.unix_mode().is_some_and(|m| m & 0o170000 == 0o120000) {
+            return Err(format!("{path}: links are not allowed"));
+        }
+        let target = dest.join(&path);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&target).map_err(|e| format!("{path}: {e}"))?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{path}: {e}"))?;
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(|e| format!("{path}: {e} (an entry appears twice, or inside a file)"))?;
+        // Counted as written, whatever the entry claims its size is.
+        let copied = std::io::copy(&mut entry.by_ref().take(budget + 1), &mut out)
+            .map_err(|e| format!("{path}: {e}"))?;
+        if copied > budget {
+            return Err(format!(
+                "it unpacks to more than {} bytes",
+                gyrus_store::MAX_MODEL_BYTES
+            ));
+        }
+        budget -= copied;
+        out.flush().map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
 }
@@ -141,6 +198,45 @@ mod tests {
         std::fs::write(&archive, b"not an archive any more").unwrap();
         assert_eq!(unpack(&archive, &root).unwrap(), model);
         // Nothing staged is left behind.
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn zip_archives_unpack_and_hostile_ones_are_refused() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let zip_of = |name: &str, entries: &[(&str, &[u8])]| {
+            let path = dir.path().join(name);
+            let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+            for (entry, data) in entries {
+                w.start_file(*entry, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                w.write_all(data).unwrap();
+            }
+            w.finish().unwrap();
+            path
+        };
+        let good = zip_of(
+            "model.zip",
+            &[("saved_model.pb", b"pb"), ("variables/v", b"v")],
+        );
+        assert!(is_archive(&good));
+        let root = dir.path().join("unpacked");
+        let model = unpack(&good, &root).unwrap();
+        assert_eq!(std::fs::read(model.join("variables/v")).unwrap(), b"v");
+        for (name, entry) in [
+            ("up.zip", "../x"),
+            ("abs.zip", "/etc/x"),
+            ("back.zip", "a\\b"),
+        ] {
+            let bad = zip_of(name, &[(entry, b"x")]);
+            let err = unpack(&bad, &root).unwrap_err().to_string();
+            assert!(err.contains("cannot be unpacked"), "{name}: {err}");
+        }
+        let twice = zip_of("twice.zip", &[("a", b"1"), ("a/b", b"2")]);
+        assert!(unpack(&twice, &root).is_err());
+        assert!(!dir.path().join("x").exists());
+        // Only the good archive's directory is left.
         assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
     }
 
