@@ -12,5 +12,8 @@ fi
 echo "==> creating .venv with $($PY --version)"
 "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# uv installs the rest: faster than pip, and its cache then holds the wheels (tensorflow-cpu,
+# onnxruntime) that gyrus installs into GYRUS_HOME/runtime on the first deploy of a test.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "$(grep '^uv==' tests/requirements.txt)"
+.venv/bin/uv pip install --quiet --python .venv/bin/python -r tests/requirements.txt
 echo "$want" > "$stamp"

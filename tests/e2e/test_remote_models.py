@@ -388,7 +388,8 @@ def test_s3_savedmodel_prefix_with_versions(g, s3, bucket, projects_dir, tf_mode
     api = "s3tf"
     spec = {"name": api, "predictor": {"type": "tensorflow", "models": {"dir": f"s3://{bucket}/tf/"}}}
     proj = model_project(projects_dir, api, [spec])
-    with_env(g, **s3_env(s3.endpoint)).deploy_ok(proj, api)
+    # The module's first TensorFlow deploy installs tensorflow-cpu into GYRUS_HOME/runtime.
+    with_env(g, **s3_env(s3.endpoint)).deploy_ok(proj, api, timeout=600)
     meta = g.get_http(f"/{api}/v2/models/versions").json()
     assert meta["versions"] == ["2"] and meta["platform"] == "tensorflow_savedmodel", meta
     r = g.post(f"/{api}?model=versions", json={"x": [[1.0, 2.0]]})

@@ -25,6 +25,7 @@ from tf_helpers import copy_model, oracle
 SETOSA = {"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.4, "petal_width": 0.3}
 VIRGINICA = {"sepal_length": 6.9, "sepal_width": 3.1, "petal_length": 5.4, "petal_width": 2.1}
 IRIS_ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.9, 3.1, 5.4, 2.1]], dtype=np.float32)
+TF_INSTALL_TIMEOUT = 600
 MLP_X = np.random.RandomState(7).standard_normal((3, 784)).astype(np.float32)
 
 MULTI_PREDICTOR = r'''
@@ -81,7 +82,9 @@ def model_api(name, model, endpoint=None, **predictor):
 def served(gyrus, projects_dir, tf_models):
     example = copy_example("tensorflow-iris", projects_dir)
     copy_model(tf_models / "iris", example / "model")
-    proc = gyrus.deploy(example)
+    # The first TensorFlow deploy installs tensorflow-cpu into GYRUS_HOME/runtime (from uv's
+    # cache when scripts/setup-python.sh filled it; a download otherwise).
+    proc = gyrus.deploy(example, timeout=TF_INSTALL_TIMEOUT)
     assert proc.returncode == 0, gyrus.diag("iris-tensorflow", "iris-tf-model", proc=proc)
     apis = [
         model_api("tf-iris-x", "iris-x"),
@@ -353,3 +356,44 @@ def test_a_batch_job_runs_tensorflow_client_on_each_batch(served, tmp_path):
     batches = [json.loads((out / f"{job_id}-{n}.json").read_text()) for n in range(3)]
     assert [row for b in batches for row in b["rows"]] == rows
     assert [c for b in batches for c in b["class_ids"]] == [0, 2] * 6
+
+
+# --- without TensorFlow ---------------------------------------------------------------------
+
+
+def test_without_tensorflow_a_deploy_says_how_to_get_it(tmp_path_factory, projects_dir, tf_models, tmp_path):
+    """A library path that is not there, and an install that fails (a uv that cannot reach the
+    registry): the deploy fails with what to do, and the daemon serves on."""
+    from conftest import new_gyrus
+    from s3_helpers import with_env
+
+    proj = project(projects_dir, "tf-nolib", [model_api("tf-nolib", "model")], {"model": tf_models / "iris-x"})
+    g = new_gyrus(tmp_path_factory, "tf-nolib")
+    try:
+        proc = with_env(g, GYRUS_TF_LIBRARY=str(tmp_path / "missing.so")).deploy(proj, timeout=60)
+        assert proc.returncode != 0, g.diag(proc=proc)
+        assert f"GYRUS_TF_LIBRARY={tmp_path / 'missing.so'}: no such file; point it at a libtensorflow_cc.so.2" in proc.stderr, g.diag(proc=proc)
+    finally:
+        g.teardown()
+
+    fake_uv = tmp_path / "uv"
+    fake_uv.write_text("#!/bin/sh\necho 'error: Failed to fetch: https://pypi.org/simple/tensorflow-cpu/ (network unreachable)' >&2\nexit 2\n")
+    fake_uv.chmod(0o755)
+    g = new_gyrus(tmp_path_factory, "tf-offline")
+    try:
+        offline = with_env(g, GYRUS_UV=str(fake_uv))
+        offline.env.pop("GYRUS_TF_LIBRARY", None)
+        proc = offline.deploy(proj, timeout=60)
+        assert proc.returncode != 0, g.diag(proc=proc)
+        for text in (
+            "installing TensorFlow (tensorflow-cpu==2.21.0) failed",
+            "network unreachable",
+            "pip install tensorflow-cpu==2.21.0` and set GYRUS_TF_LIBRARY to its libtensorflow_cc.so.2",
+        ):
+            assert text in proc.stderr, g.diag("tf-nolib", proc=proc)
+        assert offline.get("tf-nolib")["status"] == "error"
+        # Nothing half-installed is kept for the next deploy.
+        runtime = g.home / "runtime"
+        assert not runtime.exists() or not any(p.name.startswith("tensorflow-cpu") for p in runtime.iterdir())
+    finally:
+        g.teardown()
