@@ -83,12 +83,18 @@ pub(super) fn predictor_current(
             );
         }
     }
-    if kind == PredictorType::Onnx {
-        if let Some(b) = batching.set() {
+    if let Some(b) = batching.set() {
+        if kind == PredictorType::Onnx {
             ctx.error(
                 b.at,
                 &b.path,
                 "applies to python and tensorflow predictors, as in Cortex",
+            );
+        } else {
+            ctx.warn(
+                b.at,
+                &b.path,
+                "is not applied yet: each request runs on its own until adaptive batching lands",
             );
         }
     }
