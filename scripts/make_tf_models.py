@@ -16,7 +16,8 @@ Each is loaded back with tf.saved_model.load and checked before this script exit
   mlp/1/           784-512-512-10 ReLU MLP, "x" float32 [N, 784] -> "logits" float32 [N, 10].
   versions/1, /2   "x" float32 [N, 2] -> "y" = x * version (2 is served).
   two-signatures/  signatures "double" and "square" ("x" float32 [N] -> "y"), no serving_default.
-  strings/         "text" string [N] -> "upper" string [N], "length" int32 [N].
+  strings/         "text" string [N] -> "upper" string [N], "length" int32 [N], "same" string
+                   [N] (the input itself: TensorFlow may hand back the input's own buffer).
   kinds/           "i" int64 [N, 2], "f" float64 [N], "b" bool [N] -> "i2" = i*2, "f2" = f*2,
                    "nb" = not b (dtypes other than float32).
 
@@ -134,7 +135,7 @@ def save_strings(out: Path):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(text):
-        return {"upper": tf.strings.upper(text), "length": tf.strings.length(text)}
+        return {"upper": tf.strings.upper(text), "length": tf.strings.length(text), "same": tf.identity(text)}
 
     tf.saved_model.save(module, str(out / "strings"), signatures={"serving_default": serve})
 

@@ -30,7 +30,8 @@ ORT_DYLIB_PATH="$PWD/$ort_lib" GYRUS_TEST_MODELS="$models" \
 
 echo "==> end-to-end tests"
 .venv/bin/python examples/iris-python/train.py
-.venv/bin/python examples/tensorflow-iris/train.py >/dev/null 2>&1
+.venv/bin/python examples/tensorflow-iris/train.py >/dev/null 2>&1 \
+  || .venv/bin/python examples/tensorflow-iris/train.py
 export GYRUS_BIN="$PWD/target/debug/gyrus"
 export GYRUS_UV="$PWD/.venv/bin/uv"
 .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider "$@"

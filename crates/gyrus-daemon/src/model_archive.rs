@@ -3,9 +3,10 @@
 //! once, with gyrus-archive's rules for hostile input (relative paths only, regular files and
 //! directories only, bytes and entries bounded as they are written; zip entries are held to
 //! the same path rule, `gyrus_archive::check_path`), into
-//! `GYRUS_HOME/cache/unpacked/<sha256 of the archive's path>/`. The remote cache never changes
-//! a complete download in place (a new version of a URL is a new entry, at a new path), so the
-//! archive's path names its content and one unpacking serves every later deploy. It is staged
+//! `GYRUS_HOME/cache/unpacked/<key>/`, where the key hashes the archive's path, size,
+//! modification time and inode: the remote cache never changes a complete download in place (a
+//! new version of a URL is a new entry, at a new path), and a local archive replaced by another
+//! gets a new key, so one unpacking serves every later deploy of the same archive. It is staged
 //! in a sibling directory and renamed into place, so a reader never sees half of it.
 
 use std::path::{Path, PathBuf};
@@ -34,7 +35,21 @@ pub fn is_archive(path: &Path) -> bool {
 /// unpacked tree, or its only top-level directory when the archive wraps the model in one
 /// (`tar czf model.tar.gz model/`).
 pub fn unpack(archive: &Path, root: &Path) -> Result<PathBuf, ModelSourceError> {
-    let key = hex::encode(&Sha256::digest(archive.as_os_str().as_encoded_bytes())[..16]);
+    let key = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(archive).map_err(|source| ModelSourceError::Io {
+            context: format!("reading {}", archive.display()),
+            source,
+        })?;
+        let mut h = Sha256::new();
+        h.update(archive.as_os_str().as_encoded_bytes());
+        for n in [meta.len(), meta.ino(), meta.dev()] {
+            h.update(n.to_le_bytes());
+        }
+        h.update(meta.mtime().to_le_bytes());
+        h.update(meta.mtime_nsec().to_le_bytes());
+        hex::encode(&h.finalize()[..16])
+    };
     let dest = root.join(&key);
     if !dest.is_dir() {
         let io = |context: String| move |source| ModelSourceError::Io { context, source };
@@ -144,14 +159,20 @@ fn unzip<R: std::io::Read + std::io::Seek>(reader: R, dest: &Path) -> Result<(),
 }
 
 /// The unpacked tree, or its only entry when that is a directory and the tree holds nothing
-/// else (no `saved_model.pb` of its own).
+/// else (no `saved_model.pb` of its own); not when that directory is named by an integer, which
+/// is a version of the model (`tar czf m.tgz 1/`).
 fn model_root(dir: &Path) -> PathBuf {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return dir.to_path_buf();
     };
     let entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    let is_version = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.parse::<u64>().is_ok())
+    };
     match entries.as_slice() {
-        [only] if only.is_dir() => only.clone(),
+        [only] if only.is_dir() && !is_version(only) => only.clone(),
         _ => dir.to_path_buf(),
     }
 }
@@ -195,10 +216,15 @@ mod tests {
             b"pb"
         );
         // A second deploy finds it unpacked: the archive is not read again.
-        std::fs::write(&archive, b"not an archive any more").unwrap();
         assert_eq!(unpack(&archive, &root).unwrap(), model);
-        // Nothing staged is left behind.
-        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1, "nothing staged is left");
+        // Replaced by another archive at the same path: unpacked anew.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&archive, tar_gz(&[("7/saved_model.pb", b"v7")])).unwrap();
+        let replaced = unpack(&archive, &root).unwrap();
+        assert_ne!(replaced, model);
+        // Its only directory is a version: the model is the tree above it.
+        assert_eq!(std::fs::read(replaced.join("7/saved_model.pb")).unwrap(), b"v7");
     }
 
     #[test]

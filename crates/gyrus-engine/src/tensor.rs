@@ -154,8 +154,13 @@ pub struct Tensor {
 
 impl Tensor {
     /// The number of elements the shape holds, or `None` when a dimension is negative or the
-    /// product overflows.
+    /// shape is too large to describe: the product of its dimensions, zeros counted as 1, must
+    /// fit in an i64 (runtimes compute shapes that way, and TensorFlow aborts the process on a
+    /// shape that overflows, even one holding no elements).
     pub fn element_count(shape: &[i64]) -> Option<usize> {
+        shape
+            .iter()
+            .try_fold(1i64, |acc, &d| (d >= 0).then(|| acc.checked_mul(d.max(1)))?)?;
         shape.iter().try_fold(1usize, |acc, &d| {
             usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
         })
@@ -297,8 +302,18 @@ mod tests {
         );
         let huge = Tensor {
             shape: vec![i64::MAX, i64::MAX],
-            ..t
+            ..t.clone()
         };
         assert!(huge.check().is_err());
+        // No elements, but dimensions whose product overflows: refused, not handed on.
+        let empty_but_huge = Tensor {
+            shape: vec![4294967296, 2147483649, 0, 3],
+            data: TensorData::Raw(Vec::new()),
+            ..t
+        };
+        assert!(empty_but_huge
+            .check()
+            .unwrap_err()
+            .contains("invalid shape [4294967296, 2147483649, 0, 3]"));
     }
 }

@@ -194,6 +194,9 @@ class ONNXClient:
                 raise InvalidInput(f'input "{name}": expected {dtype} numbers, found {found}')
             if dtype == "bool" and kind != "b":
                 raise InvalidInput(f'input "{name}": expected bool values, found {arr.dtype}')
+            if kind == "f" and info.np_dtype.kind in "iu" and arr.size and not np.all(np.mod(arr, 1) == 0):
+                # numpy would truncate 1.7 to 1; TensorFlow Serving (and Cortex) refused it.
+                raise InvalidInput(f'input "{name}": expected {dtype} values, found fractional numbers')
             if arr.dtype != info.np_dtype or not arr.flags.c_contiguous:
                 try:
                     arr = np.asarray(arr, dtype=info.np_dtype, order="C")
@@ -227,7 +230,11 @@ class ONNXClient:
                 items, i = [], 0
                 while i < size:
                     (k,) = U32.unpack_from(data, i)
-                    items.append(bytes(data[i + 4 : i + 4 + k]).decode("utf-8", "replace"))
+                    raw = bytes(data[i + 4 : i + 4 + k])
+                    try:
+                        items.append(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        items.append(raw)  # binary data (an encoded image, say) stays bytes
                     i += 4 + k
                 arr = np.array(items, dtype=object).reshape(shape)
             else:  # bfloat16

@@ -162,7 +162,9 @@ impl Model {
             Some((op, i)) => (
                 op,
                 i.parse::<c_int>()
-                    .map_err(|_| format!("bad tensor name {tensor:?} in the signature"))?,
+                    .ok()
+                    .filter(|i| *i >= 0)
+                    .ok_or_else(|| format!("bad tensor name {tensor:?} in the signature"))?,
             ),
             None => (tensor, 0),
         };
@@ -241,7 +243,6 @@ impl Model {
                 status.raw(),
             );
         }
-        drop(fed);
         if let Err((code, message)) = status.check() {
             // The signature matched: what TensorFlow refuses now is in the values (dimensions
             // that disagree, indices out of range).
@@ -252,12 +253,18 @@ impl Model {
                 _ => EngineError::Run(message),
             });
         }
-        self.signature
+        let outputs = self
+            .signature
             .outputs
             .iter()
             .zip(&fetched.list)
             .map(|(info, &raw)| read_tensor(api, &info.name, raw))
-            .collect()
+            .collect();
+        // Only now: an output may share an input's buffer (a fed tensor fetched, an identity
+        // of strings), and freeing the inputs' strings would empty it.
+        drop(fetched);
+        drop(fed);
+        outputs
     }
 }
 
@@ -315,10 +322,14 @@ impl Tensors {
             self.list.push(raw);
             let data = (api.tensor_data)(raw);
             match &t.data {
+                TensorData::Raw(src) if src.is_empty() => {}
                 TensorData::Raw(src) => {
                     std::ptr::copy_nonoverlapping(src.as_ptr(), data.cast::<u8>(), src.len())
                 }
                 TensorData::Strings(items) => {
+                    // `check_inputs` made the shape's count and the items agree; the buffer
+                    // was sized from the count.
+                    assert_eq!(items.len(), count, "string input checked against its shape");
                     let elements = data.cast::<TfTString>();
                     for (i, item) in items.iter().enumerate() {
                         let e = elements.add(i);
@@ -382,7 +393,12 @@ fn read_tensor(api: &Api, name: &str, raw: *mut TfTensor) -> Result<Tensor, Engi
                     .map(|i| {
                         let e = elements.add(i);
                         let p = (api.string_get_data_pointer)(e).cast::<u8>();
-                        std::slice::from_raw_parts(p, (api.string_get_size)(e)).to_vec()
+                        let n = (api.string_get_size)(e);
+                        if n == 0 || p.is_null() {
+                            Vec::new()
+                        } else {
+                            std::slice::from_raw_parts(p, n).to_vec()
+                        }
                     })
                     .collect(),
             )
