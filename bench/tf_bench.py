@@ -230,15 +230,19 @@ def run_c_api_raw(run, models, refs, core, lib):
 
 def tf_project(work, name, model_dir, predictor):
     """One project, two APIs on the same SavedModel: NAME-tf (a TensorFlowPredictor) and
-    NAME-model (the model API, no Python)."""
+    NAME-model (the model API, no Python), each with exactly one replica: left to the
+    autoscaler (target_replica_concurrency 1), wrk's concurrency makes it start dozens of
+    replicas on the one pinned core, each with its own TensorFlow session, and the numbers
+    measure that crowd rather than one server against one uvicorn worker."""
     d = work / "projects" / name
     d.mkdir(parents=True)
     shutil.copytree(model_dir, d / "model")
     (d / "predictor.py").write_text(predictor)
     (d / "cortex.yaml").write_text(
         f"- name: {name}-tf\n  predictor:\n    type: tensorflow\n    path: predictor.py\n"
-        f"    model: model/\n"
-        f"- name: {name}-model\n  predictor:\n    type: tensorflow\n    model: model/\n")
+        f"    model: model/\n" + ob.autoscaling_yaml(1) +
+        f"- name: {name}-model\n  predictor:\n    type: tensorflow\n    model: model/\n" +
+        ob.autoscaling_yaml(1))
     return d
 
 
@@ -321,6 +325,7 @@ def report(run, versions, server_core, client_core):
         + ". Anything well above 0% makes the numbers measured around it noisy.",
         "",
         f"Servers on core {server_core}, wrk (`-t 1`) on core {client_core}, one at a time. "
+        "Every gyrus API has one replica (`autoscaling` min = max = init = 1). "
         "(a): gyrus model API (`predictor.type: tensorflow`, no Python, through the gateway); "
         "(b): gyrus TensorFlowPredictor (iris: `examples/tensorflow-iris/predictor.py`, "
         "answering `setosa`; mlp: a predictor returning the client's logits); (c): FastAPI + "
