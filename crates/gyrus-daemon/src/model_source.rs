@@ -145,6 +145,7 @@ impl ModelSources {
     pub fn pin(&self, spec: &mut ApiSpec) -> Result<(), ModelSourceError> {
         let name = spec.name.clone();
         let p = &mut spec.predictor;
+        let kind = p.kind;
         let slots = p
             .model
             .iter_mut()
@@ -164,10 +165,35 @@ impl ModelSources {
                         context: format!("api {name:?}: {field}"),
                         source,
                     })?;
+                Self::check_framework(kind, &found.info).map_err(|m| {
+                    ModelSourceError::Invalid(format!(
+                        "api {name:?}: {field}: {}: {m}",
+                        found.tag()
+                    ))
+                })?;
                 *slot = found.tag();
             }
         }
         Ok(())
+    }
+
+    /// The store version `info` must suit the predictor: an ONNX predictor serves ONNX models, a
+    /// TensorFlow one SavedModels (a Python predictor gets the directory, whatever it holds).
+    fn check_framework(kind: PredictorType, info: &gyrus_store::ModelInfo) -> Result<(), String> {
+        let framework = info.framework();
+        match kind {
+            PredictorType::Onnx if info.is_tensorflow() => Err(
+                "it is a TensorFlow SavedModel, which predictor.type onnx cannot serve; use \
+             predictor.type: tensorflow"
+                    .into(),
+            ),
+            PredictorType::Tensorflow if !info.is_tensorflow() => Err(format!(
+            "it is {} model, which predictor.type tensorflow cannot serve; use predictor.type: \
+             {framework}, or save a TensorFlow SavedModel",
+            if framework == "onnx" { "an ONNX".to_string() } else { format!("a {framework}") },
+        )),
+            _ => Ok(()),
+        }
     }
 
     /// The store versions (`name:version`) that `spec` uses, once pinned.
