@@ -493,3 +493,40 @@ fn check_names(models: &[ResolvedModel]) -> Result<(), ModelSourceError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(extra: &str) -> gyrus_store::ModelInfo {
+        gyrus_store::ModelInfo::from_yaml(&format!(
+            "name: m\nversion: v\ncreation_time: '2026-01-01T00:00:00+00:00'\nsize: 0\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn store_versions_must_suit_the_predictor() {
+        let tf = info("module: gyrus.tensorflow\ncontext:\n  framework_name: tensorflow\n");
+        let onnx = info("module: gyrus.onnx\ncontext:\n  framework_name: onnx\n");
+        let old = info("");
+        let check = ModelSources::check_framework;
+        assert!(check(PredictorType::Tensorflow, &tf).is_ok());
+        assert!(check(PredictorType::Onnx, &onnx).is_ok());
+        assert!(check(PredictorType::Onnx, &old).is_ok());
+        for m in [&tf, &onnx, &old] {
+            assert!(check(PredictorType::Python, m).is_ok());
+        }
+        let err = check(PredictorType::Onnx, &tf).unwrap_err();
+        assert!(
+            err.contains("TensorFlow SavedModel") && err.contains("type: tensorflow"),
+            "{err}"
+        );
+        let err = check(PredictorType::Tensorflow, &onnx).unwrap_err();
+        assert!(
+            err.contains("an ONNX model") && err.contains("type: onnx"),
+            "{err}"
+        );
+        assert!(check(PredictorType::Tensorflow, &old).is_err());
+    }
+}
