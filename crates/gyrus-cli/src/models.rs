@@ -34,10 +34,12 @@ pub enum GetOutput {
 #[derive(Subcommand)]
 pub enum ModelsCommand {
     /// Save an ONNX model (a .onnx file, or a directory with one .onnx file and its external
-    /// data) as a new version of NAME.
+    /// data) or a TensorFlow SavedModel directory as a new version of NAME.
     ///
-    /// The model is loaded in ONNX Runtime first; its inputs, outputs and dynamic axes are
-    /// recorded in model.yaml. The save is atomic: a model that fails to load, or a save that
+    /// An ONNX model is loaded in ONNX Runtime first; its inputs, outputs and dynamic axes are
+    /// recorded in model.yaml. A SavedModel (a directory with saved_model.pb) is stored as it
+    /// is, with its serving signature (read from saved_model.pb) in model.yaml; a directory of
+    /// TensorFlow Serving version directories (1/, 2/ ...) saves its highest version. The save is atomic: a model that fails to load, or a save that
     /// is interrupted, leaves nothing behind. Deploy it with `model: NAME:latest`.
     Save {
         path: PathBuf,
@@ -189,7 +191,7 @@ fn print_entries(entries: &[ModelEntry], output: ListOutput) -> Result<()> {
                 .map(|e| {
                     vec![
                         e.tag.clone(),
-                        e.info.module.clone(),
+                        e.info.framework().to_string(),
                         bytes(e.info.size),
                         created(&e.info),
                         if e.used_by.is_empty() {
@@ -200,7 +202,10 @@ fn print_entries(entries: &[ModelEntry], output: ListOutput) -> Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["TAG", "MODULE", "SIZE", "CREATED (UTC)", "USED BY"], rows);
+            print_table(
+                &["TAG", "FRAMEWORK", "SIZE", "CREATED (UTC)", "USED BY"],
+                rows,
+            );
         }
     }
     Ok(())
@@ -319,9 +324,15 @@ fn model_files(path: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
             .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
         if !is_onnx_name(&name) {
             bail!(
-                "{} is not an ONNX model: gyrus models save takes a .onnx file, or a directory \
-                 with one .onnx file and its external data",
-                path.display()
+                "{} is not an ONNX model: gyrus models save takes a .onnx file, a directory \
+                 with one .onnx file and its external data, or a TensorFlow SavedModel \
+                 directory (saved_model.pb and variables/){}",
+                path.display(),
+                if name == "saved_model.pb" {
+                    "; give the directory that holds saved_model.pb"
+                } else {
+                    ""
+                }
             );
         }
         // A single ONNX file is stored as saved_model.onnx (the store's layout).
@@ -331,6 +342,27 @@ fn model_files(path: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
             meta.len(),
         )]);
     }
+    // A TensorFlow SavedModel is stored as its directory. A directory of TensorFlow Serving
+    // version directories (1/, 2/ ...) is saved as its highest version, as TensorFlow Serving
+    // would serve it.
+    let mut path = path.to_path_buf();
+    let saved_model = path.join("saved_model.pb").is_file();
+    if !saved_model {
+        if let Ok(gyrus_tensorflow::saved_model::Located {
+            dir,
+            version: Some(version),
+        }) = gyrus_tensorflow::saved_model::locate(&path)
+        {
+            eprintln!(
+                "{} holds TensorFlow SavedModel versions; saving the highest, {version} ({})",
+                path.display(),
+                dir.display()
+            );
+            path = dir;
+        }
+    }
+    let saved_model = path.join("saved_model.pb").is_file();
+    let path = path.as_path();
     let mut out = Vec::new();
     for entry in ignore::WalkBuilder::new(path)
         .standard_filters(false)
@@ -360,6 +392,9 @@ fn model_files(path: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
     if out.is_empty() {
         bail!("{} is an empty directory", path.display());
     }
+    if saved_model {
+        return Ok(out);
+    }
     // The store's rule for a model directory (checked again by the daemon): saved_model.onnx,
     // else exactly one top-level .onnx file.
     let top: Vec<&str> = out
@@ -369,8 +404,9 @@ fn model_files(path: &Path) -> Result<Vec<(PathBuf, String, u64)>> {
         .collect();
     if !top.contains(&"saved_model.onnx") && top.len() != 1 {
         bail!(
-            "{} holds {} top-level .onnx files{}; a model directory holds exactly one (or a \
-             saved_model.onnx beside its other files)",
+            "{} holds {} top-level .onnx files{}; an ONNX model directory holds exactly one \
+             (or a saved_model.onnx beside its other files), a TensorFlow SavedModel directory \
+             a saved_model.pb",
             path.display(),
             top.len(),
             if top.is_empty() {

@@ -147,6 +147,7 @@ impl ModelSources {
     pub fn pin(&self, spec: &mut ApiSpec) -> Result<(), ModelSourceError> {
         let name = spec.name.clone();
         let p = &mut spec.predictor;
+        let kind = p.kind;
         let slots = p
             .model
             .iter_mut()
@@ -166,10 +167,35 @@ impl ModelSources {
                         context: format!("api {name:?}: {field}"),
                         source,
                     })?;
+                Self::check_framework(kind, &found.info).map_err(|m| {
+                    ModelSourceError::Invalid(format!(
+                        "api {name:?}: {field}: {}: {m}",
+                        found.tag()
+                    ))
+                })?;
                 *slot = found.tag();
             }
         }
         Ok(())
+    }
+
+    /// The store version `info` must suit the predictor: an ONNX predictor serves ONNX models, a
+    /// TensorFlow one SavedModels (a Python predictor gets the directory, whatever it holds).
+    fn check_framework(kind: PredictorType, info: &gyrus_store::ModelInfo) -> Result<(), String> {
+        let framework = info.framework();
+        match kind {
+            PredictorType::Onnx if info.is_tensorflow() => Err(
+                "it is a TensorFlow SavedModel, which predictor.type onnx cannot serve; use \
+             predictor.type: tensorflow"
+                    .into(),
+            ),
+            PredictorType::Tensorflow if !info.is_tensorflow() => Err(format!(
+            "it is {} model, which predictor.type tensorflow cannot serve; use predictor.type: \
+             {framework}, or save a TensorFlow SavedModel",
+            if framework == "onnx" { "an ONNX".to_string() } else { format!("a {framework}") },
+        )),
+            _ => Ok(()),
+        }
     }
 
     /// The store versions (`name:version`) that `spec` uses, once pinned.
@@ -486,4 +512,41 @@ fn check_names(models: &[ResolvedModel]) -> Result<(), ModelSourceError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(extra: &str) -> gyrus_store::ModelInfo {
+        gyrus_store::ModelInfo::from_yaml(&format!(
+            "name: m\nversion: v\ncreation_time: '2026-01-01T00:00:00+00:00'\nsize: 0\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn store_versions_must_suit_the_predictor() {
+        let tf = info("module: gyrus.tensorflow\ncontext:\n  framework_name: tensorflow\n");
+        let onnx = info("module: gyrus.onnx\ncontext:\n  framework_name: onnx\n");
+        let old = info("");
+        let check = ModelSources::check_framework;
+        assert!(check(PredictorType::Tensorflow, &tf).is_ok());
+        assert!(check(PredictorType::Onnx, &onnx).is_ok());
+        assert!(check(PredictorType::Onnx, &old).is_ok());
+        for m in [&tf, &onnx, &old] {
+            assert!(check(PredictorType::Python, m).is_ok());
+        }
+        let err = check(PredictorType::Onnx, &tf).unwrap_err();
+        assert!(
+            err.contains("TensorFlow SavedModel") && err.contains("type: tensorflow"),
+            "{err}"
+        );
+        let err = check(PredictorType::Tensorflow, &onnx).unwrap_err();
+        assert!(
+            err.contains("an ONNX model") && err.contains("type: onnx"),
+            "{err}"
+        );
+        assert!(check(PredictorType::Tensorflow, &old).is_err());
+    }
 }

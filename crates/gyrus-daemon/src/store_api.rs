@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gyrus_spec::ModelTag;
 // MAX_MODEL_BYTES bounds uploads and imports (bodies stream to disk, not to memory).
+use gyrus_store::info::{self, TF_SAVED_MODEL_PB};
 use gyrus_store::{Context, NewModel, Signature, StoredModel, TensorSpec, MAX_MODEL_BYTES};
 use serde::Deserialize;
 
@@ -187,15 +188,68 @@ async fn save(
         Ok(staging)
     })
     .await?;
-    let file = gyrus_store::model_file(staging.dir()).map_err(|e| {
+    let new = if staging.dir().join(TF_SAVED_MODEL_PB).is_file() {
+        let dir = staging.dir().to_path_buf();
+        blocking(move || saved_model_info(&dir, request)).await?
+    } else {
+        refuse_versioned_saved_model(staging.dir())?;
+        onnx_info(&app, staging.dir(), request).await?
+    };
+    let used = usage(&app)?;
+    let model = blocking(move || Ok(staging.commit(new)?)).await?;
+    tracing::info!("saved model {}", model.tag());
+    Ok(Json(entry(model, &used)))
+}
+
+/// The signatures of a new version: the options the request gives (`{run: {batchable: false}}`
+/// when none), with `key`'s inputs and outputs.
+fn signatures(
+    request: &SaveRequest,
+    key: &str,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+) -> BTreeMap<String, Signature> {
+    let mut signatures: BTreeMap<String, Signature> = request
+        .signatures
+        .iter()
+        .map(|(method, s)| {
+            (
+                method.clone(),
+                Signature {
+                    batchable: s.batchable,
+                    batch_dim: s.batch_dim,
+                    input_spec: Vec::new(),
+                    output_spec: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let main = signatures.entry(key.into()).or_default();
+    main.input_spec = inputs;
+    main.output_spec = outputs;
+    signatures
+}
+
+/// An ONNX upload: its model file is loaded by `gyrus inspect-model` in ONNX Runtime (a child
+/// process, so a model that crashes the runtime cannot take the daemon down).
+async fn onnx_info(
+    app: &AppState,
+    dir: &std::path::Path,
+    request: SaveRequest,
+) -> Result<NewModel, DaemonError> {
+    let file = gyrus_store::model_file(dir).map_err(|e| {
         // Name what was uploaded, not the staging directory it sits in.
         let found = match &e {
+            gyrus_store::StoreError::NoModelFile { found, .. } if found.is_empty() => {
+                "nothing".to_string()
+            }
             gyrus_store::StoreError::NoModelFile { found, .. } => found.join(", "),
             other => other.to_string(),
         };
         DaemonError::BadRequest(format!(
             "gyrus models save takes an ONNX model (a .onnx file, or a directory with \
-             saved_model.onnx or exactly one top-level .onnx file, and its external data); \
+             saved_model.onnx or exactly one top-level .onnx file, and its external data) or a \
+             TensorFlow SavedModel (a directory with saved_model.pb and its variables/); \
              found: {found}"
         ))
     })?;
@@ -226,49 +280,85 @@ async fn save(
     }
     let inspection: Inspection = serde_json::from_slice(&output.stdout)
         .map_err(|e| DaemonError::Internal(format!("reading gyrus inspect-model: {e}")))?;
-
-    let mut signatures: BTreeMap<String, Signature> = request
-        .signatures
-        .iter()
-        .map(|(method, s)| {
-            (
-                method.clone(),
-                Signature {
-                    batchable: s.batchable,
-                    batch_dim: s.batch_dim,
-                    input_spec: Vec::new(),
-                    output_spec: Vec::new(),
-                },
-            )
-        })
-        .collect();
-    let run = signatures.entry("run".into()).or_insert(Signature {
-        batchable: false,
-        batch_dim: 0,
-        input_spec: Vec::new(),
-        output_spec: Vec::new(),
-    });
-    run.input_spec = inspection.inputs;
-    run.output_spec = inspection.outputs;
-    let new = NewModel {
+    Ok(NewModel {
+        signatures: signatures(&request, "run", inspection.inputs, inspection.outputs),
         name: request.name,
-        module: "gyrus.onnx".into(),
+        module: info::MODULE_ONNX.into(),
         labels: request.labels,
         metadata: request.metadata,
         options: serde_json::Map::new(),
         context: Context {
-            framework_name: "onnx".into(),
+            framework_name: info::FRAMEWORK_ONNX.into(),
             framework_versions: [("onnxruntime".to_string(), inspection.onnxruntime)]
                 .into_iter()
                 .collect(),
             gyrus_version: env!("CARGO_PKG_VERSION").into(),
         },
-        signatures,
+    })
+}
+
+/// A TensorFlow SavedModel upload, stored as the directory it is. Its serving signature
+/// (`serving_default`, else the only one) is read from `saved_model.pb` with TensorFlow's own
+/// file format, without TensorFlow: a SavedModel gyrus cannot serve is refused here.
+fn saved_model_info(dir: &std::path::Path, request: SaveRequest) -> Result<NewModel, DaemonError> {
+    use gyrus_tensorflow::saved_model;
+    let served = saved_model::read_signature(dir, None).map_err(|e| {
+        DaemonError::BadRequest(format!(
+            "the TensorFlow SavedModel cannot be served: {}",
+            strip_staging(&e.to_string(), dir)
+        ))
+    })?;
+    let spec = |infos: &[gyrus_engine::TensorInfo]| -> Vec<TensorSpec> {
+        infos
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                datatype: t.dtype.oip_name().to_string(),
+                shape: t.shape.clone(),
+            })
+            .collect()
     };
-    let used = usage(&app)?;
-    let model = blocking(move || Ok(staging.commit(new)?)).await?;
-    tracing::info!("saved model {}", model.tag());
-    Ok(Json(entry(model, &used)))
+    let inputs = spec(&served.signature.inputs);
+    let outputs = spec(&served.signature.outputs);
+    let mut framework_versions = BTreeMap::new();
+    if let Some(version) = saved_model::writer_version(dir) {
+        framework_versions.insert("tensorflow".to_string(), version);
+    }
+    Ok(NewModel {
+        signatures: signatures(&request, &served.key, inputs, outputs),
+        name: request.name,
+        module: info::MODULE_TENSORFLOW.into(),
+        labels: request.labels,
+        metadata: request.metadata,
+        options: serde_json::Map::new(),
+        context: Context {
+            framework_name: info::FRAMEWORK_TENSORFLOW.into(),
+            framework_versions,
+            gyrus_version: env!("CARGO_PKG_VERSION").into(),
+        },
+    })
+}
+
+/// A directory of TensorFlow Serving version directories (`1/saved_model.pb`, ...) is one
+/// model with several versions, which a store version cannot hold: `gyrus models save` uploads
+/// the highest one; anything else uploading such a tree is told what to do.
+fn refuse_versioned_saved_model(dir: &std::path::Path) -> Result<(), DaemonError> {
+    match gyrus_tensorflow::saved_model::locate(dir) {
+        Ok(found) => Err(DaemonError::BadRequest(format!(
+            "the upload holds TensorFlow SavedModel version directories (the highest is {}); \
+             a store version is one SavedModel: upload the contents of one version directory \
+             (gyrus models save DIR takes the highest by itself)",
+            found.version.unwrap_or_default()
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Error texts name the uploaded directory, not the staging directory it sits in.
+fn strip_staging(message: &str, dir: &std::path::Path) -> String {
+    message
+        .replace(&format!("{}/", dir.display()), "")
+        .replace(&dir.display().to_string(), "the upload")
 }
 
 async fn export(

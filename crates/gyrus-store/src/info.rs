@@ -18,6 +18,17 @@ pub const MODEL_YAML: &str = "model.yaml";
 /// The preferred model file name; a single ONNX file is saved under it.
 pub const SAVED_MODEL: &str = "saved_model.onnx";
 
+/// The file that makes a directory a TensorFlow SavedModel; such a version is stored as the
+/// SavedModel directory itself (`saved_model.pb`, `variables/`, `assets/` ...).
+pub const TF_SAVED_MODEL_PB: &str = "saved_model.pb";
+
+/// `module` and `context.framework_name` of ONNX models.
+pub const MODULE_ONNX: &str = "gyrus.onnx";
+pub const FRAMEWORK_ONNX: &str = "onnx";
+/// `module` and `context.framework_name` of TensorFlow SavedModels.
+pub const MODULE_TENSORFLOW: &str = "gyrus.tensorflow";
+pub const FRAMEWORK_TENSORFLOW: &str = "tensorflow";
+
 /// `model.yaml`, exactly the keys of the contract. Unknown keys are ignored when reading.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelInfo {
@@ -101,6 +112,23 @@ impl ModelInfo {
                 _ => first,
             }
         })
+    }
+
+    /// The framework of the model: `context.framework_name`, else what `module` implies
+    /// (`gyrus.onnx` → `onnx`), else `onnx` (what the store held before it took SavedModels).
+    pub fn framework(&self) -> &str {
+        if !self.context.framework_name.is_empty() {
+            return &self.context.framework_name;
+        }
+        match self.module.strip_prefix("gyrus.") {
+            Some(framework) if !framework.is_empty() => framework,
+            _ => FRAMEWORK_ONNX,
+        }
+    }
+
+    /// Whether the stored version is a TensorFlow SavedModel directory.
+    pub fn is_tensorflow(&self) -> bool {
+        self.framework() == FRAMEWORK_TENSORFLOW
     }
 
     /// Writes `model.yaml` text, keys in the contract's order.
@@ -278,6 +306,105 @@ python_only: ignored
         assert!(!err.contains('\n'), "{err}");
         let err = ModelInfo::from_yaml("name: a\nversion: b\nsize: -3\n").unwrap_err();
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    /// A TensorFlow SavedModel's `model.yaml`: the same keys, the framework in `module` and
+    /// `context`, the serving signature under its key, and the directory's files.
+    const TENSORFLOW: &str = r#"name: iris-tf
+version: 0vd8k1s2m4q6r8tv
+module: gyrus.tensorflow
+labels: {}
+options: {}
+metadata: {}
+context:
+  framework_name: tensorflow
+  framework_versions:
+    tensorflow: 2.21.0
+  gyrus_version: 0.1.0
+signatures:
+  serving_default:
+    batchable: false
+    batch_dim: 0
+    input_spec:
+    - name: x
+      datatype: FP32
+      shape:
+      - -1
+      - 4
+    output_spec:
+    - name: class_ids
+      datatype: INT64
+      shape:
+      - -1
+    - name: probabilities
+      datatype: FP32
+      shape:
+      - -1
+      - 3
+creation_time: '2026-12-05T18:00:00.000000+00:00'
+size: 300
+files:
+- path: fingerprint.pb
+  size: 50
+  sha256: 00000000000000000000000000000000000000000000000000000000000000aa
+- path: saved_model.pb
+  size: 200
+  sha256: 00000000000000000000000000000000000000000000000000000000000000bb
+- path: variables/variables.data-00000-of-00001
+  size: 40
+  sha256: 00000000000000000000000000000000000000000000000000000000000000cc
+- path: variables/variables.index
+  size: 10
+  sha256: 00000000000000000000000000000000000000000000000000000000000000dd
+"#;
+
+    #[test]
+    fn tensorflow_model_yaml_round_trips() {
+        let info = ModelInfo::from_yaml(TENSORFLOW).unwrap();
+        assert_eq!(info.module, MODULE_TENSORFLOW);
+        assert_eq!(info.framework(), FRAMEWORK_TENSORFLOW);
+        assert!(info.is_tensorflow());
+        assert_eq!(info.context.framework_versions["tensorflow"], "2.21.0");
+        let serving = &info.signatures["serving_default"];
+        assert_eq!(serving.input_spec[0].name, "x");
+        assert_eq!(serving.input_spec[0].shape, vec![-1, 4]);
+        assert_eq!(serving.output_spec.len(), 2);
+        assert_eq!(
+            info.files[2].path,
+            "variables/variables.data-00000-of-00001"
+        );
+        let text = info.to_yaml().unwrap();
+        assert!(text.contains("framework_name: tensorflow"), "{text}");
+        assert!(text.contains("module: gyrus.tensorflow"), "{text}");
+        assert_eq!(ModelInfo::from_yaml(&text).unwrap(), info);
+    }
+
+    #[test]
+    fn framework_of_older_and_partial_files() {
+        // ONNX versions written before SavedModels were stored read as ONNX.
+        let onnx = ModelInfo::from_yaml(PYYAML).unwrap();
+        assert_eq!(onnx.framework(), FRAMEWORK_ONNX);
+        assert!(!onnx.is_tensorflow());
+        let bare = "name: a\nversion: b\ncreation_time: '2026-01-01T00:00:00+00:00'\nsize: 0\n";
+        assert_eq!(
+            ModelInfo::from_yaml(bare).unwrap().framework(),
+            FRAMEWORK_ONNX
+        );
+        // `module` alone names the framework when `context` is missing.
+        let module_only = format!("{bare}module: gyrus.tensorflow\n");
+        assert!(ModelInfo::from_yaml(&module_only).unwrap().is_tensorflow());
+    }
+
+    #[test]
+    fn no_model_file_mentions_saved_models() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("weights.bin"), b"x").unwrap();
+        let err = model_file(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("TensorFlow SavedModel (saved_model.pb"),
+            "{err}"
+        );
+        assert!(err.contains("found weights.bin"), "{err}");
     }
 
     #[test]

@@ -127,9 +127,11 @@ fn no_model_file_message(dir: &std::path::Path, found: &[String]) -> String {
         format!("found {}", short_list_long(found))
     };
     format!(
-        "no model file in {}: expected {} or exactly one top-level *.onnx file; {found}",
+        "no model file in {}: expected an ONNX model ({} or exactly one top-level *.onnx \
+         file) or a TensorFlow SavedModel ({} with its variables/); {found}",
         dir.display(),
-        info::SAVED_MODEL
+        info::SAVED_MODEL,
+        info::TF_SAVED_MODEL_PB
     )
 }
 

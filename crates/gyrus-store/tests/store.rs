@@ -1297,3 +1297,82 @@ fn refuses_a_model_larger_than_the_cap() {
          (68719476736 bytes) are accepted",
     );
 }
+
+/// A TensorFlow SavedModel is stored as its directory, with the framework in `model.yaml`,
+/// and its export imports into another store unchanged.
+#[test]
+fn saved_model_directory_is_stored_as_is_and_round_trips() {
+    let (_tmp, a) = store();
+    let staging = a.begin().unwrap();
+    for (path, data) in [
+        ("saved_model.pb", &b"graph"[..]),
+        ("fingerprint.pb", b"fp"),
+        ("variables/variables.index", b"index"),
+        ("variables/variables.data-00000-of-00001", b"weights"),
+    ] {
+        let dest = staging.dir().join(path);
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::write(dest, data).unwrap();
+    }
+    fs::create_dir_all(staging.dir().join("assets")).unwrap();
+    let mut model = NewModel {
+        name: "iris-tf".into(),
+        module: gyrus_store::info::MODULE_TENSORFLOW.into(),
+        ..NewModel::default()
+    };
+    model.context.framework_name = gyrus_store::info::FRAMEWORK_TENSORFLOW.into();
+    model
+        .context
+        .framework_versions
+        .insert("tensorflow".into(), "2.21.0".into());
+    model.signatures.insert(
+        "serving_default".into(),
+        Signature {
+            input_spec: vec![TensorSpec {
+                name: "x".into(),
+                datatype: "FP32".into(),
+                shape: vec![-1, 4],
+            }],
+            ..Signature::default()
+        },
+    );
+    let saved = staging.commit(model).unwrap();
+    assert!(saved.info.is_tensorflow());
+    assert!(saved.path.join("saved_model.pb").is_file());
+    assert!(saved.path.join("variables/variables.index").is_file());
+    assert_eq!(
+        saved
+            .info
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "fingerprint.pb",
+            "saved_model.pb",
+            "variables/variables.data-00000-of-00001",
+            "variables/variables.index"
+        ]
+    );
+    // It has no ONNX file: asking for one is a corrupt entry, not a model.
+    assert!(saved.model_file().is_err());
+
+    let (_tmp_b, b) = store();
+    let imported = b.import(&export_bytes(&a, "iris-tf")[..]).unwrap();
+    assert_eq!(imported.info, saved.info);
+    assert!(imported.info.is_tensorflow());
+    assert_eq!(
+        fs::read(
+            imported
+                .path
+                .join("variables/variables.data-00000-of-00001")
+        )
+        .unwrap(),
+        b"weights"
+    );
+    assert_eq!(
+        b.resolve(&tag("iris-tf:latest")).unwrap().info.signatures["serving_default"].input_spec[0]
+            .name,
+        "x"
+    );
+}

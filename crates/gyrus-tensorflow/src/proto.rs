@@ -25,6 +25,9 @@ pub struct MetaGraphDef {
 pub struct MetaInfoDef {
     #[prost(string, repeated, tag = "4")]
     pub tags: Vec<String>,
+    /// The TensorFlow version that wrote the graph (`tf.__version__`).
+    #[prost(string, tag = "5")]
+    pub tensorflow_version: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -161,6 +161,19 @@ pub fn read_signature(
     serving_signature(&saved, signature_key)
 }
 
+/// The TensorFlow version that wrote the `serve` meta graph of the SavedModel in `dir` (as
+/// `saved_model.pb` records it), when it says.
+pub fn writer_version(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(SAVED_MODEL_PB)).ok()?;
+    let saved = SavedModel::decode(bytes.as_slice()).ok()?;
+    let graph = serve_graph(&saved).ok()?;
+    graph
+        .meta_info_def
+        .as_ref()
+        .map(|m| m.tensorflow_version.clone())
+        .filter(|v| !v.is_empty())
+}
+
 /// [`read_signature`] on a decoded SavedModel.
 pub fn serving_signature(
     saved: &SavedModel,

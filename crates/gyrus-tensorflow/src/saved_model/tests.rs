@@ -50,6 +50,7 @@ fn saved(tags: &[&str], signatures: &[(&str, SignatureDef)]) -> SavedModel {
         meta_graphs: vec![MetaGraphDef {
             meta_info_def: Some(MetaInfoDef {
                 tags: tags.iter().map(|t| t.to_string()).collect(),
+                tensorflow_version: String::new(),
             }),
             signature_def: signatures
                 .iter()
