@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::RuntimeError;
 pub use inference::{
-    Backend, ErrorKind, InferenceError, InferenceService, ModelInfo, OnnxBackend, ServiceConfig,
+    Backend, BatchPolicy, ErrorKind, InferenceError, InferenceService, ModelInfo, OnnxBackend,
+    ServiceConfig,
     TensorflowBackend, DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
 };
 pub use pool::WorkerPool;

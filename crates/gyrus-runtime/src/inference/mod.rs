@@ -14,7 +14,9 @@
 //!   HTTP in one place; gRPC codes later). Nothing here knows about HTTP.
 
 mod backend;
+mod batch;
 mod cost;
+mod dispatch;
 mod error;
 mod onnx;
 mod queue;
@@ -22,6 +24,7 @@ mod service;
 mod tensorflow;
 
 pub use backend::{Backend, ModelInfo};
+pub use batch::BatchPolicy;
 pub use error::{ErrorKind, InferenceError};
 pub use onnx::OnnxBackend;
 pub use service::{

@@ -55,7 +55,7 @@ use tokio::sync::oneshot;
 
 use super::cost::{input_bytes, Cost};
 use super::queue::{Awaiting, Done, Job, Outputs, Queue, Reply};
-use super::{Backend, InferenceError, ModelInfo};
+use super::{Backend, BatchPolicy, InferenceError, ModelInfo};
 
 /// How many inferences may wait for the engine thread before new ones are refused
 /// ([`InferenceError::Overloaded`]). As many as `max_replica_concurrency`'s default, so a model
@@ -67,13 +67,15 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 pub const DEFAULT_INLINE_BELOW: Duration = Duration::from_micros(50);
 
 /// How an [`InferenceService`] runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// How many inferences may wait for the engine thread (at least 1).
     pub queue_capacity: usize,
     /// Inferences estimated to take less than this run on the caller's thread when the
     /// engine thread is idle; `Duration::ZERO` sends every one to the engine thread.
     pub inline_below: Duration,
+    /// The models whose requests are batched (by name), and how (see `dispatch`).
+    pub batching: Vec<(String, BatchPolicy)>,
 }
 
 impl Default for ServiceConfig {
@@ -81,6 +83,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             inline_below: DEFAULT_INLINE_BELOW,
+            batching: Vec::new(),
         }
     }
 }
@@ -124,12 +127,29 @@ impl std::fmt::Debug for InferenceService {
 impl InferenceService {
     /// Starts the engine thread for `backend`. Fails only if the thread cannot be created.
     pub fn start(backend: Arc<dyn Backend>, config: ServiceConfig) -> std::io::Result<Self> {
-        let queue = Arc::new(Queue::new(config.queue_capacity.max(1)));
+        let batching: Vec<Option<BatchPolicy>> = backend
+            .models()
+            .iter()
+            .map(|m| {
+                config
+                    .batching
+                    .iter()
+                    .find(|(name, _)| *name == m.name)
+                    .map(|(_, policy)| *policy)
+            })
+            .collect();
+        let limits = batching
+            .iter()
+            .map(|b| b.map(|p| p.max_queue_size.max(1)))
+            .collect();
+        let queue = Arc::new(Queue::new(config.queue_capacity.max(1), limits));
         let costs: Arc<[Cost]> = backend.models().iter().map(|_| Cost::new()).collect();
         let engine = Engine {
             backend: backend.clone(),
             jobs: queue.clone(),
             costs: costs.clone(),
+            batching,
+            pending: std::collections::VecDeque::new(),
         };
         std::thread::Builder::new()
             .name("gyrus-engine".into())
@@ -219,9 +239,11 @@ impl InferenceService {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job {
             model: model.to_string(),
+            index: self.index(model),
             inputs,
             policy,
             reply: Reply::Wait(tx),
+            queued: Instant::now(),
         })
         .map_err(|(e, _)| e)?;
         let mut awaiting = Awaiting(rx);
@@ -248,9 +270,11 @@ impl InferenceService {
         };
         let job = Job {
             model: model.to_string(),
+            index: self.index(model),
             inputs,
             policy,
             reply: Reply::Call(Box::new(done)),
+            queued: Instant::now(),
         };
         if let Err((e, Reply::Call(done))) = self.enqueue(job) {
             done(Err(e));
@@ -282,6 +306,14 @@ impl InferenceService {
         Ok(outputs)
     }
 
+    fn index(&self, model: &str) -> Option<usize> {
+        self.inner
+            .backend
+            .models()
+            .iter()
+            .position(|m| m.name == model)
+    }
+
     /// Queues a job without waiting; a full queue is [`InferenceError::Overloaded`].
     fn enqueue(&self, job: Job) -> Result<(), (InferenceError, Reply)> {
         self.inner.queue.push(job)
@@ -289,20 +321,27 @@ impl InferenceService {
 }
 
 /// The engine thread's side of the service.
-struct Engine {
-    backend: Arc<dyn Backend>,
-    jobs: Arc<Queue>,
-    costs: Arc<[Cost]>,
+pub(super) struct Engine {
+    pub(super) backend: Arc<dyn Backend>,
+    pub(super) jobs: Arc<Queue>,
+    pub(super) costs: Arc<[Cost]>,
+    /// Per model (by index), how its requests are batched; `None`: one at a time.
+    pub(super) batching: Vec<Option<BatchPolicy>>,
+    /// Jobs taken from the queue while gathering a batch that could not join it: they run
+    /// next, in their order, before the queue is read again.
+    pub(super) pending: std::collections::VecDeque<Job>,
 }
 
 impl Engine {
     /// Runs jobs in order until the queue is closed and empty. A panic in the backend (or in a
     /// reply callback) fails that job only.
-    fn serve(self) {
+    fn serve(mut self) {
         batch_policy();
         let mut done = Done::default();
         loop {
-            let job = if done.is_empty() {
+            let job = if let Some(job) = self.pending.pop_front() {
+                job
+            } else if done.is_empty() {
                 match self.jobs.pop() {
                     Some(job) => job,
                     None => return,
@@ -319,31 +358,35 @@ impl Engine {
                     }
                 }
             };
-            let Job {
-                model,
-                inputs,
-                policy,
-                reply,
-            } = job;
-            if reply.abandoned() {
+            if job.reply.abandoned() {
                 continue;
             }
-            let index = self.backend.models().iter().position(|m| m.name == model);
-            let cost = index.map(|i| &self.costs[i]);
-            let outputs = run_one(&*self.backend, cost, &model, inputs, policy);
-            match reply {
-                Reply::Wait(tx) => done.push(tx, outputs),
-                Reply::Call(f) => {
-                    let _ = panic::catch_unwind(AssertUnwindSafe(|| f(outputs)));
+            let policy = job.index.and_then(|i| self.batching.get(i).copied().flatten());
+            match policy {
+                Some(policy) => self.run_batched(job, policy, &mut done),
+                None => {
+                    let cost = job.index.map(|i| &self.costs[i]);
+                    let outputs = run_one(&*self.backend, cost, &job.model, job.inputs, job.policy);
+                    answer(job.reply, outputs, &mut done);
                 }
             }
         }
     }
 }
 
+/// Sends a job's outputs: into `done` for an async caller, or to its callback here.
+pub(super) fn answer(reply: Reply, outputs: Outputs, done: &mut Done) {
+    match reply {
+        Reply::Wait(tx) => done.push(tx, outputs),
+        Reply::Call(f) => {
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| f(outputs)));
+        }
+    }
+}
+
 /// Runs one inference and learns its model's cost (`None` for a name the backend does not
 /// serve, which it answers itself). A panic in the backend fails this inference only.
-fn run_one(
+pub(super) fn run_one(
     backend: &dyn Backend,
     cost: Option<&Cost>,
     model: &str,
