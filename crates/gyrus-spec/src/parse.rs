@@ -8,6 +8,7 @@
 //! read in the submodules: `schema` (the keys each format allows), `predictor`, `onnx` (the
 //! ONNX Runtime options), `models` and `replicas` (compute, autoscaling, update_strategy).
 
+mod batching;
 mod models;
 mod onnx;
 mod predictor;

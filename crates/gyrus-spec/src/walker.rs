@@ -472,6 +472,20 @@ impl<'n> Section<'n> {
         }
     }
 
+    /// `true` or `false`.
+    pub fn boolean(&self, ctx: &mut Ctx<'_>, key: &str) -> Got<bool> {
+        let Some(f) = self.get(key) else {
+            return Got::Absent;
+        };
+        match f.node {
+            Node::Scalar(s) => match classify(s) {
+                Scalar::Bool(b) => Got::Set(f.spanned(b)),
+                _ => f.wrong(ctx, "true or false"),
+            },
+            _ => f.wrong(ctx, "true or false"),
+        }
+    }
+
     /// An integer within `range`, as u32 (every range here fits).
     pub fn int(&self, ctx: &mut Ctx<'_>, key: &str, range: IntRange) -> Got<u32> {
         let Some(f) = self.get(key) else {
