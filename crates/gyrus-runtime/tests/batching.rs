@@ -163,7 +163,9 @@ impl Setup {
     }
 }
 
-fn wait(rx: &mpsc::Receiver<Result<Vec<Tensor>, InferenceError>>) -> Result<Vec<Tensor>, InferenceError> {
+fn wait(
+    rx: &mpsc::Receiver<Result<Vec<Tensor>, InferenceError>>,
+) -> Result<Vec<Tensor>, InferenceError> {
     rx.recv_timeout(Duration::from_secs(10)).unwrap()
 }
 
@@ -184,8 +186,13 @@ async fn requests_queued_while_busy_run_as_one_batch_and_get_their_own_rows() {
         seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
         (seed >> 8) as f32 / 65536.0 - 128.0
     };
-    let requests: Vec<Vec<f32>> = (0..8).map(|i| (0..(i % 3 + 1) * 4).map(|_| next()).collect()).collect();
-    let answers: Vec<_> = requests.iter().map(|r| s.send("rows", rows_of(r, 4))).collect();
+    let requests: Vec<Vec<f32>> = (0..8)
+        .map(|i| (0..(i % 3 + 1) * 4).map(|_| next()).collect())
+        .collect();
+    let answers: Vec<_> = requests
+        .iter()
+        .map(|r| s.send("rows", rows_of(r, 4)))
+        .collect();
     s.release();
     held.await.unwrap();
     for (request, answer) in requests.iter().zip(&answers) {
@@ -202,7 +209,9 @@ async fn requests_queued_while_busy_run_as_one_batch_and_get_their_own_rows() {
 async fn max_batch_size_caps_rows_and_other_shapes_run_apart() {
     let s = setup(policy(4));
     let held = s.hold();
-    let mut answers: Vec<_> = (0..6).map(|i| s.send("rows", rows_of(&[i as f32; 3], 3))).collect();
+    let mut answers: Vec<_> = (0..6)
+        .map(|i| s.send("rows", rows_of(&[i as f32; 3], 3)))
+        .collect();
     // Another width: never in the same batch as the others.
     answers.push(s.send("rows", rows_of(&[9.0; 2], 2)));
     s.release();
@@ -213,7 +222,11 @@ async fn max_batch_size_caps_rows_and_other_shapes_run_apart() {
     let runs = s.runs();
     assert_eq!(runs.iter().sum::<usize>(), 7);
     assert!(runs.iter().all(|&r| r <= 4), "{runs:?}");
-    assert_eq!(runs, [4, 2, 1], "4 rows, the 2 left of that width, then the other width");
+    assert_eq!(
+        runs,
+        [4, 2, 1],
+        "4 rows, the 2 left of that width, then the other width"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +279,11 @@ async fn the_queue_is_bounded_per_model_and_deadlines_drop_requests_unrun() {
     for late in [a, b] {
         let e = wait(&late).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Overloaded);
-        assert!(e.to_string().contains("past the model's batching.max_latency of 30 ms"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("past the model's batching.max_latency of 30 ms"),
+            "{e}"
+        );
     }
     assert!(s.runs().is_empty(), "nothing late ran");
 }

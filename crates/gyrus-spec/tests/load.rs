@@ -1133,8 +1133,14 @@ fn engine_batching_with_defaults_and_per_model() {
     let models = api.predictor.models.clone().unwrap();
     let a = models.paths[0].batching.unwrap();
     assert_eq!(a.max_batch_size, 8);
-    assert_eq!(a.max_latency.map(|d| d.as_duration()), Some(std::time::Duration::from_millis(50)));
-    assert_eq!(a.max_queue_delay.as_duration(), std::time::Duration::from_millis(2));
+    assert_eq!(
+        a.max_latency.map(|d| d.as_duration()),
+        Some(std::time::Duration::from_millis(50))
+    );
+    assert_eq!(
+        a.max_queue_delay.as_duration(),
+        std::time::Duration::from_millis(2)
+    );
     assert_eq!(a.max_queue_size, 1024);
     assert!(!models.paths[1].batching.unwrap().enabled);
     let back: ApiSpec = serde_json::from_value(serde_json::to_value(&api).unwrap()).unwrap();

@@ -90,7 +90,10 @@ pub(super) fn concat(requests: Vec<Vec<Tensor>>) -> (Vec<Tensor>, Vec<usize>) {
 /// batch): the requests must then run one by one.
 pub(super) fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Option<Vec<Vec<Tensor>>> {
     let total: usize = rows.iter().sum();
-    let mut parts: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    let mut parts: Vec<Vec<Tensor>> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
     for t in outputs {
         if t.shape.first().and_then(|&d| usize::try_from(d).ok()) != Some(total) {
             return None;
@@ -161,7 +164,11 @@ mod tests {
             name: name.into(),
             dtype: DataType::String,
             shape,
-            data: TensorData::Strings((0..n).map(|i| format!("{prefix}{i}").into_bytes()).collect()),
+            data: TensorData::Strings(
+                (0..n)
+                    .map(|i| format!("{prefix}{i}").into_bytes())
+                    .collect(),
+            ),
         }
     }
 
@@ -169,7 +176,12 @@ mod tests {
     fn concat_then_split_gives_each_request_its_own_rows_back() {
         let requests: Vec<Vec<Tensor>> = [(1, 0), (3, 1), (0, 2), (2, 3)]
             .iter()
-            .map(|&(n, seed)| vec![f32s("x", vec![n, 4], seed), strings("s", vec![n, 2], &format!("r{seed}-"))])
+            .map(|&(n, seed)| {
+                vec![
+                    f32s("x", vec![n, 4], seed),
+                    strings("s", vec![n, 2], &format!("r{seed}-")),
+                ]
+            })
             .collect();
         for r in &requests[1..] {
             assert!(compatible(&requests[0], r));
@@ -193,8 +205,14 @@ mod tests {
         let scalar = vec![f32s("x", vec![], 0)];
         assert!(!compatible(&scalar, &scalar));
         assert_eq!(rows(&scalar), None);
-        assert_eq!(rows(&[f32s("a", vec![2, 1], 0), f32s("b", vec![3], 0)]), None);
-        assert_eq!(rows(&[f32s("a", vec![2, 1], 0), f32s("b", vec![2], 0)]), Some(2));
+        assert_eq!(
+            rows(&[f32s("a", vec![2, 1], 0), f32s("b", vec![3], 0)]),
+            None
+        );
+        assert_eq!(
+            rows(&[f32s("a", vec![2, 1], 0), f32s("b", vec![2], 0)]),
+            Some(2)
+        );
     }
 
     #[test]

@@ -361,7 +361,9 @@ impl Engine {
             if job.reply.abandoned() {
                 continue;
             }
-            let policy = job.index.and_then(|i| self.batching.get(i).copied().flatten());
+            let policy = job
+                .index
+                .and_then(|i| self.batching.get(i).copied().flatten());
             match policy {
                 Some(policy) => self.run_batched(job, policy, &mut done),
                 None => {

@@ -1,0 +1,56 @@
+"""Adaptive batching of model APIs (`predictor.batching`): under concurrent load every request
+gets exactly its own answer (bit for bit through an identity model, and the MLP's answer
+from onnxruntime run in this process), and a model without a dynamic batch axis is refused at
+deploy with a message naming the tensor.
+"""
+
+import json
+
+import numpy as np
+
+from onnx_helpers import model_api, model_project, parallel_posts, run_oracle
+
+
+def test_batched_answers_are_each_requests_own(gyrus, projects_dir, onnx_models):
+    apis = [
+        model_api("batch-id", "identity_float32.onnx", predictor={"batching": {"max_batch_size": 16}}),
+        model_api("batch-mlp", "mlp.onnx", predictor={"batching": {}}),
+    ]
+    proj = model_project(
+        projects_dir,
+        "batching",
+        apis,
+        models={m: onnx_models / m for m in ("identity_float32.onnx", "mlp.onnx")},
+    )
+    proc = gyrus.deploy(proj)
+    assert proc.returncode == 0, gyrus.diag("batch-id", "batch-mlp", proc=proc)
+
+    rng = np.random.RandomState(3)
+    # Identity: 1 to 4 rows per request, random bits as float32 (NaN payloads and subnormals
+    # included): each answer must be the request's own bytes.
+    rows = [rng.randint(1, 5) for _ in range(96)]
+    xs = [rng.standard_normal((n, 3)).astype(np.float32) * 10.0 ** rng.randint(-30, 30) for n in rows]
+    bodies = [{"x": x.tolist()} for x in xs]
+    answers = parallel_posts(gyrus.url("/batch-id"), bodies, threads=24)
+    for x, (status, text) in zip(xs, answers):
+        assert status == 200, text
+        got = np.asarray(json.loads(text)["y"], dtype=np.float32)
+        assert got.shape == x.shape and got.tobytes() == x.tobytes()
+
+    mlp_x = [rng.standard_normal((rng.randint(1, 4), 64)).astype(np.float32) for _ in range(64)]
+    answers = parallel_posts(gyrus.url("/batch-mlp"), [{"x": x.tolist()} for x in mlp_x], threads=24)
+    for x, (status, text) in zip(mlp_x, answers):
+        assert status == 200, text
+        want = run_oracle(onnx_models / "mlp.onnx", {"x": x})["logits"]
+        np.testing.assert_allclose(np.asarray(json.loads(text)["logits"]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_without_a_dynamic_batch_axis_is_refused(gyrus, projects_dir, onnx_models):
+    api = model_api("batch-fixed", "fixed.onnx", predictor={"batching": {}})
+    proj = model_project(projects_dir, "batch-fixed", [api], models={"fixed.onnx": onnx_models / "fixed.onnx"})
+    proc = gyrus.deploy(proj)
+    assert proc.returncode != 0, gyrus.diag("batch-fixed", proc=proc)
+    assert (
+        'model "batch-fixed" cannot be batched: batching needs a dynamic batch axis' in proc.stderr
+        and 'input "x" has shape [2, 3]' in proc.stderr
+    ), gyrus.diag("batch-fixed", proc=proc)
