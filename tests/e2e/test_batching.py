@@ -5,6 +5,7 @@ deploy with a message naming the tensor.
 """
 
 import json
+import time
 
 import numpy as np
 
@@ -36,6 +37,20 @@ def test_batched_answers_are_each_requests_own(gyrus, projects_dir, onnx_models)
         assert status == 200, text
         got = np.asarray(json.loads(text)["y"], dtype=np.float32)
         assert got.shape == x.shape and got.tobytes() == x.tobytes()
+
+    # What the replica reports (once a second): every request, and runs that held several.
+    deadline = time.time() + 10
+    while True:
+        [stats] = gyrus.describe("batch-id")["models"]
+        if stats["requests"] == len(bodies) or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert stats["batching"] is True and stats["requests"] == len(bodies), stats
+    assert stats["runs"] < stats["requests"], ("no run held several requests", stats)
+    assert sum(stats["batch_sizes"]) == stats["runs"], stats
+    assert stats["shed_queue_full"] == stats["shed_deadline"] == 0, stats
+    text = gyrus.ok("describe", "batch-id").stdout
+    assert "BATCHING" in text and "batch-id: runs by rows:" in text, text
 
     mlp_x = [rng.standard_normal((rng.randint(1, 4), 64)).astype(np.float32) for _ in range(64)]
     answers = parallel_posts(gyrus.url("/batch-mlp"), [{"x": x.tolist()} for x in mlp_x], threads=24)

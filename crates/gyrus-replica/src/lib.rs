@@ -367,6 +367,8 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
         None => None,
     };
 
+    // Kept for the metrics events: a model predictor's service lives in its worker pool.
+    let engine = models.clone();
     let serving = match (&spec.predictor.path, models) {
         (Some(path), models) => {
             Serving::Python(start_workers(&opts, spec, path, &api_spec_value, models).await?)
@@ -443,6 +445,7 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
                     Serving::Python(pool) => pool.crash_looping(),
                     Serving::Models(_) => false,
                 },
+                models: engine.as_ref().map(|e| e.stats()).unwrap_or_default(),
             });
         }
     });

@@ -70,9 +70,16 @@ impl Engine {
     /// model's order, with leading dimensions added as its policy says). Answers the job
     /// itself and returns `None` when it fails either.
     fn admit(&self, mut job: Job, policy: BatchPolicy, done: &mut Done) -> Option<Job> {
+        let stats = job.index.map(|i| &self.stats[i]);
+        let waited = job.queued.elapsed();
+        if let Some(stats) = stats {
+            stats.dequeued(waited);
+        }
         if let Some(max_latency) = policy.max_latency {
-            let waited = job.queued.elapsed();
             if waited > max_latency {
+                if let Some(stats) = stats {
+                    stats.deadline();
+                }
                 let error = InferenceError::DeadlineExceeded {
                     model: job.model,
                     waited,
@@ -93,7 +100,15 @@ impl Engine {
 
     fn run_alone(&self, job: Job, done: &mut Done) {
         let cost = job.index.map(|i| &self.costs[i]);
-        let outputs = run_one(&*self.backend, cost, &job.model, job.inputs, job.policy);
+        let stats = job.index.map(|i| &self.stats[i]);
+        let outputs = run_one(
+            &*self.backend,
+            cost,
+            stats,
+            &job.model,
+            job.inputs,
+            job.policy,
+        );
         answer(job.reply, outputs, done);
     }
 
@@ -109,14 +124,20 @@ impl Engine {
             inputs.push(job.inputs);
             replies.push(job.reply);
         }
+        let index = originals[0].2;
         let (batch, rows) = batch::concat(inputs);
+        let started = std::time::Instant::now();
         let outputs = run_one(
             &*self.backend,
+            None,
             None,
             &model,
             batch,
             gyrus_engine::ShapePolicy::Exact,
         );
+        if let Some(stats) = index.map(|i| &self.stats[i]) {
+            stats.run(rows.len(), rows.iter().sum(), started.elapsed());
+        }
         let parts = match outputs {
             Ok(outputs) => batch::split(outputs, &rows),
             Err(e) if !e.is_client_error() => {
@@ -136,7 +157,8 @@ impl Engine {
             None => {
                 for (reply, (inputs, policy, index)) in replies.into_iter().zip(originals) {
                     let cost = index.map(|i| &self.costs[i]);
-                    let outputs = run_one(&*self.backend, cost, &model, inputs, policy);
+                    let stats = index.map(|i| &self.stats[i]);
+                    let outputs = run_one(&*self.backend, cost, stats, &model, inputs, policy);
                     answer(reply, outputs, done);
                 }
             }

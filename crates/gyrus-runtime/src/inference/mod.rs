@@ -21,6 +21,7 @@ mod error;
 mod onnx;
 mod queue;
 mod service;
+mod stats;
 mod tensorflow;
 
 pub use backend::{Backend, ModelInfo};
@@ -30,4 +31,5 @@ pub use onnx::OnnxBackend;
 pub use service::{
     InferenceService, ServiceConfig, DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
 };
+pub use stats::{ModelStats, BATCH_BUCKETS};
 pub use tensorflow::TensorflowBackend;

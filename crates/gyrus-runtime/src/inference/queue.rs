@@ -270,6 +270,11 @@ impl Queue {
         taken
     }
 
+    /// How many jobs of model `index` wait now.
+    pub(super) fn waiting(&self, index: usize) -> usize {
+        self.lock().waiting.get(index).copied().unwrap_or(0)
+    }
+
     /// Waits until a job of model `index` is queued or `until` passes; whether one is.
     pub(super) fn wait_for_model(&self, index: usize, until: Instant) -> bool {
         let mut state = self.lock();

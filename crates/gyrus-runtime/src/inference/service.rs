@@ -53,8 +53,10 @@ use std::time::{Duration, Instant};
 use gyrus_engine::{ShapePolicy, Tensor};
 use tokio::sync::oneshot;
 
+use super::batch;
 use super::cost::{input_bytes, Cost};
 use super::queue::{Awaiting, Done, Job, Outputs, Queue, Reply};
+use super::stats::{Counters, ModelStats};
 use super::{Backend, BatchPolicy, InferenceError, ModelInfo};
 
 /// How many inferences may wait for the engine thread before new ones are refused
@@ -106,6 +108,10 @@ struct Inner {
     queue: Arc<Queue>,
     /// One per model, in the backend's order; shared with the engine thread.
     costs: Arc<[Cost]>,
+    /// One per model, in the backend's order; shared with the engine thread.
+    stats: Arc<[Counters]>,
+    /// Per model, whether its requests are batched.
+    batched: Vec<bool>,
     inline_below: Duration,
 }
 
@@ -144,10 +150,17 @@ impl InferenceService {
             .collect();
         let queue = Arc::new(Queue::new(config.queue_capacity.max(1), limits));
         let costs: Arc<[Cost]> = backend.models().iter().map(|_| Cost::new()).collect();
+        let stats: Arc<[Counters]> = backend
+            .models()
+            .iter()
+            .map(|_| Counters::default())
+            .collect();
+        let batched = batching.iter().map(Option::is_some).collect();
         let engine = Engine {
             backend: backend.clone(),
             jobs: queue.clone(),
             costs: costs.clone(),
+            stats: stats.clone(),
             batching,
             pending: std::collections::VecDeque::new(),
         };
@@ -159,6 +172,8 @@ impl InferenceService {
                 backend,
                 queue,
                 costs,
+                stats,
+                batched,
                 inline_below: config.inline_below,
             }),
         })
@@ -172,6 +187,20 @@ impl InferenceService {
     /// The names of the served models, in order.
     pub fn names(&self) -> Vec<String> {
         self.inner.backend.names()
+    }
+
+    /// What the service did for each model since it started, in the backend's order.
+    pub fn stats(&self) -> Vec<ModelStats> {
+        let inner = &*self.inner;
+        inner
+            .backend
+            .models()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                inner.stats[i].snapshot(&m.name, inner.batched[i], inner.queue.waiting(i))
+            })
+            .collect()
     }
 
     /// How many inferences may wait for the engine thread.
@@ -301,7 +330,8 @@ impl InferenceService {
             return Err(inputs);
         }
         let cost = Some(&inner.costs[index]);
-        let outputs = run_one(&*inner.backend, cost, model, inputs, policy);
+        let stats = Some(&inner.stats[index]);
+        let outputs = run_one(&*inner.backend, cost, stats, model, inputs, policy);
         inner.queue.release_inline();
         Ok(outputs)
     }
@@ -316,7 +346,12 @@ impl InferenceService {
 
     /// Queues a job without waiting; a full queue is [`InferenceError::Overloaded`].
     fn enqueue(&self, job: Job) -> Result<(), (InferenceError, Reply)> {
-        self.inner.queue.push(job)
+        let index = job.index;
+        let pushed = self.inner.queue.push(job);
+        if let (Err((InferenceError::QueueFull { .. }, _)), Some(i)) = (&pushed, index) {
+            self.inner.stats[i].queue_full();
+        }
+        pushed
     }
 }
 
@@ -325,6 +360,7 @@ pub(super) struct Engine {
     pub(super) backend: Arc<dyn Backend>,
     pub(super) jobs: Arc<Queue>,
     pub(super) costs: Arc<[Cost]>,
+    pub(super) stats: Arc<[Counters]>,
     /// Per model (by index), how its requests are batched; `None`: one at a time.
     pub(super) batching: Vec<Option<BatchPolicy>>,
     /// Jobs taken from the queue while gathering a batch that could not join it: they run
@@ -368,7 +404,18 @@ impl Engine {
                 Some(policy) => self.run_batched(job, policy, &mut done),
                 None => {
                     let cost = job.index.map(|i| &self.costs[i]);
-                    let outputs = run_one(&*self.backend, cost, &job.model, job.inputs, job.policy);
+                    let stats = job.index.map(|i| &self.stats[i]);
+                    if let Some(stats) = stats {
+                        stats.dequeued(job.queued.elapsed());
+                    }
+                    let outputs = run_one(
+                        &*self.backend,
+                        cost,
+                        stats,
+                        &job.model,
+                        job.inputs,
+                        job.policy,
+                    );
                     answer(job.reply, outputs, &mut done);
                 }
             }
@@ -391,11 +438,13 @@ pub(super) fn answer(reply: Reply, outputs: Outputs, done: &mut Done) {
 pub(super) fn run_one(
     backend: &dyn Backend,
     cost: Option<&Cost>,
+    stats: Option<&Counters>,
     model: &str,
     inputs: Vec<Tensor>,
     policy: ShapePolicy,
 ) -> Outputs {
     let bytes = input_bytes(&inputs);
+    let rows = batch::rows(&inputs).unwrap_or(1);
     let started = Instant::now();
     let outputs = panic::catch_unwind(AssertUnwindSafe(|| backend.infer(model, inputs, policy)))
         .unwrap_or_else(|panic| {
@@ -404,8 +453,12 @@ pub(super) fn run_one(
                 panic_message(&*panic)
             )))
         });
+    let took = started.elapsed();
     if let Some(cost) = cost {
-        cost.record(bytes, started.elapsed());
+        cost.record(bytes, took);
+    }
+    if let Some(stats) = stats {
+        stats.run(1, rows, took);
     }
     outputs
 }
