@@ -69,3 +69,44 @@ def test_a_model_without_a_dynamic_batch_axis_is_refused(gyrus, projects_dir, on
         'model "batch-fixed" cannot be batched: batching needs a dynamic batch axis' in proc.stderr
         and 'input "x" has shape [2, 3]' in proc.stderr
     ), gyrus.diag("batch-fixed", proc=proc)
+
+
+SERVER_SIDE = r'''
+class PythonPredictor:
+    def __init__(self, config):
+        self.wrong = config.get("wrong", False)
+
+    def predict(self, payload):
+        if self.wrong:
+            return {"not": "a list"}
+        return [{"i": p["i"], "batch": len(payload)} for p in payload]
+'''
+
+
+def test_cortex_server_side_batching_gives_python_predictors_lists(gyrus, project):
+    api = {
+        "name": "ssb",
+        "predictor": {
+            "type": "python",
+            "path": "predictor.py",
+            "server_side_batching": {"max_batch_size": 8, "batch_interval": "200ms"},
+        },
+        "autoscaling": {"threads_per_worker": 8},
+    }
+    proj = project("ssb", SERVER_SIDE, api=api)
+    gyrus.deploy_ok(proj, "ssb")
+    answers = parallel_posts(gyrus.url("/ssb"), [{"i": i} for i in range(32)], threads=16)
+    batches = []
+    for i, (status, text) in enumerate(answers):
+        assert status == 200, text
+        body = json.loads(text)
+        assert body["i"] == i, body
+        batches.append(body["batch"])
+    assert max(batches) > 1 and max(batches) <= 8, batches
+
+    wrong = {**api, "name": "ssb-wrong", "predictor": {**api["predictor"], "config": {"wrong": True}}}
+    proj = project("ssb-wrong", SERVER_SIDE, api=wrong)
+    gyrus.deploy_ok(proj, "ssb-wrong")
+    r = gyrus.post("/ssb-wrong", json={"i": 1})
+    assert r.status_code == 500, r.text
+    assert "must return a list of 1 responses, one per payload; it returned dict" in r.json()["error"], r.text

@@ -260,7 +260,17 @@ fn batching_policies(
             .as_ref()
             .and_then(|ms| ms.paths.iter().find(|e| e.name == m.name))
             .and_then(|e| e.batching);
-        let Some(b) = own.or(p.batching).filter(|b| b.enabled) else {
+        // Cortex's server_side_batching of a TensorFlow predictor batched its model (TensorFlow
+        // Serving's batching): the same as `batching` with that size and wait.
+        let cortex = p
+            .server_side_batching
+            .filter(|_| p.kind == gyrus_spec::PredictorType::Tensorflow)
+            .map(|s| gyrus_spec::BatchingSpec {
+                max_batch_size: s.max_batch_size,
+                max_queue_delay: s.batch_interval,
+                ..gyrus_spec::BatchingSpec::default()
+            });
+        let Some(b) = own.or(p.batching).or(cortex).filter(|b| b.enabled) else {
             continue;
         };
         let tensors = m.signature.inputs.iter().map(|t| ("input", t));
@@ -525,6 +535,16 @@ async fn start_workers(
         "models": models.as_ref().map(|service| signatures_json(service.models())),
         "threads": threads,
         "api_name": spec.name,
+        // Cortex's server_side_batching of a Python predictor: its worker groups requests and
+        // calls predict() with a list (a TensorFlow predictor's model is batched instead).
+        "server_side_batching": spec
+            .predictor
+            .server_side_batching
+            .filter(|_| spec.predictor.kind == gyrus_spec::PredictorType::Python && opts.job.is_none())
+            .map(|b| serde_json::json!({
+                "max_batch_size": b.max_batch_size,
+                "batch_interval": b.batch_interval.as_duration().as_secs_f64(),
+            })),
     });
     let config = WorkerConfig {
         python: opts.python.clone(),

@@ -195,6 +195,18 @@ impl<'n> Field<'n> {
         node_pos(self.node)
     }
 
+    /// The field `key` of this mapping, without checking the mapping's keys (for messages
+    /// about a field that was read already).
+    pub fn field(&self, key: &str) -> Option<Field<'n>> {
+        let Node::Mapping(map) = self.node else {
+            return None;
+        };
+        Some(Field {
+            path: format!("{}.{key}", self.path),
+            node: map.get_node(key)?,
+        })
+    }
+
     pub fn spanned<T>(&self, value: T) -> Spanned<T> {
         Spanned {
             value,

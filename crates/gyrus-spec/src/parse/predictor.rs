@@ -109,12 +109,6 @@ pub(super) fn predictor_current(
                 &b.path,
                 "applies to python and tensorflow predictors, as in Cortex",
             );
-        } else {
-            ctx.warn(
-                b.at,
-                &b.path,
-                "is not applied yet: each request runs on its own until adaptive batching lands",
-            );
         }
     }
     let spec = PredictorSpec {
