@@ -110,3 +110,44 @@ def test_cortex_server_side_batching_gives_python_predictors_lists(gyrus, projec
     r = gyrus.post("/ssb-wrong", json={"i": 1})
     assert r.status_code == 500, r.text
     assert "must return a list of 1 responses, one per payload; it returned dict" in r.json()["error"], r.text
+
+
+ONNX_PREDICTOR = r'''
+import numpy as np
+
+
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+
+    def predict(self, payload):
+        [logits] = self.client.predict({"x": np.asarray(payload["x"], dtype=np.float32)})
+        return {"logits": logits.tolist()}
+'''
+
+
+def test_model_calls_of_python_workers_are_batched_too(gyrus, projects_dir, onnx_models):
+    api = {
+        "name": "batch-py",
+        "predictor": {"type": "onnx", "path": "predictor.py", "model": "mlp.onnx", "batching": {}},
+        "autoscaling": {"threads_per_worker": 8, "workers_per_replica": 2},
+    }
+    proj = model_project(
+        projects_dir, "batch-py", [api], models={"mlp.onnx": onnx_models / "mlp.onnx"}, files={"predictor.py": ONNX_PREDICTOR}
+    )
+    proc = gyrus.deploy(proj)
+    assert proc.returncode == 0, gyrus.diag("batch-py", proc=proc)
+    rng = np.random.RandomState(5)
+    xs = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(64)]
+    answers = parallel_posts(gyrus.url("/batch-py"), [{"x": x.tolist()} for x in xs], threads=16)
+    for x, (status, text) in zip(xs, answers):
+        assert status == 200, text
+        want = run_oracle(onnx_models / "mlp.onnx", {"x": x})["logits"]
+        np.testing.assert_allclose(np.asarray(json.loads(text)["logits"]), want, rtol=1e-5, atol=1e-5)
+    deadline = time.time() + 10
+    while True:
+        [stats] = gyrus.describe("batch-py")["models"]
+        if stats["requests"] == len(xs) or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert stats["requests"] == len(xs) and stats["runs"] < stats["requests"], stats
