@@ -42,7 +42,7 @@ import onnx_bench as ob  # noqa: E402 - the shared machinery: processes, wrk, ve
 ROOT = ob.ROOT
 CONCURRENCY = (1, 8, 64, 256)
 ROW = [((i * 7919) % 1000) / 1000.0 - 0.5 for i in range(784)]
-BODY = {"x": [ROW]}
+BODY = json.dumps({"x": [ROW]})
 BATCH = 32
 
 
