@@ -218,5 +218,68 @@ pub(crate) async fn describe(api: &str, output: Output) -> Result<()> {
         }
     }
     print_scaling(&info);
+    print_models(&info);
     Ok(())
+}
+
+/// The inference service's work per model, summed over the live replicas.
+fn print_models(info: &ApiInfo) {
+    if info.models.is_empty() {
+        return;
+    }
+    println!();
+    let per = |total: u64, n: u64| {
+        if n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}", total as f64 / n as f64 / 1000.0)
+        }
+    };
+    let rows = info
+        .models
+        .iter()
+        .map(|m| {
+            vec![
+                m.model.clone(),
+                if m.batching { "on" } else { "off" }.to_string(),
+                m.requests.to_string(),
+                m.runs.to_string(),
+                if m.runs == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", m.requests as f64 / m.runs as f64)
+                },
+                m.queued.to_string(),
+                format!("{} / {}", m.shed_queue_full, m.shed_deadline),
+                per(m.queue_us, m.requests + m.shed_deadline),
+                per(m.engine_us, m.runs),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "MODEL",
+            "BATCHING",
+            "REQUESTS",
+            "RUNS",
+            "REQ/RUN",
+            "QUEUED",
+            "SHED (FULL / LATE)",
+            "QUEUE MS",
+            "ENGINE MS",
+        ],
+        rows,
+    );
+    const LABELS: [&str; 9] = [
+        "1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65-128", ">128",
+    ];
+    for m in info.models.iter().filter(|m| m.batching && m.runs > 0) {
+        let sizes: Vec<String> = LABELS
+            .iter()
+            .zip(&m.batch_sizes)
+            .filter(|(_, n)| **n > 0)
+            .map(|(label, n)| format!("{label}: {n}"))
+            .collect();
+        println!("{}: runs by rows: {}", m.model, sizes.join(", "));
+    }
 }

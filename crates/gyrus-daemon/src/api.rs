@@ -42,6 +42,10 @@ pub struct ApiInfo {
     pub created_at: String,
     pub updated_at: String,
     pub replica_details: Vec<ReplicaInfo>,
+    /// Per model of a model API or model predictor: what the inference service of its live
+    /// replicas did since they started, summed (requests, batch sizes, queue, shed requests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<gyrus_launch::ModelStats>,
     /// A batch API's jobs (it has no replicas of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<BatchJobs>,

@@ -93,7 +93,36 @@ pub enum ReplicaEvent {
         in_flight: usize,
         #[serde(default)]
         workers_crash_looping: bool,
+        /// Per model of the inference service (model APIs and model predictors): what it ran
+        /// since the replica started.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<ModelStats>,
     },
+}
+
+/// What a replica's inference service did for one model since the replica started
+/// (cumulative counters, so the daemon can sum replicas and take differences).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStats {
+    pub model: String,
+    /// Whether the model's requests are batched (`batching`).
+    pub batching: bool,
+    /// Requests answered by a run of the model.
+    pub requests: u64,
+    /// Runs of the model (a batch is one run).
+    pub runs: u64,
+    /// Runs by rows: 1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65-128, more.
+    pub batch_sizes: Vec<u64>,
+    /// Requests waiting for the engine now.
+    pub queued: u64,
+    /// Requests refused because the model's queue was full (`max_queue_size`).
+    pub shed_queue_full: u64,
+    /// Requests dropped unrun after waiting past `max_latency`.
+    pub shed_deadline: u64,
+    /// Microseconds requests waited in the queue, in all.
+    pub queue_us: u64,
+    /// Microseconds the engine spent running the model, in all.
+    pub engine_us: u64,
 }
 
 impl ReplicaEvent {
@@ -143,6 +172,7 @@ mod tests {
                 ReplicaEvent::Metrics {
                     in_flight: 3,
                     workers_crash_looping: true,
+                    models: Vec::new(),
                 },
                 r#"{"event":"metrics","in_flight":3,"workers_crash_looping":true}"#,
             ),
@@ -155,7 +185,8 @@ mod tests {
             ReplicaEvent::from_line(r#"{"event":"metrics","in_flight":0}"#),
             Some(ReplicaEvent::Metrics {
                 in_flight: 0,
-                workers_crash_looping: false
+                workers_crash_looping: false,
+                models: Vec::new(),
             })
         );
         assert_eq!(ReplicaEvent::from_line("hello from print()"), None);

@@ -33,8 +33,8 @@ use axum::Router;
 use gyrus_engine::{Model, ModelSet, SessionConfig};
 use gyrus_launch::{ModelFile, ReplicaEvent, ReplicaLaunch};
 use gyrus_runtime::{
-    Backend, InferenceService, ModelInfo, OnnxBackend, PredictRequest, RuntimeError, ServiceConfig,
-    TensorflowBackend, WorkerConfig, WorkerPool,
+    Backend, BatchPolicy, InferenceService, ModelInfo, OnnxBackend, PredictRequest, RuntimeError,
+    ServiceConfig, TensorflowBackend, WorkerConfig, WorkerPool,
 };
 use gyrus_spec::{ApiSpec, OnnxOptions};
 use tokio::io::AsyncReadExt;
@@ -79,6 +79,8 @@ pub enum ReplicaError {
     NoOnnxLibrary,
     #[error("predictor.type is tensorflow but the replica was given no TensorFlow library")]
     NoTensorflowLibrary,
+    #[error("{0}")]
+    Batching(String),
     #[error("cannot start the inference engine thread: {0}")]
     EngineThread(std::io::Error),
     #[error("predictor.type {0} without predictor.path: this replica has nothing to serve")]
@@ -243,6 +245,60 @@ async fn load_tensorflow_models(opts: &ReplicaLaunch) -> Result<TensorflowBacken
     Ok(TensorflowBackend::new(loaded))
 }
 
+/// The batching of each model that has it enabled (its `models` entry's `batching`, else the
+/// predictor's). A model without a dynamic batch axis (dimension 0 of every input and output
+/// of any size) cannot be batched: that fails the replica, and so the deploy, with a message.
+fn batching_policies(
+    spec: &ApiSpec,
+    models: &[ModelInfo],
+) -> Result<Vec<(String, BatchPolicy)>, ReplicaError> {
+    let p = &spec.predictor;
+    let mut policies = Vec::new();
+    for m in models {
+        let own = p
+            .models
+            .as_ref()
+            .and_then(|ms| ms.paths.iter().find(|e| e.name == m.name))
+            .and_then(|e| e.batching);
+        // Cortex's server_side_batching of a TensorFlow predictor batched its model (TensorFlow
+        // Serving's batching): the same as `batching` with that size and wait.
+        let cortex = p
+            .server_side_batching
+            .filter(|_| p.kind == gyrus_spec::PredictorType::Tensorflow)
+            .map(|s| gyrus_spec::BatchingSpec {
+                max_batch_size: s.max_batch_size,
+                max_queue_delay: s.batch_interval,
+                ..gyrus_spec::BatchingSpec::default()
+            });
+        let Some(b) = own.or(p.batching).or(cortex).filter(|b| b.enabled) else {
+            continue;
+        };
+        let tensors = m.signature.inputs.iter().map(|t| ("input", t));
+        let outputs = m.signature.outputs.iter().map(|t| ("output", t));
+        if let Some((what, t)) = tensors
+            .chain(outputs)
+            .find(|(_, t)| t.shape.first() != Some(&-1))
+        {
+            return Err(ReplicaError::Batching(format!(
+                "model \"{}\" cannot be batched: batching needs a dynamic batch axis (dimension 0 of any size, None in TensorFlow, a symbolic dimension in ONNX) on every input and output, and {what} \"{}\" has shape {}; export the model with a dynamic first dimension, or set batching.enabled: false for it",
+                m.name,
+                t.name,
+                gyrus_engine::ShapeDisplay(&t.shape)
+            )));
+        }
+        policies.push((
+            m.name.clone(),
+            BatchPolicy {
+                max_batch_size: b.max_batch_size as usize,
+                max_queue_delay: b.max_queue_delay.as_duration(),
+                max_latency: b.max_latency.map(|d| d.as_duration()),
+                max_queue_size: b.max_queue_size as usize,
+            },
+        ));
+    }
+    Ok(policies)
+}
+
 /// The models' signatures as the Python worker's `onnx_client` wants them.
 fn signatures_json(models: &[ModelInfo]) -> serde_json::Value {
     let tensors = |list: &[gyrus_engine::TensorInfo]| -> serde_json::Value {
@@ -311,13 +367,18 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
         gyrus_spec::PredictorType::Python => None,
     };
     let models = match backend {
-        Some(backend) => Some(
-            InferenceService::start(backend, ServiceConfig::default())
-                .map_err(ReplicaError::EngineThread)?,
-        ),
+        Some(backend) => {
+            let config = ServiceConfig {
+                batching: batching_policies(spec, backend.models())?,
+                ..ServiceConfig::default()
+            };
+            Some(InferenceService::start(backend, config).map_err(ReplicaError::EngineThread)?)
+        }
         None => None,
     };
 
+    // Kept for the metrics events: a model predictor's service lives in its worker pool.
+    let engine = models.clone();
     let serving = match (&spec.predictor.path, models) {
         (Some(path), models) => {
             Serving::Python(start_workers(&opts, spec, path, &api_spec_value, models).await?)
@@ -394,6 +455,7 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
                     Serving::Python(pool) => pool.crash_looping(),
                     Serving::Models(_) => false,
                 },
+                models: engine.as_ref().map(|e| e.stats()).unwrap_or_default(),
             });
         }
     });
@@ -473,6 +535,16 @@ async fn start_workers(
         "models": models.as_ref().map(|service| signatures_json(service.models())),
         "threads": threads,
         "api_name": spec.name,
+        // Cortex's server_side_batching of a Python predictor: its worker groups requests and
+        // calls predict() with a list (a TensorFlow predictor's model is batched instead).
+        "server_side_batching": spec
+            .predictor
+            .server_side_batching
+            .filter(|_| spec.predictor.kind == gyrus_spec::PredictorType::Python && opts.job.is_none())
+            .map(|b| serde_json::json!({
+                "max_batch_size": b.max_batch_size,
+                "batch_interval": b.batch_interval.as_duration().as_secs_f64(),
+            })),
     });
     let config = WorkerConfig {
         python: opts.python.clone(),

@@ -954,11 +954,89 @@ class Connection:
         self.send([RESPONSE_HEAD.pack(size, RESPONSE, rid, status, len(ctype)), ctype, body])
 
 
+class _Batcher:
+    """Cortex's ``server_side_batching`` for Python predictors: the payloads of requests this
+    worker's threads hold at once are grouped, up to ``max_batch_size`` or ``batch_interval``
+    after the first, and ``predict`` is called once, on this batcher's thread, with the list;
+    it must return a list of the same length, each element one request's response."""
+
+    def __init__(self, predictor, max_batch_size, batch_interval, index):
+        import queue
+
+        self.predictor = predictor
+        self.max_size = max(1, int(max_batch_size))
+        self.interval = max(0.0, float(batch_interval))
+        self.index = index
+        self.queue = queue.SimpleQueue()
+        self._empty = queue.Empty
+        threading.Thread(target=self._run, name="server_side_batching", daemon=True).start()
+
+    def call(self, payload, query, headers):
+        """One request's response, once its batch ran (raises what predict raised)."""
+        slot = [threading.Event(), None, None]  # done, result, exception
+        self.queue.put((slot, payload, query, headers))
+        slot[0].wait()
+        if slot[2] is not None:
+            raise slot[2]
+        return slot[1]
+
+    def _run(self):
+        import time
+
+        while True:
+            batch = [self.queue.get()]
+            deadline = time.monotonic() + self.interval
+            while len(batch) < self.max_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self.queue.get(timeout=left))
+                except self._empty:
+                    break
+            self._predict(batch)
+
+    def _predict(self, batch):
+        p = self.predictor
+        try:
+            values = {
+                "payload": [b[1] for b in batch],
+                "sample": [b[1] for b in batch],
+                "query_params": [dict(parse_qsl(b[2], keep_blank_values=True)) for b in batch]
+                if p.wants_query_params
+                else None,
+                "headers": [b[3] for b in batch],
+                "metadata": p.config,
+            }
+            results = p.predict_fn(payload=values["payload"]) if p.payload_only else _call(p.predict_fn, p.plan, values)
+            if not isinstance(results, (list, tuple)) or len(results) != len(batch):
+                got = f"a list of {len(results)}" if isinstance(results, (list, tuple)) else type(results).__name__
+                raise TypeError(
+                    f"predict() with server_side_batching gets a list of {len(batch)} payloads and must "
+                    f"return a list of {len(batch)} responses, one per payload; it returned {got}"
+                )
+            for (slot, *_), result in zip(batch, results):
+                slot[1] = result
+        except BaseException as e:  # noqa: BLE001 - user code may raise anything; every request hears it
+            for slot, *_ in batch:
+                slot[2] = e
+        for slot, *_ in batch:
+            slot[0].set()
+
+
 class Worker:
-    def __init__(self, conn, predictor, index):
+    def __init__(self, conn, predictor, index, server_side_batching=None):
         self.conn = conn
         self.predictor = predictor
         self.index = index
+        self.batcher = None
+        if server_side_batching:
+            self.batcher = _Batcher(
+                predictor,
+                server_side_batching["max_batch_size"],
+                server_side_batching["batch_interval"],
+                index,
+            )
 
     def handle(self, rid, flags, ctype, query, headers_json, body):
         # Every request must get exactly one response, whatever user code raises.
@@ -972,7 +1050,10 @@ class Worker:
                     headers = json.loads(headers_json or b"{}", object_pairs_hook=_headers_from_pairs)
                 if flags & FLAG_DEBUG:
                     print(f"debug: payload: {_short_repr(payload)}", file=sys.stderr)
-                result = self.predictor.predict(payload, query, headers)
+                if self.batcher is not None:
+                    result = self.batcher.call(payload, query, headers)
+                else:
+                    result = self.predictor.predict(payload, query, headers)
                 if flags & FLAG_DEBUG:
                     print(f"debug: prediction: {_short_repr(result)}", file=sys.stderr)
                 status, ct, out = encode_result(result)
@@ -1075,7 +1156,7 @@ def main():
         "pid": os.getpid(),
     }
     conn.send_json(READY, head[1], ready)
-    Worker(conn, predictor, index).serve(max(1, int(init.get("threads") or 1)))
+    Worker(conn, predictor, index, init.get("server_side_batching")).serve(max(1, int(init.get("threads") or 1)))
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(0)

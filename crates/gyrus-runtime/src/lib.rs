@@ -37,8 +37,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::RuntimeError;
 pub use inference::{
-    Backend, ErrorKind, InferenceError, InferenceService, ModelInfo, OnnxBackend, ServiceConfig,
-    TensorflowBackend, DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
+    Backend, BatchPolicy, ErrorKind, InferenceError, InferenceService, ModelInfo, ModelStats,
+    OnnxBackend, ServiceConfig, TensorflowBackend, BATCH_BUCKETS, DEFAULT_INLINE_BELOW,
+    DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
 };
 pub use pool::WorkerPool;
 pub use tensor_frame::InferCall;

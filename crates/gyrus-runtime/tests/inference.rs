@@ -71,6 +71,7 @@ fn start(fake: &Arc<Fake>, capacity: usize) -> InferenceService {
     let config = ServiceConfig {
         queue_capacity: capacity,
         inline_below: Duration::ZERO,
+        ..ServiceConfig::default()
     };
     InferenceService::start(fake.clone() as Arc<dyn Backend>, config).unwrap()
 }

@@ -26,7 +26,7 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, SpecError};
 pub use emit::to_yaml;
 pub use spec::{
-    ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
+    ApiKind, ApiSpec, AutoscalingSpec, BatchingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
     ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
     PredictorSpec, PredictorType, S3Options, TrackerSpec, UpdateStrategySpec,
 };

@@ -8,6 +8,7 @@
 //! read in the submodules: `schema` (the keys each format allows), `predictor`, `onnx` (the
 //! ONNX Runtime options), `models` and `replicas` (compute, autoscaling, update_strategy).
 
+mod batching;
 mod models;
 mod onnx;
 mod predictor;
@@ -266,6 +267,29 @@ fn api_item(ctx: &mut Ctx<'_>, item: &Node, kind: ItemKind, deployment: Option<&
         } else {
             (autoscaling, UpdateStrategySpec::default())
         };
+
+    // Cortex's rule: a Python predictor's batch is the requests its worker's threads hold.
+    if let Some((p, _)) = &predictor {
+        if let (crate::spec::PredictorType::Python, Some(b)) = (p.kind, p.server_side_batching) {
+            let threads = autoscaling.threads_per_worker;
+            if b.max_batch_size > threads {
+                let field = top
+                    .get("predictor")
+                    .and_then(|f| f.field("server_side_batching"))
+                    .and_then(|f| f.field("max_batch_size"));
+                if let Some(f) = field {
+                    ctx.error(
+                        f.at(),
+                        &f.path,
+                        format!(
+                            "is {}, more than autoscaling.threads_per_worker ({threads}): a batch is the requests one worker's threads hold at once, so set threads_per_worker to at least {}",
+                            b.max_batch_size, b.max_batch_size
+                        ),
+                    );
+                }
+            }
+        }
+    }
 
     if ctx.errors.len() == errors_before {
         if let (Some(name), Some((endpoint, _, _)), Some((mut predictor, onnx))) =

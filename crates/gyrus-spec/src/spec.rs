@@ -94,6 +94,40 @@ pub struct PredictorSpec {
     pub signature_key: Option<String>,
     /// `server_side_batching` (Cortex): group requests for Python and TensorFlow predictors.
     pub server_side_batching: Option<ServerSideBatching>,
+    /// `batching`: adaptive batching of the model engines' requests (ONNX and TensorFlow), for
+    /// every model of the API unless an entry of `models` has its own.
+    pub batching: Option<BatchingSpec>,
+}
+
+/// `batching` of a predictor or of one of its models: how the engine batches the requests of
+/// a model with a dynamic batch axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchingSpec {
+    /// `false` turns batching off for a model whose API batches the others.
+    pub enabled: bool,
+    /// The most rows in one run.
+    pub max_batch_size: u32,
+    /// A request still waiting for the engine after this is dropped unrun (503).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency: Option<DurationSpec>,
+    /// How long the first request may wait for others while the engine is idle.
+    pub max_queue_delay: DurationSpec,
+    /// The most requests waiting for the model; beyond, 503 at once.
+    pub max_queue_size: u32,
+}
+
+impl Default for BatchingSpec {
+    /// Good without tuning: batches grow only from requests that queue while the engine is
+    /// busy (no wait when it is idle), up to 32 rows; no deadline; 1024 waiting.
+    fn default() -> Self {
+        BatchingSpec {
+            enabled: true,
+            max_batch_size: 32,
+            max_latency: None,
+            max_queue_delay: DurationSpec::from_secs(0),
+            max_queue_size: 1024,
+        }
+    }
 }
 
 /// `predictor.server_side_batching`, as Cortex defined it: requests that arrive within
@@ -379,6 +413,8 @@ struct PredictorOut<'a> {
     signature_key: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     server_side_batching: &'a Option<ServerSideBatching>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batching: &'a Option<BatchingSpec>,
 }
 
 #[derive(Deserialize)]
@@ -402,6 +438,8 @@ struct PredictorIn {
     signature_key: Option<String>,
     #[serde(default)]
     server_side_batching: Option<ServerSideBatching>,
+    #[serde(default)]
+    batching: Option<BatchingSpec>,
 }
 
 fn present_providers<'de, D: Deserializer<'de>>(
@@ -448,6 +486,7 @@ impl Serialize for PredictorSpec {
             s3: &self.s3,
             signature_key: &self.signature_key,
             server_side_batching: &self.server_side_batching,
+            batching: &self.batching,
         }
         .serialize(serializer)
     }
@@ -483,6 +522,7 @@ impl<'de> Deserialize<'de> for PredictorSpec {
             s3: p.s3,
             signature_key: p.signature_key,
             server_side_batching: p.server_side_batching,
+            batching: p.batching,
         })
     }
 }
@@ -506,6 +546,9 @@ pub struct NamedModel {
     /// The SavedModel signature to serve (TensorFlow predictors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_key: Option<String>,
+    /// This model's own `batching` (instead of the predictor's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -195,6 +195,18 @@ impl<'n> Field<'n> {
         node_pos(self.node)
     }
 
+    /// The field `key` of this mapping, without checking the mapping's keys (for messages
+    /// about a field that was read already).
+    pub fn field(&self, key: &str) -> Option<Field<'n>> {
+        let Node::Mapping(map) = self.node else {
+            return None;
+        };
+        Some(Field {
+            path: format!("{}.{key}", self.path),
+            node: map.get_node(key)?,
+        })
+    }
+
     pub fn spanned<T>(&self, value: T) -> Spanned<T> {
         Spanned {
             value,
@@ -469,6 +481,20 @@ impl<'n> Section<'n> {
         match self.get(key) {
             Some(f) => f.string(ctx),
             None => Got::Absent,
+        }
+    }
+
+    /// `true` or `false`.
+    pub fn boolean(&self, ctx: &mut Ctx<'_>, key: &str) -> Got<bool> {
+        let Some(f) = self.get(key) else {
+            return Got::Absent;
+        };
+        match f.node {
+            Node::Scalar(s) => match classify(s) {
+                Scalar::Bool(b) => Got::Set(f.spanned(b)),
+                _ => f.wrong(ctx, "true or false"),
+            },
+            _ => f.wrong(ctx, "true or false"),
         }
     }
 

@@ -73,6 +73,7 @@ fn python_predictor() -> PredictorSpec {
         s3: None,
         signature_key: None,
         server_side_batching: None,
+        batching: None,
     }
 }
 
@@ -180,6 +181,7 @@ fn seed_config_templates_with_every_field_parse() {
             s3: None,
             signature_key: None,
             server_side_batching: None,
+            batching: None,
         },
         tracker: Some(TrackerSpec {
             key: Some("label".into()),
@@ -404,11 +406,13 @@ fn models_as_a_list_with_aliases() {
                     name: "iris-a".into(),
                     model: "s3://bucket/a.onnx".into(),
                     signature_key: None,
+                    batching: None,
                 },
                 NamedModel {
                     name: "iris-b".into(),
                     model: "models/iris.onnx".into(),
                     signature_key: None,
+                    batching: None,
                 },
             ],
             dir: None,
@@ -1098,6 +1102,47 @@ fn tensorflow_signature_keys_and_server_side_batching() {
     assert_eq!(models.signature_key.as_deref(), Some("serving_default"));
     assert_eq!(models.paths[0].signature_key.as_deref(), Some("predict"));
     assert_eq!(models.paths[1].signature_key, None);
+    let back: ApiSpec = serde_json::from_value(serde_json::to_value(&api).unwrap()).unwrap();
+    assert_eq!(back, api);
+}
+
+#[test]
+fn engine_batching_with_defaults_and_per_model() {
+    let api = load_one(
+        "\
+- name: mlp
+  predictor:
+    type: onnx
+    batching: {}
+    models:
+      - name: a
+        model: s3://bucket/a.onnx
+        batching:
+          max_batch_size: 8
+          max_latency: 50ms
+          max_queue_delay: 2ms
+      - name: b
+        model: s3://bucket/b.onnx
+        batching: {enabled: false}
+",
+    );
+    let all = api.predictor.batching.unwrap();
+    assert_eq!(all, gyrus_spec::BatchingSpec::default());
+    assert!(all.enabled);
+    assert_eq!(all.max_batch_size, 32);
+    let models = api.predictor.models.clone().unwrap();
+    let a = models.paths[0].batching.unwrap();
+    assert_eq!(a.max_batch_size, 8);
+    assert_eq!(
+        a.max_latency.map(|d| d.as_duration()),
+        Some(std::time::Duration::from_millis(50))
+    );
+    assert_eq!(
+        a.max_queue_delay.as_duration(),
+        std::time::Duration::from_millis(2)
+    );
+    assert_eq!(a.max_queue_size, 1024);
+    assert!(!models.paths[1].batching.unwrap().enabled);
     let back: ApiSpec = serde_json::from_value(serde_json::to_value(&api).unwrap()).unwrap();
     assert_eq!(back, api);
 }

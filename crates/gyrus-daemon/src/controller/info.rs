@@ -87,7 +87,38 @@ impl ApiController {
             created_at: g.stored.created_at.clone(),
             updated_at: g.stored.updated_at.clone(),
             replica_details: details,
+            models: sum_models(current.iter().map(|r| r.lock().models.clone())),
             jobs: None,
         }
     }
+}
+
+/// The per-model counters of several replicas, summed by model (in the first replica's order).
+fn sum_models(
+    replicas: impl Iterator<Item = Vec<gyrus_launch::ModelStats>>,
+) -> Vec<gyrus_launch::ModelStats> {
+    let mut sum: Vec<gyrus_launch::ModelStats> = Vec::new();
+    for models in replicas {
+        for m in models {
+            let Some(into) = sum.iter_mut().find(|s| s.model == m.model) else {
+                sum.push(m);
+                continue;
+            };
+            into.batching |= m.batching;
+            into.requests += m.requests;
+            into.runs += m.runs;
+            if into.batch_sizes.len() < m.batch_sizes.len() {
+                into.batch_sizes.resize(m.batch_sizes.len(), 0);
+            }
+            for (a, b) in into.batch_sizes.iter_mut().zip(&m.batch_sizes) {
+                *a += b;
+            }
+            into.queued += m.queued;
+            into.shed_queue_full += m.shed_queue_full;
+            into.shed_deadline += m.shed_deadline;
+            into.queue_us += m.queue_us;
+            into.engine_us += m.engine_us;
+        }
+    }
+    sum
 }

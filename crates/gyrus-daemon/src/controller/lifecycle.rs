@@ -128,12 +128,14 @@ impl ApiController {
             ReplicaEvent::Metrics {
                 in_flight,
                 workers_crash_looping,
+                models,
             } => {
                 let n = u32::try_from(in_flight).unwrap_or(u32::MAX);
                 {
                     let mut g = r.lock();
                     g.in_flight = n;
                     g.workers_crash_looping = workers_crash_looping;
+                    g.models = models;
                 }
                 let now = self.ctx.clock();
                 self.lock().metrics.record(now, &r.id, n);

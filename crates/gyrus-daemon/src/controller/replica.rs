@@ -69,6 +69,8 @@ pub(crate) struct ReplicaInner {
     pub(crate) unresponsive: bool,
     /// Its Python workers keep dying soon after they start (it says so in its reports).
     pub(crate) workers_crash_looping: bool,
+    /// What its inference service did per model, as it last reported (cumulative).
+    pub(crate) models: Vec<gyrus_launch::ModelStats>,
 }
 
 impl Replica {
@@ -98,6 +100,7 @@ impl Replica {
                 last_seen: now,
                 unresponsive: false,
                 workers_crash_looping: false,
+                models: Vec::new(),
             }),
             state_changed: tokio::sync::Notify::new(),
         })

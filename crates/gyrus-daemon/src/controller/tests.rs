@@ -457,6 +457,7 @@ async fn a_silent_replica_is_taken_out_of_routing_and_replaced() {
         talking.send(ReplicaEvent::Metrics {
             in_flight: 0,
             workers_crash_looping: false,
+            models: Vec::new(),
         });
         h.api.replace_hung();
     }
@@ -484,6 +485,7 @@ async fn workers_crash_looping_shows_in_the_status() {
     h.launcher.alive()[0].send(ReplicaEvent::Metrics {
         in_flight: 0,
         workers_crash_looping: true,
+        models: Vec::new(),
     });
     wait(Duration::from_millis(10)).await;
     assert_eq!(h.status(), "crash-looping");

@@ -42,6 +42,23 @@ pub trait Backend: Send + Sync + 'static {
         policy: ShapePolicy,
     ) -> Result<Vec<Tensor>, InferenceError>;
 
+    /// Checks `inputs` against `model`'s signature without running it, as `infer` would, and
+    /// puts them in the model's order (so that requests can be batched before they run).
+    fn check(
+        &self,
+        model: &str,
+        inputs: &mut Vec<Tensor>,
+        policy: ShapePolicy,
+    ) -> Result<(), InferenceError> {
+        let signature = self
+            .signature(model)
+            .ok_or_else(|| InferenceError::UnknownModel {
+                name: model.to_string(),
+                available: self.names(),
+            })?;
+        Ok(gyrus_engine::check_inputs(signature, inputs, policy)?)
+    }
+
     /// The names of the served models, in order.
     fn names(&self) -> Vec<String> {
         self.models().iter().map(|m| m.name.clone()).collect()

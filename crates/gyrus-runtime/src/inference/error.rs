@@ -65,6 +65,22 @@ pub enum InferenceError {
         "the inference engine is overloaded ({capacity} requests already waiting); retry later"
     )]
     Overloaded { capacity: usize },
+    /// A batched model already has `limit` requests waiting (its `max_queue_size`).
+    #[error(
+        "model \"{model}\" already has {limit} requests waiting (its batching.max_queue_size); retry later"
+    )]
+    QueueFull { model: String, limit: usize },
+    /// A request to a batched model waited past its `max_latency` and was dropped unrun.
+    #[error(
+        "the request to model \"{model}\" waited {} ms for the engine, past the model's batching.max_latency of {} ms; it was dropped before it ran",
+        waited.as_millis(),
+        max_latency.as_millis()
+    )]
+    DeadlineExceeded {
+        model: String,
+        waited: std::time::Duration,
+        max_latency: std::time::Duration,
+    },
     /// The engine thread is gone (the service is shutting down).
     #[error("the inference engine has stopped")]
     Stopped,
@@ -83,7 +99,9 @@ impl InferenceError {
             InferenceError::ModelNotFound { .. } | InferenceError::VersionNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            InferenceError::Overloaded { .. } => ErrorKind::Overloaded,
+            InferenceError::Overloaded { .. }
+            | InferenceError::QueueFull { .. }
+            | InferenceError::DeadlineExceeded { .. } => ErrorKind::Overloaded,
             InferenceError::Stopped | InferenceError::Internal(_) => ErrorKind::Internal,
         }
     }

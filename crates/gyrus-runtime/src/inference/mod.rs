@@ -14,17 +14,22 @@
 //!   HTTP in one place; gRPC codes later). Nothing here knows about HTTP.
 
 mod backend;
+mod batch;
 mod cost;
+mod dispatch;
 mod error;
 mod onnx;
 mod queue;
 mod service;
+mod stats;
 mod tensorflow;
 
 pub use backend::{Backend, ModelInfo};
+pub use batch::BatchPolicy;
 pub use error::{ErrorKind, InferenceError};
 pub use onnx::OnnxBackend;
 pub use service::{
     InferenceService, ServiceConfig, DEFAULT_INLINE_BELOW, DEFAULT_QUEUE_CAPACITY, MODEL_VERSION,
 };
+pub use stats::{ModelStats, BATCH_BUCKETS};
 pub use tensorflow::TensorflowBackend;

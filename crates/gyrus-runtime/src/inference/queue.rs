@@ -107,9 +107,14 @@ impl Reply {
 
 pub(super) struct Job {
     pub(super) model: String,
+    /// The model's index in the backend's list; `None` for a name it does not serve (the
+    /// backend answers those itself).
+    pub(super) index: Option<usize>,
     pub(super) inputs: Vec<Tensor>,
     pub(super) policy: ShapePolicy,
     pub(super) reply: Reply,
+    /// When it was queued: a batched model's `max_latency` counts from here.
+    pub(super) queued: Instant,
 }
 
 /// The bounded queue of jobs for the engine thread. See the module documentation.
@@ -118,6 +123,9 @@ pub(super) struct Queue {
     /// Signalled when a job arrives for an engine thread that sleeps, or on close.
     ready: Condvar,
     pub(super) capacity: usize,
+    /// Per model (by index), how many of its jobs may wait at once (`max_queue_size` of a
+    /// batched model); `None`: only the queue's capacity.
+    limits: Vec<Option<usize>>,
 }
 
 pub(super) struct QueueState {
@@ -128,19 +136,36 @@ pub(super) struct QueueState {
     sleeping: bool,
     /// A caller is running a quick model on its own thread (at most one does at a time).
     inline: bool,
+    /// Jobs waiting, per model index.
+    waiting: Vec<usize>,
+    /// The engine thread waits for more jobs of a batched model (`max_queue_delay`): a caller
+    /// must not run a model inline meanwhile.
+    gathering: bool,
+}
+
+impl QueueState {
+    fn take(&mut self, job: &Job) {
+        if let Some(n) = job.index.and_then(|i| self.waiting.get_mut(i)) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl Queue {
-    pub(super) fn new(capacity: usize) -> Queue {
+    /// A queue of `capacity` jobs; `limits` bounds each model's jobs (by index).
+    pub(super) fn new(capacity: usize, limits: Vec<Option<usize>>) -> Queue {
         Queue {
             state: Mutex::new(QueueState {
                 jobs: VecDeque::with_capacity(capacity.min(64)),
                 closed: false,
                 sleeping: false,
                 inline: false,
+                waiting: vec![0; limits.len()],
+                gathering: false,
             }),
             ready: Condvar::new(),
             capacity,
+            limits,
         }
     }
 
@@ -160,6 +185,20 @@ impl Queue {
             let capacity = self.capacity;
             return Err((InferenceError::Overloaded { capacity }, job.reply));
         }
+        if let Some(i) = job.index {
+            if let Some(limit) = self.limits.get(i).copied().flatten() {
+                if state.waiting[i] >= limit {
+                    let error = InferenceError::QueueFull {
+                        model: job.model,
+                        limit,
+                    };
+                    return Err((error, job.reply));
+                }
+            }
+            if let Some(n) = state.waiting.get_mut(i) {
+                *n += 1;
+            }
+        }
         state.jobs.push_back(job);
         let wake = std::mem::replace(&mut state.sleeping, false);
         drop(state);
@@ -173,7 +212,11 @@ impl Queue {
     /// sleeps with nothing queued and nobody else runs one inline.
     pub(super) fn claim_inline(&self) -> bool {
         let mut state = self.lock();
-        let idle = state.sleeping && state.jobs.is_empty() && !state.inline && !state.closed;
+        let idle = state.sleeping
+            && state.jobs.is_empty()
+            && !state.inline
+            && !state.closed
+            && !state.gathering;
         if idle {
             state.inline = true;
         }
@@ -189,6 +232,7 @@ impl Queue {
         let mut state = self.lock();
         loop {
             if let Some(job) = state.jobs.pop_front() {
+                state.take(&job);
                 return Some(job);
             }
             if state.closed {
@@ -201,7 +245,55 @@ impl Queue {
 
     /// The next job if there is one.
     pub(super) fn try_pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
+        let mut state = self.lock();
+        let job = state.jobs.pop_front()?;
+        state.take(&job);
+        Some(job)
+    }
+
+    /// Takes up to `max` queued jobs of model `index`, oldest first, leaving the others in
+    /// their order.
+    pub(super) fn take_model(&self, index: usize, max: usize) -> Vec<Job> {
+        let mut state = self.lock();
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < state.jobs.len() && taken.len() < max {
+            if state.jobs[i].index == Some(index) {
+                if let Some(job) = state.jobs.remove(i) {
+                    state.take(&job);
+                    taken.push(job);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        taken
+    }
+
+    /// How many jobs of model `index` wait now.
+    pub(super) fn waiting(&self, index: usize) -> usize {
+        self.lock().waiting.get(index).copied().unwrap_or(0)
+    }
+
+    /// Waits until a job of model `index` is queued or `until` passes; whether one is.
+    pub(super) fn wait_for_model(&self, index: usize, until: Instant) -> bool {
+        let mut state = self.lock();
+        state.gathering = true;
+        loop {
+            let now = Instant::now();
+            let found = state.waiting.get(index).is_some_and(|&n| n > 0);
+            if found || state.closed || now >= until {
+                state.gathering = false;
+                return found;
+            }
+            state.sleeping = true;
+            let (next, _) = self
+                .ready
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(|e| e.into_inner());
+            state = next;
+            state.sleeping = false;
+        }
     }
 
     pub(super) fn close(&self) {

@@ -53,9 +53,11 @@ use std::time::{Duration, Instant};
 use gyrus_engine::{ShapePolicy, Tensor};
 use tokio::sync::oneshot;
 
+use super::batch;
 use super::cost::{input_bytes, Cost};
 use super::queue::{Awaiting, Done, Job, Outputs, Queue, Reply};
-use super::{Backend, InferenceError, ModelInfo};
+use super::stats::{Counters, ModelStats};
+use super::{Backend, BatchPolicy, InferenceError, ModelInfo};
 
 /// How many inferences may wait for the engine thread before new ones are refused
 /// ([`InferenceError::Overloaded`]). As many as `max_replica_concurrency`'s default, so a model
@@ -67,13 +69,15 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 pub const DEFAULT_INLINE_BELOW: Duration = Duration::from_micros(50);
 
 /// How an [`InferenceService`] runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// How many inferences may wait for the engine thread (at least 1).
     pub queue_capacity: usize,
     /// Inferences estimated to take less than this run on the caller's thread when the
     /// engine thread is idle; `Duration::ZERO` sends every one to the engine thread.
     pub inline_below: Duration,
+    /// The models whose requests are batched (by name), and how (see `dispatch`).
+    pub batching: Vec<(String, BatchPolicy)>,
 }
 
 impl Default for ServiceConfig {
@@ -81,6 +85,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             inline_below: DEFAULT_INLINE_BELOW,
+            batching: Vec::new(),
         }
     }
 }
@@ -103,6 +108,10 @@ struct Inner {
     queue: Arc<Queue>,
     /// One per model, in the backend's order; shared with the engine thread.
     costs: Arc<[Cost]>,
+    /// One per model, in the backend's order; shared with the engine thread.
+    stats: Arc<[Counters]>,
+    /// Per model, whether its requests are batched.
+    batched: Vec<bool>,
     inline_below: Duration,
 }
 
@@ -124,12 +133,36 @@ impl std::fmt::Debug for InferenceService {
 impl InferenceService {
     /// Starts the engine thread for `backend`. Fails only if the thread cannot be created.
     pub fn start(backend: Arc<dyn Backend>, config: ServiceConfig) -> std::io::Result<Self> {
-        let queue = Arc::new(Queue::new(config.queue_capacity.max(1)));
+        let batching: Vec<Option<BatchPolicy>> = backend
+            .models()
+            .iter()
+            .map(|m| {
+                config
+                    .batching
+                    .iter()
+                    .find(|(name, _)| *name == m.name)
+                    .map(|(_, policy)| *policy)
+            })
+            .collect();
+        let limits = batching
+            .iter()
+            .map(|b| b.map(|p| p.max_queue_size.max(1)))
+            .collect();
+        let queue = Arc::new(Queue::new(config.queue_capacity.max(1), limits));
         let costs: Arc<[Cost]> = backend.models().iter().map(|_| Cost::new()).collect();
+        let stats: Arc<[Counters]> = backend
+            .models()
+            .iter()
+            .map(|_| Counters::default())
+            .collect();
+        let batched = batching.iter().map(Option::is_some).collect();
         let engine = Engine {
             backend: backend.clone(),
             jobs: queue.clone(),
             costs: costs.clone(),
+            stats: stats.clone(),
+            batching,
+            pending: std::collections::VecDeque::new(),
         };
         std::thread::Builder::new()
             .name("gyrus-engine".into())
@@ -139,6 +172,8 @@ impl InferenceService {
                 backend,
                 queue,
                 costs,
+                stats,
+                batched,
                 inline_below: config.inline_below,
             }),
         })
@@ -152,6 +187,20 @@ impl InferenceService {
     /// The names of the served models, in order.
     pub fn names(&self) -> Vec<String> {
         self.inner.backend.names()
+    }
+
+    /// What the service did for each model since it started, in the backend's order.
+    pub fn stats(&self) -> Vec<ModelStats> {
+        let inner = &*self.inner;
+        inner
+            .backend
+            .models()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                inner.stats[i].snapshot(&m.name, inner.batched[i], inner.queue.waiting(i))
+            })
+            .collect()
     }
 
     /// How many inferences may wait for the engine thread.
@@ -219,9 +268,11 @@ impl InferenceService {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job {
             model: model.to_string(),
+            index: self.index(model),
             inputs,
             policy,
             reply: Reply::Wait(tx),
+            queued: Instant::now(),
         })
         .map_err(|(e, _)| e)?;
         let mut awaiting = Awaiting(rx);
@@ -248,9 +299,11 @@ impl InferenceService {
         };
         let job = Job {
             model: model.to_string(),
+            index: self.index(model),
             inputs,
             policy,
             reply: Reply::Call(Box::new(done)),
+            queued: Instant::now(),
         };
         if let Err((e, Reply::Call(done))) = self.enqueue(job) {
             done(Err(e));
@@ -277,32 +330,54 @@ impl InferenceService {
             return Err(inputs);
         }
         let cost = Some(&inner.costs[index]);
-        let outputs = run_one(&*inner.backend, cost, model, inputs, policy);
+        let stats = Some(&inner.stats[index]);
+        let outputs = run_one(&*inner.backend, cost, stats, model, inputs, policy);
         inner.queue.release_inline();
         Ok(outputs)
     }
 
+    fn index(&self, model: &str) -> Option<usize> {
+        self.inner
+            .backend
+            .models()
+            .iter()
+            .position(|m| m.name == model)
+    }
+
     /// Queues a job without waiting; a full queue is [`InferenceError::Overloaded`].
     fn enqueue(&self, job: Job) -> Result<(), (InferenceError, Reply)> {
-        self.inner.queue.push(job)
+        let index = job.index;
+        let pushed = self.inner.queue.push(job);
+        if let (Err((InferenceError::QueueFull { .. }, _)), Some(i)) = (&pushed, index) {
+            self.inner.stats[i].queue_full();
+        }
+        pushed
     }
 }
 
 /// The engine thread's side of the service.
-struct Engine {
-    backend: Arc<dyn Backend>,
-    jobs: Arc<Queue>,
-    costs: Arc<[Cost]>,
+pub(super) struct Engine {
+    pub(super) backend: Arc<dyn Backend>,
+    pub(super) jobs: Arc<Queue>,
+    pub(super) costs: Arc<[Cost]>,
+    pub(super) stats: Arc<[Counters]>,
+    /// Per model (by index), how its requests are batched; `None`: one at a time.
+    pub(super) batching: Vec<Option<BatchPolicy>>,
+    /// Jobs taken from the queue while gathering a batch that could not join it: they run
+    /// next, in their order, before the queue is read again.
+    pub(super) pending: std::collections::VecDeque<Job>,
 }
 
 impl Engine {
     /// Runs jobs in order until the queue is closed and empty. A panic in the backend (or in a
     /// reply callback) fails that job only.
-    fn serve(self) {
+    fn serve(mut self) {
         batch_policy();
         let mut done = Done::default();
         loop {
-            let job = if done.is_empty() {
+            let job = if let Some(job) = self.pending.pop_front() {
+                job
+            } else if done.is_empty() {
                 match self.jobs.pop() {
                     Some(job) => job,
                     None => return,
@@ -319,38 +394,57 @@ impl Engine {
                     }
                 }
             };
-            let Job {
-                model,
-                inputs,
-                policy,
-                reply,
-            } = job;
-            if reply.abandoned() {
+            if job.reply.abandoned() {
                 continue;
             }
-            let index = self.backend.models().iter().position(|m| m.name == model);
-            let cost = index.map(|i| &self.costs[i]);
-            let outputs = run_one(&*self.backend, cost, &model, inputs, policy);
-            match reply {
-                Reply::Wait(tx) => done.push(tx, outputs),
-                Reply::Call(f) => {
-                    let _ = panic::catch_unwind(AssertUnwindSafe(|| f(outputs)));
+            let policy = job
+                .index
+                .and_then(|i| self.batching.get(i).copied().flatten());
+            match policy {
+                Some(policy) => self.run_batched(job, policy, &mut done),
+                None => {
+                    let cost = job.index.map(|i| &self.costs[i]);
+                    let stats = job.index.map(|i| &self.stats[i]);
+                    if let Some(stats) = stats {
+                        stats.dequeued(job.queued.elapsed());
+                    }
+                    let outputs = run_one(
+                        &*self.backend,
+                        cost,
+                        stats,
+                        &job.model,
+                        job.inputs,
+                        job.policy,
+                    );
+                    answer(job.reply, outputs, &mut done);
                 }
             }
         }
     }
 }
 
+/// Sends a job's outputs: into `done` for an async caller, or to its callback here.
+pub(super) fn answer(reply: Reply, outputs: Outputs, done: &mut Done) {
+    match reply {
+        Reply::Wait(tx) => done.push(tx, outputs),
+        Reply::Call(f) => {
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| f(outputs)));
+        }
+    }
+}
+
 /// Runs one inference and learns its model's cost (`None` for a name the backend does not
 /// serve, which it answers itself). A panic in the backend fails this inference only.
-fn run_one(
+pub(super) fn run_one(
     backend: &dyn Backend,
     cost: Option<&Cost>,
+    stats: Option<&Counters>,
     model: &str,
     inputs: Vec<Tensor>,
     policy: ShapePolicy,
 ) -> Outputs {
     let bytes = input_bytes(&inputs);
+    let rows = batch::rows(&inputs).unwrap_or(1);
     let started = Instant::now();
     let outputs = panic::catch_unwind(AssertUnwindSafe(|| backend.infer(model, inputs, policy)))
         .unwrap_or_else(|panic| {
@@ -359,8 +453,12 @@ fn run_one(
                 panic_message(&*panic)
             )))
         });
+    let took = started.elapsed();
     if let Some(cost) = cost {
-        cost.record(bytes, started.elapsed());
+        cost.record(bytes, took);
+    }
+    if let Some(stats) = stats {
+        stats.run(1, rows, took);
     }
     outputs
 }

@@ -174,11 +174,13 @@ fn model_entries(
         };
         let model = model_location(ctx, model, Need::Model);
         let signature_key = signature_key(ctx, &sec);
+        let batching = super::batching::batching(ctx, &sec, &format!("{section}.batching"), schema);
         if let (Some(name), Some(model)) = (name, model.value()) {
             entries.push(NamedModel {
                 name,
                 model,
                 signature_key: signature_key.value(),
+                batching: batching.value(),
             });
         }
     }

@@ -46,6 +46,7 @@ pub(super) fn predictor_current(
     let s3 = s3_options(ctx, s, schema);
     let signature = signature_key(ctx, s);
     let batching = server_side_batching(ctx, s, schema);
+    let engine_batching = super::batching::batching(ctx, s, "predictor.batching", schema);
     let kind = kind.value()?;
     match kind {
         PredictorType::Python if matches!(path, Got::Absent) => {
@@ -83,18 +84,30 @@ pub(super) fn predictor_current(
             );
         }
     }
+    let entry_batching = models
+        .set()
+        .filter(|m| m.value.paths.iter().any(|p| p.batching.is_some()));
+    if kind == PredictorType::Python {
+        if let Some(b) = engine_batching.set() {
+            ctx.error(
+                b.at,
+                &b.path,
+                "applies to onnx and tensorflow models; a python predictor batches with server_side_batching",
+            );
+        } else if let Some(m) = entry_batching {
+            ctx.error(
+                m.at,
+                &m.path,
+                "batching applies to onnx and tensorflow models; a python predictor batches with server_side_batching",
+            );
+        }
+    }
     if let Some(b) = batching.set() {
         if kind == PredictorType::Onnx {
             ctx.error(
                 b.at,
                 &b.path,
                 "applies to python and tensorflow predictors, as in Cortex",
-            );
-        } else {
-            ctx.warn(
-                b.at,
-                &b.path,
-                "is not applied yet: each request runs on its own until adaptive batching lands",
             );
         }
     }
@@ -110,6 +123,7 @@ pub(super) fn predictor_current(
         s3,
         signature_key: signature.value(),
         server_side_batching: batching.value(),
+        batching: engine_batching.value(),
     };
     Some((spec, onnx))
 }
@@ -211,6 +225,7 @@ pub(super) fn predictor_legacy(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Option<Pre
         s3: None,
         signature_key: None,
         server_side_batching: None,
+        batching: None,
     })
 }
 

@@ -33,6 +33,15 @@ const PREDICTOR_KEYS: &[&str] = &[
     "s3",
     "signature_key",
     "server_side_batching",
+    "batching",
+];
+
+pub(super) const BATCHING_KEYS: &[&str] = &[
+    "enabled",
+    "max_batch_size",
+    "max_latency",
+    "max_queue_delay",
+    "max_queue_size",
 ];
 
 pub(super) const SERVER_SIDE_BATCHING: (&str, &[&str]) = (
@@ -56,11 +65,11 @@ const MODELS_SECTIONS: [(&str, &[&str]); 3] = [
     ("predictor.models", &["paths", "dir", "signature_key"]),
     (
         "predictor.models[]",
-        &["name", "model", "model_path", "signature_key"],
+        &["name", "model", "model_path", "signature_key", "batching"],
     ),
     (
         "predictor.models.paths[]",
-        &["name", "model_path", "model", "signature_key"],
+        &["name", "model_path", "model", "signature_key", "batching"],
     ),
 ];
 
@@ -108,6 +117,9 @@ pub(super) const REALTIME: Schema = Schema {
         SESSION_OPTIONS,
         S3_SECTION,
         SERVER_SIDE_BATCHING,
+        ("predictor.batching", BATCHING_KEYS),
+        ("predictor.models[].batching", BATCHING_KEYS),
+        ("predictor.models.paths[].batching", BATCHING_KEYS),
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],
@@ -127,6 +139,9 @@ pub(super) const BATCH: Schema = Schema {
         SESSION_OPTIONS,
         S3_SECTION,
         SERVER_SIDE_BATCHING,
+        ("predictor.batching", BATCHING_KEYS),
+        ("predictor.models[].batching", BATCHING_KEYS),
+        ("predictor.models.paths[].batching", BATCHING_KEYS),
         MODELS_SECTIONS[0],
         MODELS_SECTIONS[1],
         MODELS_SECTIONS[2],

@@ -1,0 +1,153 @@
+"""Adaptive batching of model APIs (`predictor.batching`): under concurrent load every request
+gets exactly its own answer (bit for bit through an identity model, and the MLP's answer
+from onnxruntime run in this process), and a model without a dynamic batch axis is refused at
+deploy with a message naming the tensor.
+"""
+
+import json
+import time
+
+import numpy as np
+
+from onnx_helpers import model_api, model_project, parallel_posts, run_oracle
+
+
+def test_batched_answers_are_each_requests_own(gyrus, projects_dir, onnx_models):
+    apis = [
+        model_api("batch-id", "identity_float32.onnx", predictor={"batching": {"max_batch_size": 16}}),
+        model_api("batch-mlp", "mlp.onnx", predictor={"batching": {}}),
+    ]
+    proj = model_project(
+        projects_dir,
+        "batching",
+        apis,
+        models={m: onnx_models / m for m in ("identity_float32.onnx", "mlp.onnx")},
+    )
+    proc = gyrus.deploy(proj)
+    assert proc.returncode == 0, gyrus.diag("batch-id", "batch-mlp", proc=proc)
+
+    rng = np.random.RandomState(3)
+    # Identity: 1 to 4 rows per request, random bits as float32 (NaN payloads and subnormals
+    # included): each answer must be the request's own bytes.
+    rows = [rng.randint(1, 5) for _ in range(96)]
+    xs = [rng.standard_normal((n, 3)).astype(np.float32) * 10.0 ** rng.randint(-30, 30) for n in rows]
+    bodies = [{"x": x.tolist()} for x in xs]
+    answers = parallel_posts(gyrus.url("/batch-id"), bodies, threads=24)
+    for x, (status, text) in zip(xs, answers):
+        assert status == 200, text
+        got = np.asarray(json.loads(text)["y"], dtype=np.float32)
+        assert got.shape == x.shape and got.tobytes() == x.tobytes()
+
+    # What the replica reports (once a second): every request, and runs that held several.
+    deadline = time.time() + 10
+    while True:
+        [stats] = gyrus.describe("batch-id")["models"]
+        if stats["requests"] == len(bodies) or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert stats["batching"] is True and stats["requests"] == len(bodies), stats
+    assert stats["runs"] < stats["requests"], ("no run held several requests", stats)
+    assert sum(stats["batch_sizes"]) == stats["runs"], stats
+    assert stats["shed_queue_full"] == stats["shed_deadline"] == 0, stats
+    text = gyrus.ok("describe", "batch-id").stdout
+    assert "BATCHING" in text and "batch-id: runs by rows:" in text, text
+
+    mlp_x = [rng.standard_normal((rng.randint(1, 4), 64)).astype(np.float32) for _ in range(64)]
+    answers = parallel_posts(gyrus.url("/batch-mlp"), [{"x": x.tolist()} for x in mlp_x], threads=24)
+    for x, (status, text) in zip(mlp_x, answers):
+        assert status == 200, text
+        want = run_oracle(onnx_models / "mlp.onnx", {"x": x})["logits"]
+        np.testing.assert_allclose(np.asarray(json.loads(text)["logits"]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_without_a_dynamic_batch_axis_is_refused(gyrus, projects_dir, onnx_models):
+    api = model_api("batch-fixed", "fixed.onnx", predictor={"batching": {}})
+    proj = model_project(projects_dir, "batch-fixed", [api], models={"fixed.onnx": onnx_models / "fixed.onnx"})
+    proc = gyrus.deploy(proj)
+    assert proc.returncode != 0, gyrus.diag("batch-fixed", proc=proc)
+    assert (
+        'model "batch-fixed" cannot be batched: batching needs a dynamic batch axis' in proc.stderr
+        and 'input "x" has shape [2, 3]' in proc.stderr
+    ), gyrus.diag("batch-fixed", proc=proc)
+
+
+SERVER_SIDE = r'''
+class PythonPredictor:
+    def __init__(self, config):
+        self.wrong = config.get("wrong", False)
+
+    def predict(self, payload):
+        if self.wrong:
+            return {"not": "a list"}
+        return [{"i": p["i"], "batch": len(payload)} for p in payload]
+'''
+
+
+def test_cortex_server_side_batching_gives_python_predictors_lists(gyrus, project):
+    api = {
+        "name": "ssb",
+        "predictor": {
+            "type": "python",
+            "path": "predictor.py",
+            "server_side_batching": {"max_batch_size": 8, "batch_interval": "200ms"},
+        },
+        "autoscaling": {"threads_per_worker": 8},
+    }
+    proj = project("ssb", SERVER_SIDE, api=api)
+    gyrus.deploy_ok(proj, "ssb")
+    answers = parallel_posts(gyrus.url("/ssb"), [{"i": i} for i in range(32)], threads=16)
+    batches = []
+    for i, (status, text) in enumerate(answers):
+        assert status == 200, text
+        body = json.loads(text)
+        assert body["i"] == i, body
+        batches.append(body["batch"])
+    assert max(batches) > 1 and max(batches) <= 8, batches
+
+    wrong = {**api, "name": "ssb-wrong", "predictor": {**api["predictor"], "config": {"wrong": True}}}
+    proj = project("ssb-wrong", SERVER_SIDE, api=wrong)
+    gyrus.deploy_ok(proj, "ssb-wrong")
+    r = gyrus.post("/ssb-wrong", json={"i": 1})
+    assert r.status_code == 500, r.text
+    assert "must return a list of 1 responses, one per payload; it returned dict" in r.json()["error"], r.text
+
+
+ONNX_PREDICTOR = r'''
+import numpy as np
+
+
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+
+    def predict(self, payload):
+        [logits] = self.client.predict({"x": np.asarray(payload["x"], dtype=np.float32)})
+        return {"logits": logits.tolist()}
+'''
+
+
+def test_model_calls_of_python_workers_are_batched_too(gyrus, projects_dir, onnx_models):
+    api = {
+        "name": "batch-py",
+        "predictor": {"type": "onnx", "path": "predictor.py", "model": "mlp.onnx", "batching": {}},
+        "autoscaling": {"threads_per_worker": 8, "workers_per_replica": 2},
+    }
+    proj = model_project(
+        projects_dir, "batch-py", [api], models={"mlp.onnx": onnx_models / "mlp.onnx"}, files={"predictor.py": ONNX_PREDICTOR}
+    )
+    proc = gyrus.deploy(proj)
+    assert proc.returncode == 0, gyrus.diag("batch-py", proc=proc)
+    rng = np.random.RandomState(5)
+    xs = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(64)]
+    answers = parallel_posts(gyrus.url("/batch-py"), [{"x": x.tolist()} for x in xs], threads=16)
+    for x, (status, text) in zip(xs, answers):
+        assert status == 200, text
+        want = run_oracle(onnx_models / "mlp.onnx", {"x": x})["logits"]
+        np.testing.assert_allclose(np.asarray(json.loads(text)["logits"]), want, rtol=1e-5, atol=1e-5)
+    deadline = time.time() + 10
+    while True:
+        [stats] = gyrus.describe("batch-py")["models"]
+        if stats["requests"] == len(xs) or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert stats["requests"] == len(xs) and stats["runs"] < stats["requests"], stats
