@@ -217,14 +217,21 @@ mod tests {
         );
         // A second deploy finds it unpacked: the archive is not read again.
         assert_eq!(unpack(&archive, &root).unwrap(), model);
-        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1, "nothing staged is left");
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            1,
+            "nothing staged is left"
+        );
         // Replaced by another archive at the same path: unpacked anew.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&archive, tar_gz(&[("7/saved_model.pb", b"v7")])).unwrap();
         let replaced = unpack(&archive, &root).unwrap();
         assert_ne!(replaced, model);
         // Its only directory is a version: the model is the tree above it.
-        assert_eq!(std::fs::read(replaced.join("7/saved_model.pb")).unwrap(), b"v7");
+        assert_eq!(
+            std::fs::read(replaced.join("7/saved_model.pb")).unwrap(),
+            b"v7"
+        );
     }
 
     #[test]

@@ -158,9 +158,9 @@ impl Tensor {
     /// fit in an i64 (runtimes compute shapes that way, and TensorFlow aborts the process on a
     /// shape that overflows, even one holding no elements).
     pub fn element_count(shape: &[i64]) -> Option<usize> {
-        shape
-            .iter()
-            .try_fold(1i64, |acc, &d| (d >= 0).then(|| acc.checked_mul(d.max(1)))?)?;
+        shape.iter().try_fold(1i64, |acc, &d| {
+            (d >= 0).then(|| acc.checked_mul(d.max(1)))?
+        })?;
         shape.iter().try_fold(1usize, |acc, &d| {
             usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
         })
