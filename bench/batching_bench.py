@@ -97,6 +97,8 @@ def project(work, name, model, batching):
             "    session_options:\n      intra_op_num_threads: 1\n")
     if batching:
         text += "    batching:\n" + "".join(f"      {k}: {v}\n" for k, v in batching.items())
+    # One replica: the autoscaler would add replicas on the pinned core under load.
+    text += ob.autoscaling_yaml(1)
     (d / "cortex.yaml").write_text(text)
     return d
 

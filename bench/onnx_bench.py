@@ -581,8 +581,10 @@ def iris_onnx_project(work, iris_model):
                          "example")
     d = work / "projects" / "iris-onnx"
     shutil.copytree(src, d)
-    m = re.search(r"^\s*model:\s*(\S+)", (d / "cortex.yaml").read_text(), re.MULTILINE)
+    config = d / "cortex.yaml"
+    m = re.search(r"^\s*model:\s*(\S+)", config.read_text(), re.MULTILINE)
     shutil.copy(iris_model, d / (m.group(1) if m else "model.onnx"))
+    config.write_text(config.read_text().rstrip("\n") + "\n" + autoscaling_yaml(1))
     return d
 
 
@@ -682,10 +684,12 @@ def check_json_exact(system, url, body, want):
 
 def run_gyrus(run, models, refs, core, work, dylib):
     projects = [
-        ("iris-model", project(work, "iris-model", "iris-model", models["iris"])),
-        ("mlp", project(work, "mlp", "mlp", models["mlp"])),
+        # One replica each: the autoscaler would otherwise add replicas on the pinned core
+        # under load (bench/tf_bench.py saw 28 at concurrency 64), measuring contention.
+        ("iris-model", project(work, "iris-model", "iris-model", models["iris"], replicas=1)),
+        ("mlp", project(work, "mlp", "mlp", models["mlp"], replicas=1)),
         ("iris-onnx", iris_onnx_project(work, models["iris"])),
-        ("hello", hello_project(work, "hello")),
+        ("hello", hello_project(work, "hello", replicas=1)),
     ]
     g = Gyrus(work, core, dylib)
     try:
