@@ -151,3 +151,60 @@ def test_model_calls_of_python_workers_are_batched_too(gyrus, projects_dir, onnx
             break
         time.sleep(0.3)
     assert stats["requests"] == len(xs) and stats["runs"] < stats["requests"], stats
+
+
+HEAVY_PREDICTOR = r'''
+import numpy as np
+
+
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+        self.x = np.ones((4000, 64), dtype=np.float32)
+
+    def predict(self, payload):
+        [logits] = self.client.predict({"x": self.x})
+        return {"rows": len(logits)}
+'''
+
+
+def test_overload_is_an_explicit_503_and_counted(gyrus, projects_dir, onnx_models):
+    """Model calls of 4000 rows (milliseconds each) from 16 worker threads at once: a queue
+    bound of 1 refuses some at once, and a 1 ms deadline drops some unrun; each answer is a 503
+    whose body names the model and the limit, and `describe` counts exactly those."""
+    expect = {
+        "shed-full": (
+            {"max_queue_size": 1},
+            "shed_queue_full",
+            'model "shed-full" already has 1 requests waiting (its batching.max_queue_size); retry later',
+        ),
+        "shed-late": (
+            {"max_latency": "1ms"},
+            "shed_deadline",
+            "past the model's batching.max_latency of 1 ms; it was dropped before it ran",
+        ),
+    }
+    for api, (batching, counter, message) in expect.items():
+        spec = {
+            "name": api,
+            "predictor": {"type": "onnx", "path": "predictor.py", "model": "mlp.onnx", "batching": batching},
+            "autoscaling": {"workers_per_replica": 2, "threads_per_worker": 8},
+        }
+        proj = model_project(
+            projects_dir, api, [spec], models={"mlp.onnx": onnx_models / "mlp.onnx"}, files={"predictor.py": HEAVY_PREDICTOR}
+        )
+        proc = gyrus.deploy(proj)
+        assert proc.returncode == 0, gyrus.diag(api, proc=proc)
+        answers = parallel_posts(gyrus.url(f"/{api}"), [{}] * 64, threads=16)
+        assert all(status in (200, 503) for status, _ in answers), answers[:3]
+        shed = [text for status, text in answers if status == 503]
+        assert shed and len(shed) < len(answers), (api, len(shed))
+        assert all(message in json.loads(text)["error"] for text in shed), shed[0]
+        deadline = time.time() + 10
+        while True:
+            [stats] = gyrus.describe(api)["models"]
+            if stats[counter] == len(shed) or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        assert stats[counter] == len(shed), (api, stats, len(shed))
+        assert stats["requests"] == len(answers) - len(shed), stats

@@ -17,7 +17,7 @@ Frames (little-endian): ``u32 len`` (bytes after this field), ``u8 kind``, ``u64
     104 INFER       worker -> replica  onnx_client / tensorflow_client.predict: model name,
                                    flags, tensors
     4 INFER_RESULT  replica -> worker  output tensors
-    5 INFER_ERROR   replica -> worker  u8 client_error, message
+    5 INFER_ERROR   replica -> worker  u8 kind (0 server, 1 inputs, 2 overloaded), message
 
 Tensors are raw little-endian bytes with a dtype code and a shape (see tensor_frame.rs);
 INIT carries each model's signature under ``models``.
@@ -78,6 +78,11 @@ class HTTPError(Exception):
 
 class InitError(Exception):
     """A problem gyrus found in the predictor itself; it has no useful traceback."""
+
+
+class Overloaded(RuntimeError):
+    """The engine refused a model call for load (its queue is full, or the call waited past the
+    model's max_latency); answered with 503, unless predict() handles it."""
 
 
 class InvalidInput(ValueError):
@@ -772,6 +777,8 @@ class Connection:
         message = bytes(body[1:]).decode("utf-8", "replace")
         if body[:1] == b"\x01":
             raise InvalidInput(message)
+        if body[:1] == b"\x02":
+            raise Overloaded(message)
         raise RuntimeError(message)
 
     def _wait(self, waiter):
@@ -1062,6 +1069,8 @@ class Worker:
             except InvalidInput as e:
                 # The engine rejected the inputs predict() built, most likely from the payload.
                 status, ct, out = error_response(400, str(e))
+            except Overloaded as e:
+                status, ct, out = error_response(503, str(e))
             except BaseException as e:  # noqa: BLE001 - user code may raise anything
                 sys.stderr.write(f"worker {self.index}: predict() raised an exception:\n{_user_traceback(e)}")
                 message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -5,7 +5,8 @@
 //! INFER body (worker → replica): `u16 model_len`, model name (empty: the only model),
 //! `u8 flags` (bit 0: add leading dimensions of 1), `u16 count`, then `count` tensors.
 //! INFER_RESULT body (replica → worker): `u16 count`, then the output tensors.
-//! INFER_ERROR body: `u8 client_error` (1: the inputs were wrong), then a UTF-8 message.
+//! INFER_ERROR body: `u8 kind` (0: a server fault, 1: the inputs were wrong, 2: the engine is
+//! overloaded, retry), then a UTF-8 message.
 //!
 //! A tensor: `u16 name_len`, name, `u8 dtype` (index in [`DataType::ALL`]), `u8 rank`,
 //! `rank × i64` dims, `u64 data_len`, data. String data is each element as `u32 len` + bytes.
@@ -153,8 +154,17 @@ pub(crate) fn encode_outputs(outputs: &[Tensor]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn encode_error(client_error: bool, message: &str) -> Vec<u8> {
-    let mut out = vec![client_error as u8];
+/// INFER_ERROR's kind byte for an error.
+pub(crate) fn error_kind(e: &crate::InferenceError) -> u8 {
+    match e.kind() {
+        crate::ErrorKind::InvalidRequest | crate::ErrorKind::NotFound => 1,
+        crate::ErrorKind::Overloaded => 2,
+        crate::ErrorKind::Internal => 0,
+    }
+}
+
+pub(crate) fn encode_error(kind: u8, message: &str) -> Vec<u8> {
+    let mut out = vec![kind];
     out.extend_from_slice(message.as_bytes());
     out
 }

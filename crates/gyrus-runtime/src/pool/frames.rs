@@ -57,7 +57,7 @@ pub(super) fn infer_reply(
         ),
         Err(e) => (
             protocol::INFER_ERROR,
-            tensor_frame::encode_error(e.is_client_error(), &e.to_string()),
+            tensor_frame::encode_error(tensor_frame::error_kind(&e), &e.to_string()),
         ),
     };
     protocol::encode_frame(kind, id, &reply)
