@@ -208,3 +208,38 @@ def test_overload_is_an_explicit_503_and_counted(gyrus, projects_dir, onnx_model
             time.sleep(0.3)
         assert stats[counter] == len(shed), (api, stats, len(shed))
         assert stats["requests"] == len(answers) - len(shed), stats
+
+
+def test_a_store_model_saved_batchable_is_batched_by_default(gyrus, projects_dir, onnx_models):
+    """`gyrus.onnx.save_model(..., signatures={"run": {"batchable": True}})`, BentoML's way of
+    saying the model has a dynamic batch axis: its APIs batch without a `batching` block; a
+    batch_dim other than 0 is refused at deploy."""
+    import subprocess
+    import sys
+
+    for name, dim in (("mlp-b", 0), ("mlp-dim1", 1)):
+        code = (
+            "import sys, gyrus.onnx; gyrus.onnx.save_model(sys.argv[1], sys.argv[2], "
+            "signatures={'run': {'batchable': True, 'batch_dim': int(sys.argv[3])}})"
+        )
+        subprocess.run(
+            [sys.executable, "-c", code, name, str(onnx_models / "mlp.onnx"), str(dim)],
+            check=True,
+            env={**gyrus.env, "GYRUS_HOME": str(gyrus.home)},
+            capture_output=True,
+        )
+    proj = model_project(projects_dir, "store-batch", [model_api("store-batch", "mlp-b:latest")])
+    proc = gyrus.deploy(proj)
+    assert proc.returncode == 0, gyrus.diag("store-batch", proc=proc)
+    x = np.random.RandomState(1).standard_normal((2, 64)).astype(np.float32)
+    r = gyrus.post("/store-batch", json={"x": x.tolist()})
+    assert r.status_code == 200, r.text
+    deadline = time.time() + 10
+    while not gyrus.describe("store-batch").get("models") and time.time() < deadline:
+        time.sleep(0.3)  # the replica reports once a second
+    [stats] = gyrus.describe("store-batch")["models"]
+    assert stats["batching"] is True, stats
+    proj = model_project(projects_dir, "store-dim1", [model_api("store-dim1", "mlp-dim1:latest")])
+    proc = gyrus.deploy(proj)
+    assert proc.returncode != 0, gyrus.diag("store-dim1", proc=proc)
+    assert "its store signature has batch_dim 1, and gyrus batches along dimension 0" in proc.stderr, proc.stderr

@@ -61,6 +61,8 @@ pub struct ResolvedModel {
     pub path: PathBuf,
     /// The SavedModel signature to serve, as configured (`None`: the default).
     pub signature_key: Option<String>,
+    /// The `batch_dim` of a store model whose signature says `batchable`.
+    pub store_batch_dim: Option<i64>,
 }
 
 /// Why an API's models cannot be found, with the field of the spec that names them.
@@ -261,6 +263,7 @@ impl ModelSources {
                     name,
                     path: onnx_file(path)?,
                     signature_key: None,
+                    store_batch_dim: None,
                 })
             }
         };
@@ -268,14 +271,18 @@ impl ModelSources {
         if let Some(m) = &p.model {
             let field = "predictor.model";
             let path = locate(m.clone(), field.into()).await?;
-            models.push(model_of(spec.name.clone(), &path, None).map_err(|e| e.at(field))?);
+            let mut model = model_of(spec.name.clone(), &path, None).map_err(|e| e.at(field))?;
+            model.store_batch_dim = self.store_batch_dim(m);
+            models.push(model);
         }
         if let Some(ms) = &p.models {
             for (i, m) in ms.paths.iter().enumerate() {
                 let field = format!("predictor.models[{i}].model");
                 let path = locate(m.model.clone(), field.clone()).await?;
                 let key = m.signature_key.as_ref().or(ms.signature_key.as_ref());
-                models.push(model_of(m.name.clone(), &path, key).map_err(|e| e.at(&field))?);
+                let mut model = model_of(m.name.clone(), &path, key).map_err(|e| e.at(&field))?;
+                model.store_batch_dim = self.store_batch_dim(&m.model);
+                models.push(model);
             }
             if let Some(dir) = &ms.dir {
                 let root = locate(dir.clone(), "predictor.models.dir".into()).await?;
@@ -291,6 +298,7 @@ impl ModelSources {
                             name,
                             path,
                             signature_key: None,
+                            store_batch_dim: None,
                         });
                     }
                 }
@@ -324,6 +332,21 @@ impl ModelSources {
                     source,
                 }),
         }
+    }
+
+    /// The `batch_dim` of a store model (`raw` a tag) whose signature says `batchable`, as
+    /// BentoML records it for models saved with a dynamic batch axis.
+    fn store_batch_dim(&self, raw: &str) -> Option<i64> {
+        let Ok(ModelRef::Tag(tag)) = ModelRef::parse(raw) else {
+            return None;
+        };
+        let stored = self.store.resolve(&tag).ok()?;
+        stored
+            .info
+            .signatures
+            .values()
+            .find(|s| s.batchable)
+            .map(|s| s.batch_dim)
     }
 
     fn store_path(&self, tag: &ModelTag) -> Result<PathBuf, ModelSourceError> {
@@ -471,6 +494,7 @@ pub fn saved_model(
         name,
         path: path.to_path_buf(),
         signature_key,
+        store_batch_dim: None,
     })
 }
 

@@ -424,6 +424,7 @@ fn launch_plan(
                 name: m.name,
                 path: m.path,
                 signature_key: m.signature_key,
+                store_batch_dim: m.store_batch_dim,
             })
             .collect(),
         spec,

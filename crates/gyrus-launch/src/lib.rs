@@ -74,6 +74,10 @@ pub struct ModelFile {
     /// The SavedModel signature to serve (`signature_key`); `None` for the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_key: Option<String>,
+    /// For a model from the store whose signature says `batchable`: its `batch_dim`. Such a
+    /// model is batched by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_batch_dim: Option<i64>,
 }
 
 /// One line on a replica's stdout.

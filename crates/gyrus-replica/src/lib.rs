@@ -246,10 +246,13 @@ async fn load_tensorflow_models(opts: &ReplicaLaunch) -> Result<TensorflowBacken
 }
 
 /// The batching of each model that has it enabled (its `models` entry's `batching`, else the
-/// predictor's). A model without a dynamic batch axis (dimension 0 of every input and output
-/// of any size) cannot be batched: that fails the replica, and so the deploy, with a message.
+/// predictor's, else Cortex's `server_side_batching` of a TensorFlow predictor, else the
+/// defaults for a store model saved as `batchable`). A model without a dynamic batch axis
+/// (dimension 0 of every input and output of any size) cannot be batched: that fails the
+/// replica, and so the deploy, with a message.
 fn batching_policies(
     spec: &ApiSpec,
+    files: &[ModelFile],
     models: &[ModelInfo],
 ) -> Result<Vec<(String, BatchPolicy)>, ReplicaError> {
     let p = &spec.predictor;
@@ -270,9 +273,25 @@ fn batching_policies(
                 max_queue_delay: s.batch_interval,
                 ..gyrus_spec::BatchingSpec::default()
             });
-        let Some(b) = own.or(p.batching).or(cortex).filter(|b| b.enabled) else {
+        let store_dim = files
+            .iter()
+            .find(|f| f.name == m.name)
+            .and_then(|f| f.store_batch_dim);
+        let from_store = store_dim.map(|_| gyrus_spec::BatchingSpec::default());
+        let Some(b) = own
+            .or(p.batching)
+            .or(cortex)
+            .or(from_store)
+            .filter(|b| b.enabled)
+        else {
             continue;
         };
+        if let Some(dim) = store_dim.filter(|d| *d != 0) {
+            return Err(ReplicaError::Batching(format!(
+                "model \"{}\" cannot be batched: its store signature has batch_dim {dim}, and gyrus batches along dimension 0; set batching.enabled: false for it",
+                m.name
+            )));
+        }
         let tensors = m.signature.inputs.iter().map(|t| ("input", t));
         let outputs = m.signature.outputs.iter().map(|t| ("output", t));
         if let Some((what, t)) = tensors
@@ -369,7 +388,7 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
     let models = match backend {
         Some(backend) => {
             let config = ServiceConfig {
-                batching: batching_policies(spec, backend.models())?,
+                batching: batching_policies(spec, &opts.models, backend.models())?,
                 ..ServiceConfig::default()
             };
             Some(InferenceService::start(backend, config).map_err(ReplicaError::EngineThread)?)
