@@ -72,7 +72,7 @@ impl Engine {
     fn admit(&self, mut job: Job, policy: BatchPolicy, done: &mut Done) -> Option<Job> {
         let stats = job.index.map(|i| &self.stats[i]);
         let waited = job.queued.elapsed();
-        if let Some(stats) = stats {
+        if let Some(stats) = stats.filter(|_| !job.checked) {
             stats.dequeued(waited);
         }
         if let Some(max_latency) = policy.max_latency {
@@ -89,8 +89,14 @@ impl Engine {
                 return None;
             }
         }
+        if job.checked {
+            return Some(job);
+        }
         match self.backend.check(&job.model, &mut job.inputs, job.policy) {
-            Ok(()) => Some(job),
+            Ok(()) => {
+                job.checked = true;
+                Some(job)
+            }
             Err(e) => {
                 answer(job.reply, Err(e), done);
                 None

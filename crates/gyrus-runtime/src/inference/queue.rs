@@ -115,6 +115,9 @@ pub(super) struct Job {
     pub(super) reply: Reply,
     /// When it was queued: a batched model's `max_latency` counts from here.
     pub(super) queued: Instant,
+    /// Its inputs were checked (and its queue time counted) when a batch was gathered; it is
+    /// waiting in the engine's `pending` list since.
+    pub(super) checked: bool,
 }
 
 /// The bounded queue of jobs for the engine thread. See the module documentation.

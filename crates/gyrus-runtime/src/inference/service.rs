@@ -273,6 +273,7 @@ impl InferenceService {
             policy,
             reply: Reply::Wait(tx),
             queued: Instant::now(),
+            checked: false,
         })
         .map_err(|(e, _)| e)?;
         let mut awaiting = Awaiting(rx);
@@ -304,6 +305,7 @@ impl InferenceService {
             policy,
             reply: Reply::Call(Box::new(done)),
             queued: Instant::now(),
+            checked: false,
         };
         if let Err((e, Reply::Call(done))) = self.enqueue(job) {
             done(Err(e));
