@@ -208,6 +208,19 @@ def test_overload_is_an_explicit_503_and_counted(gyrus, projects_dir, onnx_model
             time.sleep(0.3)
         assert stats[counter] == len(shed), (api, stats, len(shed))
         assert stats["requests"] == len(answers) - len(shed), stats
+    # A 503 from a Python predictor says when to retry, as the model APIs' do.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    def post(_):
+        with requests.Session() as s:
+            s.trust_env = False
+            return s.post(gyrus.url("/shed-full"), json={}, timeout=60)
+
+    with ThreadPoolExecutor(16) as pool:
+        refused = [r for r in pool.map(post, range(48)) if r.status_code == 503]
+    assert refused and all(r.headers.get("Retry-After") == "1" for r in refused), refused[:1]
 
 
 def test_a_store_model_saved_batchable_is_batched_by_default(gyrus, projects_dir, onnx_models):

@@ -697,7 +697,15 @@ async fn predict_python(
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
     let ctype = HeaderValue::from_str(&resp.content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    Ok((status, [(header::CONTENT_TYPE, ctype)], resp.body).into_response())
+    let mut response = (status, [(header::CONTENT_TYPE, ctype)], resp.body).into_response();
+    // Every 503 says when to retry: the predictor's own, and an engine refusing its model
+    // calls for load (the worker's `Overloaded`).
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SOON.as_secs()));
+    }
+    Ok(response)
 }
 
 /// A JSON error response. Every 503 of a replica means "try again": it says when, with
