@@ -252,7 +252,11 @@ def test_a_store_model_saved_batchable_is_batched_by_default(gyrus, projects_dir
         time.sleep(0.3)  # the replica reports once a second
     [stats] = gyrus.describe("store-batch")["models"]
     assert stats["batching"] is True, stats
+    # Batchable along another dimension: served unbatched by default, refused when asked.
     proj = model_project(projects_dir, "store-dim1", [model_api("store-dim1", "mlp-dim1:latest")])
+    gyrus.deploy_ok(proj, "store-dim1")
+    api = model_api("store-dim1-on", "mlp-dim1:latest", predictor={"batching": {}})
+    proj = model_project(projects_dir, "store-dim1-on", [api])
     proc = gyrus.deploy(proj)
-    assert proc.returncode != 0, gyrus.diag("store-dim1", proc=proc)
+    assert proc.returncode != 0, gyrus.diag("store-dim1-on", proc=proc)
     assert "its store signature has batch_dim 1, and gyrus batches along dimension 0" in proc.stderr, proc.stderr

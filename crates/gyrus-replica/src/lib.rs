@@ -277,13 +277,13 @@ fn batching_policies(
             .iter()
             .find(|f| f.name == m.name)
             .and_then(|f| f.store_batch_dim);
-        let from_store = store_dim.map(|_| gyrus_spec::BatchingSpec::default());
-        let Some(b) = own
-            .or(p.batching)
-            .or(cortex)
-            .or(from_store)
-            .filter(|b| b.enabled)
-        else {
+        // Batched by default when the store says so along dimension 0; a model batchable along
+        // another dimension is refused only when the config asks for batching.
+        let asked = own.or(p.batching).or(cortex);
+        let from_store = store_dim
+            .filter(|d| *d == 0)
+            .map(|_| gyrus_spec::BatchingSpec::default());
+        let Some(b) = asked.or(from_store).filter(|b| b.enabled) else {
             continue;
         };
         if let Some(dim) = store_dim.filter(|d| *d != 0) {

@@ -1025,8 +1025,12 @@ class _Batcher:
             for (slot, *_), result in zip(batch, results):
                 slot[1] = result
         except BaseException as e:  # noqa: BLE001 - user code may raise anything; every request hears it
-            for slot, *_ in batch:
-                slot[2] = e
+            import copy
+
+            # Each waiting thread raises its own copy: one exception object raised in several
+            # threads at once would have its traceback rewritten under them.
+            for i, (slot, *_) in enumerate(batch):
+                slot[2] = e if i == 0 else copy.copy(e)
         for slot, *_ in batch:
             slot[0].set()
 

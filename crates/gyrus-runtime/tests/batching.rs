@@ -315,3 +315,26 @@ async fn a_request_at_fault_fails_alone() {
     // The batch of three was refused, then each ran alone.
     assert_eq!(s.runs(), [3, 1, 1, 1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_cannot_join_go_back_in_order_and_nothing_starves() {
+    let s = setup(policy(32));
+    let held = s.hold();
+    // 16-row requests: two fit in a batch; the others wait at the head of the queue, ahead of
+    // the other model's request that came after them.
+    let rows: Vec<_> = (0..10)
+        .map(|i| s.send("rows", rows_of(&[i as f32; 16], 1)))
+        .collect();
+    let other = s.send("picky", rows_of(&[7.0], 1));
+    s.release();
+    held.await.unwrap();
+    for (i, answer) in rows.iter().enumerate() {
+        assert_eq!(floats(&wait(answer).unwrap()[0]), [i as f32 * 2.0; 16]);
+    }
+    assert_eq!(floats(&wait(&other).unwrap()[0]), [14.0]);
+    assert_eq!(s.runs(), [32, 32, 32, 32, 32, 1]);
+    let stats = s.service.stats();
+    assert_eq!(stats[0].requests, 10);
+    assert_eq!(stats[0].runs, 5);
+    assert_eq!(stats[0].queued, 0);
+}

@@ -33,6 +33,9 @@ impl Engine {
         }
         let mut total = first_rows;
         let mut group = vec![first];
+        // Jobs taken that cannot join (another shape, no room left): back at the head of the
+        // queue once the batch is gathered, in their order, to lead the next batches.
+        let mut leftovers = Vec::new();
         let gather_until = group[0].queued + policy.max_queue_delay;
         loop {
             let room = policy.max_batch_size - total;
@@ -49,16 +52,21 @@ impl Engine {
                     total += rows.unwrap_or(0);
                     group.push(job);
                 } else {
-                    self.pending.push_back(job);
+                    leftovers.push(job);
                 }
             }
-            if total >= policy.max_batch_size
-                || policy.max_queue_delay.is_zero()
-                || !self.jobs.wait_for_model(index, gather_until)
-            {
+            if total >= policy.max_batch_size || policy.max_queue_delay.is_zero() {
+                break;
+            }
+            // Answers already made must not wait for this batch's window.
+            if !done.is_empty() {
+                done.hand_back();
+            }
+            if !self.jobs.wait_for_model(index, gather_until) {
                 break;
             }
         }
+        self.jobs.put_back(leftovers);
         if group.len() == 1 {
             let job = group.pop();
             return job.into_iter().for_each(|j| self.run_alone(j, done));
@@ -141,9 +149,7 @@ impl Engine {
             batch,
             gyrus_engine::ShapePolicy::Exact,
         );
-        if let Some(stats) = index.map(|i| &self.stats[i]) {
-            stats.run(rows.len(), rows.iter().sum(), started.elapsed());
-        }
+        let took = started.elapsed();
         let parts = match outputs {
             Ok(outputs) => batch::split(outputs, &rows),
             Err(e) if !e.is_client_error() => {
@@ -156,6 +162,11 @@ impl Engine {
         };
         match parts {
             Some(parts) => {
+                // Counted only when answered as a batch: a batch run again one by one is
+                // counted by those runs.
+                if let Some(stats) = index.map(|i| &self.stats[i]) {
+                    stats.run(rows.len(), rows.iter().sum(), took);
+                }
                 for (reply, part) in replies.into_iter().zip(parts) {
                     answer(reply, Ok(part), done);
                 }

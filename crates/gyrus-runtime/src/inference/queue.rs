@@ -115,8 +115,8 @@ pub(super) struct Job {
     pub(super) reply: Reply,
     /// When it was queued: a batched model's `max_latency` counts from here.
     pub(super) queued: Instant,
-    /// Its inputs were checked (and its queue time counted) when a batch was gathered; it is
-    /// waiting in the engine's `pending` list since.
+    /// Its inputs were checked (and its queue time counted) when a batch was gathered that it
+    /// could not join; it was put back at the head of the queue since.
     pub(super) checked: bool,
 }
 
@@ -276,6 +276,21 @@ impl Queue {
     /// How many jobs of model `index` wait now.
     pub(super) fn waiting(&self, index: usize) -> usize {
         self.lock().waiting.get(index).copied().unwrap_or(0)
+    }
+
+    /// Puts jobs taken by [`Queue::take_model`] back at the head of the queue, in their order
+    /// (they were in the queue already, so its bounds do not apply).
+    pub(super) fn put_back(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        for job in jobs.into_iter().rev() {
+            if let Some(n) = job.index.and_then(|i| state.waiting.get_mut(i)) {
+                *n += 1;
+            }
+            state.jobs.push_front(job);
+        }
     }
 
     /// Waits until a job of model `index` is queued or `until` passes; whether one is.

@@ -148,7 +148,15 @@ impl InferenceService {
             .iter()
             .map(|b| b.map(|p| p.max_queue_size.max(1)))
             .collect();
-        let queue = Arc::new(Queue::new(config.queue_capacity.max(1), limits));
+        // The per-model bounds are what refuses a batched model's requests, with its name:
+        // the queue as a whole holds at least all of them.
+        let limited: usize = batching
+            .iter()
+            .flatten()
+            .map(|p| p.max_queue_size.max(1))
+            .sum();
+        let capacity = config.queue_capacity.max(limited).max(1);
+        let queue = Arc::new(Queue::new(capacity, limits));
         let costs: Arc<[Cost]> = backend.models().iter().map(|_| Cost::new()).collect();
         let stats: Arc<[Counters]> = backend
             .models()
@@ -162,7 +170,6 @@ impl InferenceService {
             costs: costs.clone(),
             stats: stats.clone(),
             batching,
-            pending: std::collections::VecDeque::new(),
         };
         std::thread::Builder::new()
             .name("gyrus-engine".into())
@@ -365,9 +372,6 @@ pub(super) struct Engine {
     pub(super) stats: Arc<[Counters]>,
     /// Per model (by index), how its requests are batched; `None`: one at a time.
     pub(super) batching: Vec<Option<BatchPolicy>>,
-    /// Jobs taken from the queue while gathering a batch that could not join it: they run
-    /// next, in their order, before the queue is read again.
-    pub(super) pending: std::collections::VecDeque<Job>,
 }
 
 impl Engine {
@@ -377,9 +381,7 @@ impl Engine {
         batch_policy();
         let mut done = Done::default();
         loop {
-            let job = if let Some(job) = self.pending.pop_front() {
-                job
-            } else if done.is_empty() {
+            let job = if done.is_empty() {
                 match self.jobs.pop() {
                     Some(job) => job,
                     None => return,
@@ -446,7 +448,6 @@ pub(super) fn run_one(
     policy: ShapePolicy,
 ) -> Outputs {
     let bytes = input_bytes(&inputs);
-    let rows = batch::rows(&inputs).unwrap_or(1);
     let started = Instant::now();
     let outputs = panic::catch_unwind(AssertUnwindSafe(|| backend.infer(model, inputs, policy)))
         .unwrap_or_else(|panic| {
@@ -460,6 +461,13 @@ pub(super) fn run_one(
         cost.record(bytes, took);
     }
     if let Some(stats) = stats {
+        // The rows the model ran: its outputs' batch axis (the inputs may not have their
+        // leading dimensions yet, which the engine adds).
+        let rows = outputs
+            .as_ref()
+            .ok()
+            .and_then(|o| batch::rows(o))
+            .unwrap_or(1);
         stats.run(1, rows, took);
     }
     outputs
