@@ -5,8 +5,9 @@
 //! against the signature, and runs those whose non-batch dimensions agree as one batch of at
 //! most `max_batch_size` rows ([`batch::concat`], one `Backend::infer`, [`batch::split`]). It
 //! waits for more only when `max_queue_delay` says so (zero by default): a request that finds
-//! the engine idle runs at once, alone. Jobs that cannot join (other shapes, no room left) run
-//! next, in their order. A job that waited past `max_latency` is answered
+//! the engine idle runs at once, alone. Jobs that cannot join (other shapes, no room left) go
+//! back to the head of the queue, in their order, to lead the next batches (still bounded by
+//! the queue and counted). A job that waited past `max_latency` is answered
 //! [`InferenceError::DeadlineExceeded`] without running.
 //!
 //! A batch whose run fails on the request's side (values the model refuses) runs again one
