@@ -105,8 +105,11 @@ impl DeployService {
                     api.name
                 )));
             }
-            crate::model_source::check_project_saved_models(api, staged.dir())
-                .map_err(|e| DaemonError::BadRequest(format!("api {:?}: {e}", api.name)))?;
+            // Reads and decodes each saved_model.pb: file work, off the async threads.
+            crate::model_source::blocking(|| {
+                crate::model_source::check_project_saved_models(api, staged.dir())
+            })
+            .map_err(|e| DaemonError::BadRequest(format!("api {:?}: {e}", api.name)))?;
             let limits = gyrus_compute::Limits::from_spec(&api.compute);
             self.compute
                 .check_gpus(limits.gpus)

@@ -363,7 +363,7 @@ impl ModelSources {
 /// Runs file-system work that can take a while (unpacking an archive) without holding up the
 /// daemon's other tasks: the daemon's runtime has several threads, and this one is handed
 /// over while `f` runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
