@@ -52,11 +52,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(), InferenceError> {
         let signature = self
             .signature(model)
-            .ok_or_else(|| InferenceError::UnknownModel {
-                name: model.to_string(),
-                available: self.names(),
-            })?;
+            .ok_or_else(|| self.unknown_model(model))?;
         Ok(gyrus_engine::check_inputs(signature, inputs, policy)?)
+    }
+
+    /// The error for a model name this backend does not serve.
+    fn unknown_model(&self, model: &str) -> InferenceError {
+        InferenceError::UnknownModel {
+            name: model.to_string(),
+            available: self.names(),
+        }
     }
 
     /// The names of the served models, in order.

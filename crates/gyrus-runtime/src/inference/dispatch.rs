@@ -113,7 +113,8 @@ impl Engine {
         }
     }
 
-    fn run_alone(&self, job: Job, done: &mut Done) {
+    /// Runs one job by itself and answers it.
+    pub(super) fn run_alone(&self, job: Job, done: &mut Done) {
         let cost = job.index.map(|i| &self.costs[i]);
         let stats = job.index.map(|i| &self.stats[i]);
         let outputs = run_one(

@@ -48,10 +48,7 @@ impl Backend for OnnxBackend {
         let found = self
             .set
             .find(model)
-            .ok_or_else(|| InferenceError::UnknownModel {
-                name: model.to_string(),
-                available: self.names(),
-            })?;
+            .ok_or_else(|| self.unknown_model(model))?;
         Ok(found.infer(inputs, policy)?)
     }
 }

@@ -407,20 +407,10 @@ impl Engine {
             match policy {
                 Some(policy) => self.run_batched(job, policy, &mut done),
                 None => {
-                    let cost = job.index.map(|i| &self.costs[i]);
-                    let stats = job.index.map(|i| &self.stats[i]);
-                    if let Some(stats) = stats {
+                    if let Some(stats) = job.index.map(|i| &self.stats[i]) {
                         stats.dequeued(job.queued.elapsed());
                     }
-                    let outputs = run_one(
-                        &*self.backend,
-                        cost,
-                        stats,
-                        &job.model,
-                        job.inputs,
-                        job.policy,
-                    );
-                    answer(job.reply, outputs, &mut done);
+                    self.run_alone(job, &mut done);
                 }
             }
         }

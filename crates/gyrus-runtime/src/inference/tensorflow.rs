@@ -54,10 +54,7 @@ impl Backend for TensorflowBackend {
             .loaded
             .iter()
             .find(|m| m.name() == model)
-            .ok_or_else(|| InferenceError::UnknownModel {
-                name: model.to_string(),
-                available: self.names(),
-            })?;
+            .ok_or_else(|| self.unknown_model(model))?;
         Ok(found.infer(inputs, policy)?)
     }
 }
