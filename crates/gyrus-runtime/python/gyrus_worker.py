@@ -155,24 +155,42 @@ class ONNXClient:
 
     def predict(self, model_input, model_name=None):
         plan = self._single or self._plans[self._model(model_name)["name"]]
+        return self._run(plan, model_input)
+
+    # What a model_input that does not fit the signature is told, in this client's words
+    # (TensorFlowClient says it as Cortex's tensorflow_client did).
+    _MISSING_FIRST = False
+
+    def _missing(self, plan, name):
+        return f'missing input "{name}"; the model takes ' + ", ".join(f'"{n}"' for n in plan.input_names)
+
+    def _unknown(self, plan, key):
+        return f'unknown input "{key}"; the model takes ' + ", ".join(f'"{n}"' for n in plan.input_names)
+
+    def _not_a_dict(self, plan):
+        return (
+            f"the model takes {len(plan.inputs)} inputs ("
+            + ", ".join(f'"{n}"' for n in plan.input_names)
+            + "); pass a dict of input name to value"
+        )
+
+    def _run(self, plan, model_input):
+        """Runs ``plan``'s model on ``model_input`` (a dict of input name to value, or the bare
+        value of a one-input model) and returns its outputs as numpy arrays, in order."""
         inputs = plan.inputs
         if isinstance(model_input, dict):
             names = plan.input_names
-            for key in model_input:
-                if key not in names:
-                    raise InvalidInput(f'unknown input "{key}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
-            for n in names:
-                if n not in model_input:
-                    raise InvalidInput(f'missing input "{n}"; the model takes ' + ", ".join(f'"{n}"' for n in names))
+            missing = next((n for n in names if n not in model_input), None)
+            unknown = next((k for k in model_input if k not in names), None)
+            if missing is not None and (self._MISSING_FIRST or unknown is None):
+                raise InvalidInput(self._missing(plan, missing))
+            if unknown is not None:
+                raise InvalidInput(self._unknown(plan, unknown))
             values = [(t, model_input[t.name]) for t in inputs]
         elif len(inputs) == 1:
             values = [(inputs[0], model_input)]
         else:
-            raise InvalidInput(
-                f"the model takes {len(inputs)} inputs ("
-                + ", ".join(f'"{t.name}"' for t in inputs)
-                + "); pass a dict of input name to value"
-            )
+            raise InvalidInput(self._not_a_dict(plan))
         parts = [plan.head]
         for info, value in values:
             self._encode(parts, info, value)
@@ -267,36 +285,23 @@ class TensorFlowClient(ONNXClient):
             raise InvalidInput(
                 f'model "{name}" has no version "{model_version}"; the version served is "{model["version"]}"'
             )
-        plan = self._plans[name]
-        inputs = plan.inputs
-        if isinstance(model_input, dict):
-            names = plan.input_names
-            for info in inputs:
-                if info.name not in model_input:
-                    raise InvalidInput(
-                        f'missing key "{info.name}" for model "{name}"; its signature takes '
-                        + ", ".join(f'"{n}"' for n in names)
-                    )
-            for key in model_input:
-                if key not in names:
-                    raise InvalidInput(
-                        f'unknown key "{key}" for model "{name}"; its signature takes '
-                        + ", ".join(f'"{n}"' for n in names)
-                    )
-            values = [(t, model_input[t.name]) for t in inputs]
-        elif len(inputs) == 1:
-            values = [(inputs[0], model_input)]
-        else:
-            raise InvalidInput(
-                f'model "{name}" takes {len(inputs)} inputs ('
-                + ", ".join(f'"{t.name}"' for t in inputs)
-                + "); pass a dict of input name to value"
-            )
-        parts = [plan.head]
-        for info, value in values:
-            self._encode(parts, info, value)
-        outputs = self._decode(self._conn.infer(parts))
+        outputs = self._run(self._plans[name], model_input)
         return {o["name"]: arr.reshape(-1).tolist() for o, arr in zip(model["outputs"], outputs)}
+
+    _MISSING_FIRST = True
+
+    def _missing(self, plan, name):
+        return f'missing key "{name}" for model "{plan.model}"; its signature takes ' + self._takes(plan)
+
+    def _unknown(self, plan, key):
+        return f'unknown key "{key}" for model "{plan.model}"; its signature takes ' + self._takes(plan)
+
+    def _not_a_dict(self, plan):
+        return f'model "{plan.model}" takes {len(plan.inputs)} inputs ({self._takes(plan)}); pass a dict of input name to value'
+
+    @staticmethod
+    def _takes(plan):
+        return ", ".join(f'"{n}"' for n in plan.input_names)
 
 
 class _Input:
@@ -316,9 +321,10 @@ class _Input:
 class _ModelPlan:
     """A model's INFER frame head (model name, flags, input count) and its inputs."""
 
-    __slots__ = ("head", "inputs", "input_names")
+    __slots__ = ("head", "inputs", "input_names", "model")
 
     def __init__(self, model, named, np):
+        self.model = model["name"]
         self.inputs = [_Input(t, np) for t in model["inputs"]]
         self.input_names = [t.name for t in self.inputs]
         name = model["name"].encode() if named else b""
