@@ -117,6 +117,20 @@ impl ControlGuard {
         }
     }
 
+    /// Whether the daemon was bound to a loopback address (only this machine can reach it).
+    pub fn is_loopback(&self) -> bool {
+        let bare = self.bind_host.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => bare == "localhost",
+        }
+    }
+
+    /// Whether the daemon serves TLS (its own origin is `https://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// Whether the request carries the daemon's token.
     pub fn is_authenticated(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();

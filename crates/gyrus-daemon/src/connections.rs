@@ -381,9 +381,12 @@ async fn serve_plain<S>(
             _ = conn.evict.notified() => return,
             _ = stopped(stop) => return,
         };
-        let target = match head {
-            Ok(Ok(Head::Complete { method, path })) => gateway.handoff_target(&method, &path),
-            Ok(Ok(Head::Other)) => None,
+        let (target, route_kind) = match head {
+            Ok(Ok(Head::Complete { method, path })) => (
+                gateway.handoff_target(&method, &path),
+                gyrus_gateway::route_of_request(&method, &path),
+            ),
+            Ok(Ok(Head::Other)) => (None, gyrus_launch::telemetry::Route::Predict),
             // Closed, timed out, or failed before a whole head: nothing to answer.
             Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
         };
@@ -422,6 +425,11 @@ async fn serve_plain<S>(
                     "replica {} of api {} stopped before answering (its process ended); it is \
                      being replaced, retry the request",
                     target.id, route.api
+                );
+                gateway.refused(
+                    &route.api,
+                    route_kind,
+                    gyrus_launch::telemetry::RejectReason::ReplicaStopped,
                 );
                 answer_and_close(tcp, &message).await;
                 return;

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod connections;
 pub mod controller;
+pub mod dashboard;
 pub mod deploy;
 pub mod error;
 pub mod home;
@@ -19,6 +20,7 @@ pub mod launcher;
 pub mod logs;
 pub mod model_archive;
 pub mod model_source;
+pub mod observe_api;
 pub mod project;
 pub mod pyenv;
 pub mod rollout;
@@ -26,6 +28,7 @@ pub mod server;
 pub mod state;
 pub mod store_api;
 pub mod supervisor;
+pub mod telemetry;
 pub mod tls;
 
 use std::sync::Arc;
@@ -140,14 +143,20 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         compute.clone(),
         daemon_for_replicas,
     ));
+    let telemetry = Arc::new(telemetry::Telemetry::new());
     let supervisor = Supervisor::new(
         home.clone(),
-        state.clone(),
-        routes.clone(),
         envs.clone(),
         sources.clone(),
-        launcher,
-        format!("{scheme}://{local}"),
+        controller::ControllerContext {
+            launcher,
+            routes: routes.clone(),
+            recorder: state.clone(),
+            lib_dir: home.lib(),
+            gateway_url: format!("{scheme}://{local}"),
+            epoch: tokio::time::Instant::now(),
+            observer: telemetry.clone(),
+        },
     );
 
     // Cortex ran its autoscaler every 10 s; tests set a shorter interval.
@@ -236,7 +245,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         compute,
         self_exe: own_exe(),
         uploads: Arc::new(tokio::sync::Semaphore::new(server::MAX_CONCURRENT_UPLOADS)),
+        telemetry,
+        sessions: dashboard::Sessions::default(),
     });
+    observe_api::start_tick(app.clone());
     tracing::info!(
         "gyrus daemon listening on {scheme}://{local} (GYRUS_HOME={})",
         home.root().display()

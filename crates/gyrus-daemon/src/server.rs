@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -44,6 +45,10 @@ pub struct AppState {
     pub self_exe: std::path::PathBuf,
     /// Uploads (deploys, model saves and imports) being received at once.
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Metrics and the dashboard's series.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The dashboard's sign-in codes and browser sessions.
+    pub sessions: crate::dashboard::Sessions,
 }
 
 /// Uploads received at once; more are refused with 503 and Retry-After rather than queued, so
@@ -66,7 +71,7 @@ impl AppState {
 }
 
 /// API names come from URLs here: hold them to the spec's rule before they touch a path.
-fn check_name(name: &str) -> Result<(), DaemonError> {
+pub(crate) fn check_name(name: &str) -> Result<(), DaemonError> {
     gyrus_spec::check_api_name(name).map_err(|e| DaemonError::BadRequest(format!("API name {e}")))
 }
 
@@ -93,6 +98,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/apis/{name}", get(get_api).delete(delete_api))
         .route("/apis/{name}/refresh", post(refresh_api))
         .route("/apis/{name}/logs", get(logs))
+        .route("/apis/{name}/series", get(crate::observe_api::series))
+        .route("/dashboard/login", post(crate::dashboard::login_link))
         .route("/shutdown", post(shutdown))
         .merge(crate::store_api::routes())
         .merge(crate::jobs_api::routes())
@@ -108,8 +115,20 @@ pub fn router(app: Arc<AppState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             project::MAX_ARCHIVE_BYTES,
         ));
+    use crate::dashboard::{self, UI_PATH};
+    let ui = Router::new()
+        .route(UI_PATH, get(dashboard::page))
+        .route(&format!("{UI_PATH}/login"), get(dashboard::login))
+        .route(&format!("{UI_PATH}/{{*file}}"), get(dashboard::asset))
+        .route(&format!("{UI_PATH}/"), get(dashboard::page))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            refuse_browsers,
+        ));
     Router::new()
         .nest(API_PREFIX, control)
+        .merge(ui)
+        .route("/metrics", get(crate::observe_api::metrics))
         .fallback(gateway)
         .with_state(app)
 }
@@ -142,11 +161,16 @@ async fn refuse_browsers(
     }
 }
 
+/// The token; or, for reads only, the dashboard's session cookie (`dashboard`).
 async fn require_token(
     State(app): State<Arc<AppState>>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if reads && app.sessions.is_signed_in(req.headers()) {
+        return next.run(req).await;
+    }
     match app.guard.require_token(req.headers()) {
         Ok(()) => next.run(req).await,
         Err(e) => refused(e),
@@ -238,7 +262,7 @@ async fn get_api(
 }
 
 /// A batch API's info with its jobs.
-fn with_jobs(app: &AppState, mut info: crate::api::ApiInfo) -> crate::api::ApiInfo {
+pub(crate) fn with_jobs(app: &AppState, mut info: crate::api::ApiInfo) -> crate::api::ApiInfo {
     if info.kind == gyrus_spec::ApiKind::BatchAPI.to_string() {
         info.jobs = app.jobs.summary(&info.name).ok();
     }

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gyrus_gateway::RouteTable;
 use gyrus_launch::ModelFile;
 use gyrus_spec::{ApiSpec, PredictorType};
 
@@ -22,7 +21,6 @@ use crate::controller::{
     ApiController, ControllerContext, FailedDeploy, Generation, GenerationRecorder,
 };
 use crate::home::GyrusHome;
-use crate::launcher::ReplicaLauncher;
 use crate::model_source::{FetchContext, ModelSources, ResolvedModels};
 use crate::pyenv::PythonEnvs;
 use crate::state::{StateStore, StoredApi};
@@ -54,23 +52,15 @@ impl GenerationRecorder for StateStore {
 }
 
 impl Supervisor {
+    /// `ctx` is what every controller shares: the launcher, the route table, the recorder of
+    /// generations, the observer of their metrics.
     pub fn new(
         home: GyrusHome,
-        state: Arc<StateStore>,
-        routes: Arc<RouteTable>,
         envs: Arc<PythonEnvs>,
         sources: Arc<ModelSources>,
-        launcher: Arc<dyn ReplicaLauncher>,
-        gateway_url: String,
+        ctx: ControllerContext,
     ) -> Arc<Self> {
-        let ctx = Arc::new(ControllerContext {
-            launcher,
-            routes,
-            recorder: state,
-            lib_dir: home.lib(),
-            gateway_url,
-            epoch: tokio::time::Instant::now(),
-        });
+        let ctx = Arc::new(ctx);
         Arc::new(Self {
             home,
             envs,

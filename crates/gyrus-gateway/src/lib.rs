@@ -31,6 +31,8 @@ use std::time::Duration;
 
 pub use stall::{is_stalled, BodyStalled, StallGuard};
 
+use gyrus_launch::telemetry::{RejectReason, Route};
+
 use handoff::link::HandoffLink;
 
 /// The body type the gateway answers with: either the replica's streamed body or a small
@@ -237,7 +239,12 @@ pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Gateway {
     routes: Arc<RouteTable>,
     client: Client<HttpConnector, GatewayRequestBody>,
+    /// 503s answered here, by API, route and reason (the error path only).
+    refusals: Arc<std::sync::Mutex<RefusalCounts>>,
 }
+
+/// 503s the gateway answered itself: (API, route, reason) to how many.
+type RefusalCounts = HashMap<(String, Route, RejectReason), u64>;
 
 /// Request bodies are forwarded as they stream in, without buffering.
 pub type GatewayRequestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -259,7 +266,26 @@ impl Gateway {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build(connector);
-        Self { routes, client }
+        Self {
+            routes,
+            client,
+            refusals: Default::default(),
+        }
+    }
+
+    /// Counts a request the gateway answered 503 itself (the replicas never saw it).
+    pub fn refused(&self, api: &str, route: Route, reason: RejectReason) {
+        let mut counts = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry((api.to_string(), route, reason)).or_default() += 1;
+    }
+
+    /// Every 503 the gateway answered itself since it started, by API, route and reason.
+    pub fn refusals(&self) -> Vec<(String, Route, RejectReason, u64)> {
+        let counts = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .map(|((api, route, reason), n)| (api.clone(), *route, *reason, *n))
+            .collect()
     }
 
     /// Forwards one request to the API that owns its path.
@@ -390,6 +416,11 @@ impl Gateway {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(target) = pick_least_in_flight(&route.replicas) else {
+            self.refused(
+                &route.api,
+                route_of(upstream_path),
+                RejectReason::NoReadyReplica,
+            );
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({
@@ -430,16 +461,46 @@ impl Gateway {
                 StatusCode::REQUEST_TIMEOUT,
                 serde_json::json!({ "error": stall::BodyStalled(BODY_STALL_TIMEOUT).to_string() }),
             ),
-            Err(e) => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({
-                    "error": format!(
-                        "replica {} of api {} stopped before answering ({}); it is being replaced, retry the request",
-                        target.id, route.api, error_chain(&e)
-                    )
-                }),
-            ),
+            Err(e) => {
+                self.refused(
+                    &route.api,
+                    route_of(upstream_path),
+                    RejectReason::ReplicaStopped,
+                );
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({
+                        "error": format!(
+                            "replica {} of api {} stopped before answering ({}); it is being replaced, retry the request",
+                            target.id, route.api, error_chain(&e)
+                        )
+                    }),
+                )
+            }
         }
+    }
+}
+
+/// The metrics' route of a request as the client sent it (the API's endpoint or a `/v2` path).
+pub fn route_of_request(method: &Method, path: &str) -> Route {
+    if path.ends_with("/infer") {
+        Route::Infer
+    } else if path == "/v2" || path.starts_with("/v2/") || path.contains("/v2/") {
+        Route::Metadata
+    } else if method == Method::POST {
+        Route::Predict
+    } else {
+        Route::Health
+    }
+}
+
+/// The metrics' route of a path on a replica (what the gateway forwards to).
+pub fn route_of(upstream_path: &str) -> Route {
+    match upstream_path {
+        "/predict" => Route::Predict,
+        "/" => Route::Health,
+        p if p.ends_with("/infer") => Route::Infer,
+        _ => Route::Metadata,
     }
 }
 

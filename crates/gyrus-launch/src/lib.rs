@@ -8,6 +8,8 @@
 //!
 //! A Kubernetes launcher will carry the same two types in a pod's spec and logs.
 
+pub mod telemetry;
+
 use std::path::PathBuf;
 
 use gyrus_spec::ApiSpec;
@@ -101,12 +103,16 @@ pub enum ReplicaEvent {
         /// since the replica started.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         models: Vec<ModelStats>,
+        /// The requests it answered since it started, by route, status class and latency;
+        /// 503s by reason; time in Python workers; the tracker's counts.
+        #[serde(default, skip_serializing_if = "telemetry::RequestStats::is_empty")]
+        requests: telemetry::RequestStats,
     },
 }
 
 /// What a replica's inference service did for one model since the replica started
 /// (cumulative counters, so the daemon can sum replicas and take differences).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelStats {
     pub model: String,
     /// Whether the model's requests are batched (`batching`).
@@ -127,6 +133,24 @@ pub struct ModelStats {
     pub queue_us: u64,
     /// Microseconds the engine spent running the model, in all.
     pub engine_us: u64,
+    /// Engine runs by duration (seconds, [`telemetry::LATENCY_BOUNDS`]).
+    #[serde(
+        default,
+        skip_serializing_if = "telemetry::HistogramSnapshot::is_empty"
+    )]
+    pub run_seconds: telemetry::HistogramSnapshot,
+    /// Requests by time waited in the queue (seconds).
+    #[serde(
+        default,
+        skip_serializing_if = "telemetry::HistogramSnapshot::is_empty"
+    )]
+    pub queue_seconds: telemetry::HistogramSnapshot,
+    /// Runs by rows ([`telemetry::BATCH_BOUNDS`]).
+    #[serde(
+        default,
+        skip_serializing_if = "telemetry::HistogramSnapshot::is_empty"
+    )]
+    pub batch_rows: telemetry::HistogramSnapshot,
 }
 
 impl ReplicaEvent {
@@ -177,6 +201,7 @@ mod tests {
                     in_flight: 3,
                     workers_crash_looping: true,
                     models: Vec::new(),
+                    requests: Default::default(),
                 },
                 r#"{"event":"metrics","in_flight":3,"workers_crash_looping":true}"#,
             ),
@@ -191,6 +216,7 @@ mod tests {
                 in_flight: 0,
                 workers_crash_looping: false,
                 models: Vec::new(),
+                requests: Default::default(),
             })
         );
         assert_eq!(ReplicaEvent::from_line("hello from print()"), None);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use gyrus_launch::telemetry::RejectReason;
 use gyrus_oip::{OipError, OipErrorKind};
 use gyrus_runtime::{ErrorKind, InferenceError, RuntimeError};
 
@@ -79,6 +80,27 @@ impl ServeError {
         (status, retry_after)
     }
 
+    /// Why a 503 was given, for the metrics. The models' own refusals (a full queue, a missed
+    /// deadline) are counted by the inference service instead, which sees them whichever path
+    /// the request came by.
+    pub(crate) fn reject_reason(&self) -> Option<RejectReason> {
+        match self {
+            ServeError::Busy(_) => Some(RejectReason::ConcurrencyLimit),
+            ServeError::Inference(InferenceError::Overloaded { .. }) => {
+                Some(RejectReason::QueueFull)
+            }
+            ServeError::Workers(RuntimeError::Unavailable { workers_down, .. }) => {
+                Some(if *workers_down {
+                    RejectReason::WorkerUnavailable
+                } else {
+                    RejectReason::WorkerTimeout
+                })
+            }
+            ServeError::Workers(RuntimeError::ShuttingDown) => Some(RejectReason::ReplicaStopped),
+            _ => None,
+        }
+    }
+
     fn message(self) -> String {
         match self {
             ServeError::Codec(e) => e.to_string(),
@@ -95,12 +117,17 @@ impl ServeError {
 
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
-        match self.status() {
+        let reason = self.reject_reason();
+        let mut response = match self.status() {
             (StatusCode::SERVICE_UNAVAILABLE, retry_after) => {
                 crate::unavailable_response(self.message(), retry_after.unwrap_or(RETRY_SOON))
             }
             (status, _) => crate::error_response(status, self.message()),
+        };
+        if let Some(reason) = reason {
+            response.extensions_mut().insert(reason);
         }
+        response
     }
 }
 
@@ -186,6 +213,7 @@ mod tests {
         let unavailable = ServeError::from(RuntimeError::Unavailable {
             reason: "crashing".into(),
             retry_after: Duration::from_secs(7),
+            workers_down: true,
         });
         assert_eq!(
             unavailable.status(),

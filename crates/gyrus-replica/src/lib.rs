@@ -19,6 +19,7 @@ mod engines;
 mod error;
 mod handed;
 mod models;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +117,7 @@ struct ReplicaState {
     api: String,
     id: String,
     serving: Serving,
+    telemetry: Arc<telemetry::Telemetry>,
     gate: Arc<Semaphore>,
     max_concurrency: usize,
 }
@@ -215,10 +217,16 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
             Serving::Python(_) => Vec::new(),
         },
     };
+    let telemetry = Arc::new(telemetry::Telemetry::new(
+        !serves_models,
+        spec.tracker.as_ref().filter(|_| opts.job.is_none()),
+        opts.id.clone(),
+    ));
     let state = Arc::new(ReplicaState {
         api: spec.name.clone(),
         id: opts.id.clone(),
         serving,
+        telemetry: telemetry.clone(),
         gate: Arc::new(Semaphore::new(max_concurrency)),
         max_concurrency,
     });
@@ -254,6 +262,10 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
     let app = app
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            telemetry,
+            telemetry::observe,
+        ))
         .with_state(state.clone());
 
     emit(&ReplicaEvent::Ready);
@@ -269,6 +281,7 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
                     Serving::Models(_) => false,
                 },
                 models: engine.as_ref().map(|e| e.stats()).unwrap_or_default(),
+                requests: sampled.telemetry.snapshot(),
             });
         }
     });
@@ -486,8 +499,14 @@ async fn predict_python(
         body,
         debug: debug_requested(query),
         call: gyrus_runtime::Call::Predict,
+        request_id: headers
+            .get(telemetry::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
     };
     let resp = pool.call(req).await?;
+    state.telemetry.tally().worker_time(resp.worker_time);
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
     let ctype = HeaderValue::from_str(&resp.content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));

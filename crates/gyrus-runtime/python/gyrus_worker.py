@@ -8,8 +8,9 @@ Frames (little-endian): ``u32 len`` (bytes after this field), ``u8 kind``, ``u64
 
     1 INIT      replica -> worker  JSON: predictor_path, predictor_type, config, api_spec,
                                    job_spec, model_path, threads, api_name, worker_index
-    2 REQUEST   replica -> worker  u8 flags (bit 0: debug), u16 ctype_len, u32 query_len,
-                                   u32 headers_len, content type, query, headers JSON, body
+    2 REQUEST   replica -> worker  u8 flags (bit 0: debug, 3: request id), u16 ctype_len,
+                                   u32 query_len, u32 headers_len, content type, query,
+                                   headers JSON, [u8 id_len, request id], body
     3 SHUTDOWN  replica -> worker  finish in-flight work and exit 0 (EOF means the same)
     101 READY       worker -> replica  JSON: style, wants_query_params, wants_headers, pid
     102 INIT_FAILED worker -> replica  JSON: error, traceback (then exit 1)
@@ -51,6 +52,7 @@ RESPONSE_HEAD = struct.Struct("<IBQHH")  # frame header, then status, ctype_len
 FLAG_DEBUG = 1
 FLAG_BATCH = 2  # a batch API's predict(payload, batch_id); the query is the batch id
 FLAG_JOB_COMPLETE = 4  # a batch API's on_job_complete()
+FLAG_REQUEST_ID = 8  # the request's X-Request-ID follows the headers (u8 length, bytes)
 
 JSON_CT = b"application/json"
 TEXT_CT = b"text/plain; charset=utf-8"
@@ -909,7 +911,15 @@ class Connection:
             raise ValueError(f"REQUEST frame lengths are inconsistent (body length {len(data) - d})")
         ctype = data[a:b].decode("latin-1")
         query = data[b:c].decode("utf-8", "replace")
-        return rid, flags, ctype, query, data[c:d], data[d:]
+        request_id = ""
+        if flags & FLAG_REQUEST_ID:
+            if d >= len(data) or d + 1 + data[d] > len(data):
+                raise ValueError("REQUEST frame's request id is truncated")
+            request_id = bytes(data[d + 1 : d + 1 + data[d]]).decode("ascii", "replace")
+            body = data[d + 1 + data[d] :]
+        else:
+            body = data[d:]
+        return rid, flags, ctype, query, data[c:d], body, request_id
 
     def read_exact(self, n):
         data = self.rfile.read(n) if n else b""
@@ -1055,10 +1065,12 @@ class Worker:
                 index,
             )
 
-    def handle(self, rid, flags, ctype, query, headers_json, body):
+    def handle(self, rid, flags, ctype, query, headers_json, body, request_id=""):
         # Every request must get exactly one response, whatever user code raises.
         if flags & (FLAG_BATCH | FLAG_JOB_COMPLETE):
             return self.handle_job_call(rid, flags, ctype, query, body)
+        # gyrus's own lines about this request carry its id, as the replica's do.
+        tag = f"[request_id={request_id}] " if request_id else ""
         try:
             try:
                 payload = decode_payload(ctype, body)
@@ -1066,13 +1078,13 @@ class Worker:
                 if self.predictor.wants_headers:
                     headers = json.loads(headers_json or b"{}", object_pairs_hook=_headers_from_pairs)
                 if flags & FLAG_DEBUG:
-                    print(f"debug: payload: {_short_repr(payload)}", file=sys.stderr)
+                    print(f"{tag}debug: payload: {_short_repr(payload)}", file=sys.stderr)
                 if self.batcher is not None:
                     result = self.batcher.call(payload, query, headers)
                 else:
                     result = self.predictor.predict(payload, query, headers)
                 if flags & FLAG_DEBUG:
-                    print(f"debug: prediction: {_short_repr(result)}", file=sys.stderr)
+                    print(f"{tag}debug: prediction: {_short_repr(result)}", file=sys.stderr)
                 status, ct, out = encode_result(result)
             except HTTPError as e:
                 status, ct, out = error_response(e.status, str(e))
@@ -1082,7 +1094,7 @@ class Worker:
             except Overloaded as e:
                 status, ct, out = error_response(503, str(e))
             except BaseException as e:  # noqa: BLE001 - user code may raise anything
-                sys.stderr.write(f"worker {self.index}: predict() raised an exception:\n{_user_traceback(e)}")
+                sys.stderr.write(f"{tag}worker {self.index}: predict() raised an exception:\n{_user_traceback(e)}")
                 message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 status, ct, out = error_response(500, message)
             self.conn.send_response(rid, status, ct, out)

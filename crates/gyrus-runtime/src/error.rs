@@ -43,5 +43,7 @@ pub enum RuntimeError {
     Unavailable {
         reason: String,
         retry_after: Duration,
+        /// Every worker is down (crash-looping), rather than all of them busy.
+        workers_down: bool,
     },
 }

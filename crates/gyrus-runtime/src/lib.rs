@@ -141,6 +141,8 @@ pub struct PredictRequest {
     pub debug: bool,
     /// What the worker calls.
     pub call: Call,
+    /// The request's `X-Request-ID`, for the worker's log lines about it (empty: none).
+    pub request_id: String,
 }
 
 /// What a request asks the worker to call.
@@ -163,6 +165,8 @@ pub struct PredictResponse {
     pub status: u16,
     pub content_type: String,
     pub body: bytes::Bytes,
+    /// From the request frame's write to the response frame: the time the worker took.
+    pub worker_time: std::time::Duration,
 }
 
 #[cfg(test)]

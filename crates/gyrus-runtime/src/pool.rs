@@ -266,6 +266,7 @@ impl WorkerPool {
             };
             // From here on, whoever removes the pending entry frees the thread.
             busy.armed = false;
+            let sent = Instant::now();
             if let Err(e) = write_request(&conn, writer, head, req.body, &sh.runtime) {
                 conn.broken.notify_one();
                 if conn
@@ -281,12 +282,17 @@ impl WorkerPool {
                     });
                 }
             }
-            return rx.await.unwrap_or_else(|_| {
-                Err(RuntimeError::WorkerExited {
+            return match rx.await {
+                Ok(Ok(mut response)) => {
+                    response.worker_time = sent.elapsed();
+                    Ok(response)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RuntimeError::WorkerExited {
                     worker: index,
                     detail: "the worker went away without answering".into(),
-                })
-            });
+                }),
+            };
         }
     }
 
@@ -490,6 +496,7 @@ impl Shared {
                 health.last_exit
             ),
             retry_after,
+            workers_down: true,
         })
     }
 
@@ -503,6 +510,7 @@ impl Shared {
                 self.threads
             ),
             retry_after: BUSY_RETRY_AFTER,
+            workers_down: false,
         }
     }
 

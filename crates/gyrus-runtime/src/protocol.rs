@@ -31,6 +31,8 @@ const FLAG_DEBUG: u8 = 1;
 const FLAG_BATCH: u8 = 2;
 /// A batch API's `on_job_complete()`; the body is empty.
 const FLAG_JOB_COMPLETE: u8 = 4;
+/// After the headers: `u8 len` and the request id, for the worker's log lines.
+const FLAG_REQUEST_ID: u8 = 8;
 
 /// A frame read from a worker; `body` shares the read buffer.
 pub(crate) struct Frame {
@@ -93,7 +95,18 @@ pub(crate) fn encode_request_head(
     );
     // The length is patched in once the headers' JSON size is known.
     put_head(&mut out, 0, REQUEST, id)?;
-    out.push(if req.debug { FLAG_DEBUG } else { 0 } | call_flag);
+    // Ids come from the replica's X-Request-ID check (at most 128 visible ASCII characters);
+    // anything longer is left out rather than cut.
+    let request_id = Some(req.request_id.as_bytes()).filter(|id| !id.is_empty() && id.len() <= 255);
+    out.push(
+        if req.debug { FLAG_DEBUG } else { 0 }
+            | if request_id.is_some() {
+                FLAG_REQUEST_ID
+            } else {
+                0
+            }
+            | call_flag,
+    );
     out.extend_from_slice(&ctype_len.to_le_bytes());
     out.extend_from_slice(&query_len.to_le_bytes());
     let headers_len_at = out.len();
@@ -106,6 +119,10 @@ pub(crate) fn encode_request_head(
         let headers_len = u32::try_from(out.len() - start)
             .map_err(|_| RuntimeError::InvalidRequest("headers are too large".into()))?;
         out[headers_len_at..headers_len_at + 4].copy_from_slice(&headers_len.to_le_bytes());
+    }
+    if let Some(id) = request_id {
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
     }
     let len = u32::try_from(out.len() - 4 + req.body.len())
         .map_err(|_| RuntimeError::InvalidRequest("request body is larger than 4 GiB".into()))?;
@@ -168,6 +185,7 @@ pub(crate) fn parse_response(mut body: Bytes) -> Result<PredictResponse, Runtime
         status,
         content_type,
         body,
+        worker_time: std::time::Duration::ZERO,
     })
 }
 
@@ -253,6 +271,7 @@ mod tests {
             body: Bytes::from_static(b"{}"),
             debug: true,
             call: Default::default(),
+            request_id: String::new(),
         };
         let head = encode_request_head(7, &req, true, true).unwrap();
         let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
@@ -278,9 +297,24 @@ mod tests {
             body: Bytes::new(),
             debug: false,
             call: Default::default(),
+            request_id: String::new(),
         };
         let head = encode_request_head(1, &req, false, false).unwrap();
         assert_eq!(head.len(), FRAME_HEAD + REQUEST_META + "text/plain".len());
+    }
+
+    #[test]
+    fn request_id_follows_the_headers() {
+        let req = PredictRequest {
+            content_type: "text/plain".into(),
+            request_id: "abc-1".into(),
+            ..Default::default()
+        };
+        let head = encode_request_head(1, &req, false, false).unwrap();
+        assert_eq!(head[13], FLAG_REQUEST_ID);
+        assert!(head.ends_with(b"text/plain\x05abc-1"));
+        let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, head.len() - 4);
     }
 
     #[test]

@@ -711,6 +711,7 @@ async fn crash_loop_fails_calls_fast() -> TestResult {
             Err(RuntimeError::Unavailable {
                 reason,
                 retry_after,
+                ..
             }) => {
                 let elapsed = started.elapsed();
                 assert!(elapsed < Duration::from_millis(200), "took {elapsed:?}");
@@ -794,6 +795,7 @@ class PythonPredictor:
         Err(RuntimeError::Unavailable {
             reason,
             retry_after,
+            ..
         }) => {
             let elapsed = started.elapsed();
             assert!(

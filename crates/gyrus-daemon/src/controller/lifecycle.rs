@@ -129,7 +129,11 @@ impl ApiController {
                 in_flight,
                 workers_crash_looping,
                 models,
+                requests,
             } => {
+                self.ctx
+                    .observer
+                    .replica_metrics(&self.name, &r.id, in_flight, &models, &requests);
                 let n = u32::try_from(in_flight).unwrap_or(u32::MAX);
                 {
                     let mut g = r.lock();
@@ -208,6 +212,7 @@ impl ApiController {
         }
         match self.spawn_replica(plan, restarts) {
             Ok(new) => {
+                self.ctx.observer.replica_restarted(&self.name);
                 new.lock().last_exit = Some(
                     r.lock()
                         .error

@@ -60,6 +60,43 @@ pub struct ControllerContext {
     pub gateway_url: String,
     /// The origin of the metrics' and autoscaler's clock.
     pub epoch: Instant,
+    /// Told what replicas report and what the controller decides (metrics, the dashboard).
+    pub observer: Arc<dyn ApiObserver>,
+}
+
+/// What a controller tells the daemon's telemetry. The controller knows nothing of metrics:
+/// the daemon's `telemetry::Telemetry` implements this, the table tests use [`NoObserver`].
+pub trait ApiObserver: Send + Sync {
+    /// A replica's once-a-second report (cumulative since it started).
+    fn replica_metrics(
+        &self,
+        api: &str,
+        replica: &str,
+        in_flight: usize,
+        models: &[gyrus_launch::ModelStats],
+        requests: &gyrus_launch::telemetry::RequestStats,
+    );
+    /// A replica that died was started again.
+    fn replica_restarted(&self, api: &str);
+    /// One tick of the autoscaler (`from == to` when it kept the count).
+    fn scaling_decision(&self, api: &str, from: u32, to: u32, reason: &str);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl ApiObserver for NoObserver {
+    fn replica_metrics(
+        &self,
+        _: &str,
+        _: &str,
+        _: usize,
+        _: &[gyrus_launch::ModelStats],
+        _: &gyrus_launch::telemetry::RequestStats,
+    ) {
+    }
+    fn replica_restarted(&self, _: &str) {}
+    fn scaling_decision(&self, _: &str, _: u32, _: u32, _: &str) {}
 }
 
 impl ControllerContext {
@@ -408,6 +445,9 @@ impl ApiController {
                 reason: d.reason,
             };
             g.last_decision = Some(decision.clone());
+            self.ctx
+                .observer
+                .scaling_decision(&self.name, current, d.replicas, &decision.reason);
             if d.replicas == current {
                 None
             } else {

@@ -254,6 +254,7 @@ fn harness() -> Harness {
         lib_dir: PathBuf::from("/lib"),
         gateway_url: "http://127.0.0.1:8888".into(),
         epoch: Instant::now(),
+        observer: Arc::new(super::NoObserver),
     });
     let api = ApiController::new(ctx, stored(0), spec(""));
     Harness {
@@ -458,6 +459,7 @@ async fn a_silent_replica_is_taken_out_of_routing_and_replaced() {
             in_flight: 0,
             workers_crash_looping: false,
             models: Vec::new(),
+            requests: Default::default(),
         });
         h.api.replace_hung();
     }
@@ -486,6 +488,7 @@ async fn workers_crash_looping_shows_in_the_status() {
         in_flight: 0,
         workers_crash_looping: true,
         models: Vec::new(),
+        requests: Default::default(),
     });
     wait(Duration::from_millis(10)).await;
     assert_eq!(h.status(), "crash-looping");

@@ -5,13 +5,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use gyrus_launch::telemetry::AtomicHistogram;
 pub use gyrus_launch::ModelStats;
 
 /// The upper bounds of the batch-size buckets of [`ModelStats::batch_sizes`]: runs of 1 row,
 /// 2, 3-4, 5-8, ... 65-128, and more.
 pub const BATCH_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
-#[derive(Default)]
 pub(super) struct Counters {
     requests: AtomicU64,
     runs: AtomicU64,
@@ -21,6 +21,26 @@ pub(super) struct Counters {
     shed_deadline: AtomicU64,
     queue_us: AtomicU64,
     engine_us: AtomicU64,
+    run_seconds: AtomicHistogram,
+    queue_seconds: AtomicHistogram,
+    batch_rows: AtomicHistogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            requests: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
+            buckets: Default::default(),
+            shed_queue_full: AtomicU64::new(0),
+            shed_deadline: AtomicU64::new(0),
+            queue_us: AtomicU64::new(0),
+            engine_us: AtomicU64::new(0),
+            run_seconds: AtomicHistogram::latency(),
+            queue_seconds: AtomicHistogram::latency(),
+            batch_rows: AtomicHistogram::rows(),
+        }
+    }
 }
 
 impl Counters {
@@ -35,11 +55,14 @@ impl Counters {
             .unwrap_or(BATCH_BUCKETS.len());
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.engine_us.fetch_add(micros(took), Ordering::Relaxed);
+        self.run_seconds.record_duration(took);
+        self.batch_rows.record_rows(rows);
     }
 
     /// A request left the queue after `waited`.
     pub(super) fn dequeued(&self, waited: Duration) {
         self.queue_us.fetch_add(micros(waited), Ordering::Relaxed);
+        self.queue_seconds.record_duration(waited);
     }
 
     pub(super) fn queue_full(&self) {
@@ -63,6 +86,9 @@ impl Counters {
             shed_deadline: get(&self.shed_deadline),
             queue_us: get(&self.queue_us),
             engine_us: get(&self.engine_us),
+            run_seconds: self.run_seconds.snapshot(),
+            queue_seconds: self.queue_seconds.snapshot(),
+            batch_rows: self.batch_rows.snapshot(),
         }
     }
 }
