@@ -9,6 +9,13 @@ scripts/setup-python.sh
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps ./python
 # A real S3-compatible server for the tests of s3:// models.
 scripts/setup-s3s.sh
+# Debian's Chromium and ChromeDriver, for the dashboard's browser tests.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  echo "==> installing chromium and chromium-driver (Debian packages)"
+  sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 export GYRUS_TEST_S3S_FS="$PWD/.tools/bin/s3s-fs"
 
 echo "==> cargo test"

@@ -10,6 +10,7 @@ mod archive;
 mod client;
 mod jobs;
 mod models;
+mod observe;
 mod output;
 mod processes;
 mod show;
@@ -89,6 +90,11 @@ enum Command {
         output: Output,
     },
     /// Print an API's logs: its replicas, Python workers and deploy events.
+    ///
+    /// Lines about a request carry its X-Request-ID (`request_id=...`). With --json each line
+    /// is a JSON object {"api", "line", "request_id" (when the line names one)}, for log
+    /// shippers.
+    #[command(after_help = "Examples:\n  gyrus logs iris --tail 50\n  gyrus logs iris -f --json | jq 'select(.request_id == \"4f1c...\")'")]
     Logs {
         api: String,
         /// Keep printing new lines as they are written (Ctrl-C to stop).
@@ -97,6 +103,19 @@ enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open the web dashboard: APIs, live charts, the tracker, models, jobs and logs.
+    ///
+    /// Prints a one-time sign-in link (it works once, within 60 s, and signs the browser in for
+    /// 12 hours) and opens it in the browser. Metrics for Prometheus are at /metrics.
+    #[command(after_help = "Examples:\n  gyrus dashboard\n  gyrus dashboard --no-open   # print the link only (e.g. over ssh)")]
+    Dashboard {
+        /// Print the link without opening a browser.
+        #[arg(long)]
+        no_open: bool,
     },
     /// Delete APIs: stop their replicas and forget them.
     Delete {
@@ -244,7 +263,13 @@ async fn run(command: Command) -> Result<()> {
         } => deploy(dir, file, no_wait, timeout, output).await,
         Command::Get { api, output } => show::get(api, output).await,
         Command::Describe { api, output } => show::describe(&api, output).await,
-        Command::Logs { api, follow, tail } => logs(&api, follow, tail).await,
+        Command::Logs {
+            api,
+            follow,
+            tail,
+            json,
+        } => observe::logs(&api, follow, tail, json).await,
+        Command::Dashboard { no_open } => observe::dashboard(!no_open).await,
         Command::Delete { apis } => delete(&apis).await,
         Command::Refresh {
             api,
@@ -503,31 +528,6 @@ fn report_outcome(infos: &[ApiInfo], output: Output) -> Result<()> {
     } else {
         bail!("{}", failed.join("\n"))
     }
-}
-
-async fn logs(api: &str, follow: bool, tail: Option<usize>) -> Result<()> {
-    use futures_util::StreamExt;
-    use std::io::Write;
-    let client = DaemonClient::from_env()?;
-    client.require_daemon().await?;
-    let mut req = client
-        .control(reqwest::Method::GET, &format!("/apis/{api}/logs"))
-        .query(&[("follow", follow.to_string())]);
-    if let Some(n) = tail {
-        req = req.query(&[("tail", n.to_string())]);
-    }
-    let resp = req.send().await.map_err(|e| client.unreachable(e))?;
-    if !resp.status().is_success() {
-        return client::decode::<serde_json::Value>(resp).await.map(|_| ());
-    }
-    let mut stream = resp.bytes_stream();
-    let mut out = std::io::stdout();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.context("reading logs")?;
-        out.write_all(&chunk)?;
-        out.flush()?;
-    }
-    Ok(())
 }
 
 async fn delete(apis: &[String]) -> Result<()> {
