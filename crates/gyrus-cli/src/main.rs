@@ -94,7 +94,9 @@ enum Command {
     /// Lines about a request carry its X-Request-ID (`request_id=...`). With --json each line
     /// is a JSON object {"api", "line", "request_id" (when the line names one)}, for log
     /// shippers.
-    #[command(after_help = "Examples:\n  gyrus logs iris --tail 50\n  gyrus logs iris -f --json | jq 'select(.request_id == \"4f1c...\")'")]
+    #[command(
+        after_help = "Examples:\n  gyrus logs iris --tail 50\n  gyrus logs iris -f --json | jq 'select(.request_id == \"4f1c...\")'"
+    )]
     Logs {
         api: String,
         /// Keep printing new lines as they are written (Ctrl-C to stop).
@@ -111,7 +113,9 @@ enum Command {
     ///
     /// Prints a one-time sign-in link (it works once, within 60 s, and signs the browser in for
     /// 12 hours) and opens it in the browser. Metrics for Prometheus are at /metrics.
-    #[command(after_help = "Examples:\n  gyrus dashboard\n  gyrus dashboard --no-open   # print the link only (e.g. over ssh)")]
+    #[command(
+        after_help = "Examples:\n  gyrus dashboard\n  gyrus dashboard --no-open   # print the link only (e.g. over ssh)"
+    )]
     Dashboard {
         /// Print the link without opening a browser.
         #[arg(long)]
