@@ -30,6 +30,8 @@ class PythonPredictor:
             return {"label": "id", "request_id": headers.get("x-request-id")}
         if kind == "unreadable":
             return {"no_label": 1}
+        if kind == "big":
+            return "x" * 70000
         return {"label": payload["label"]}
 """
 
@@ -146,6 +148,14 @@ def test_request_counters_equal_the_requests_sent(apis):
     assert value(s, "gyrus_replicas", api=api, state="ready") == 1
     assert value(s, "gyrus_replicas_requested", api=api) == 1
     assert value(s, "gyrus_build_info", version=g.health()["version"]) == 1
+
+
+def test_a_large_answer_goes_out_whole_and_is_not_tracked(apis):
+    g = apis
+    before = value(scrape(g), "gyrus_tracker_invalid_total", api="obs-classes")
+    r = g.post("/obs-classes", json={"kind": "big"})
+    assert r.status_code == 200 and r.text == "x" * 70000
+    eventually(g, lambda s: value(s, "gyrus_tracker_invalid_total", api="obs-classes") == before + 1, "the large answer counted as invalid")
 
 
 def test_regression_tracker_sums_the_values(apis):
@@ -314,3 +324,46 @@ def test_metrics_and_series_refuse_browsers(apis):
     assert r.status_code == 403, r.text
     r = requests.get(f"{g.base_url}/metrics", timeout=10)
     assert r.status_code == 200
+
+
+BATCH = """
+import time
+
+
+class PythonPredictor:
+    def __init__(self, config, job_spec):
+        pass
+
+    def predict(self, payload, batch_id):
+        time.sleep(0.7)
+"""
+
+
+def test_running_jobs_show_their_batches(gyrus, projects_dir):
+    from e2e_helpers import write_files
+
+    g = gyrus
+    d = projects_dir / "obs-jobs"
+    d.mkdir(parents=True, exist_ok=True)
+    write_files(d, {
+        "predictor.py": BATCH,
+        "cortex.yaml": "- name: obs-jobs\n  kind: BatchAPI\n  predictor:\n    type: python\n    path: predictor.py\n",
+    })
+    g.deploy_ok(d, "obs-jobs")
+    r = g.http.post(
+        g.url("/obs-jobs"),
+        json={"workers": 1, "item_list": {"items": list(range(6)), "batch_size": 1}},
+        headers={"Authorization": f"Bearer {g.token()}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    job = r.json()["job_id"]
+    seen = []
+
+    def progress(s):
+        states = {st: value(s, "gyrus_job_batches", api="obs-jobs", job_id=job, state=st) for st in ("queued", "succeeded", "failed")}
+        seen.append(states)
+        return sum(states.values()) == 6 and states["succeeded"] >= 1 and states["queued"] >= 1
+
+    eventually(g, progress, "a running job's batches, some done and some queued", timeout=60)
+    assert seen[-1]["failed"] == 0

@@ -83,6 +83,11 @@ impl DaemonClient {
         }
     }
 
+    /// A path on the daemon outside the control API (the dashboard, /metrics).
+    pub fn base_url(&self, path: &str) -> String {
+        format!("{}://{}{}", self.scheme(), self.addr, path)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}://{}{}{}", self.scheme(), self.addr, API_PREFIX, path)
     }

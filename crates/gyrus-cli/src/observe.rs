@@ -69,9 +69,11 @@ pub async fn dashboard(open: bool) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
     let link: serde_json::Value = client.post_json("/dashboard/login").await?;
-    let url = link["url"]
+    let path = link["path"]
         .as_str()
         .context("the daemon answered without a sign-in link")?;
+    let url = client.base_url(path);
+    let url = url.as_str();
     println!("{url}");
     eprintln!(
         "a one-time link: it signs this browser in for 12 hours and works once, within {} s",

@@ -405,6 +405,19 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_open_only_on_loopback() {
+        let bound = |addr: &str| ControlGuard::new("t".into(), addr, false).is_loopback();
+        assert!(bound("127.0.0.1:8888"));
+        assert!(bound("127.0.0.2:8888"));
+        assert!(bound("[::1]:8888"));
+        assert!(bound("localhost:8888"));
+        assert!(!bound("0.0.0.0:8888"));
+        assert!(!bound("[::]:8888"));
+        assert!(!bound("10.0.0.5:8888"));
+        assert!(!bound("gyrus.example.com:443"));
+    }
+
+    #[test]
     fn token_file_is_private_and_stable() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();

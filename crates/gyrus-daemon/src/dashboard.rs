@@ -153,14 +153,15 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// `POST /_gyrus/v1/dashboard/login`: a one-time sign-in link (behind the token).
+/// `POST /_gyrus/v1/dashboard/login`: a one-time sign-in path (behind the token). The CLI puts
+/// it after the address it reached the daemon at, which is also what the browser can reach
+/// (the daemon's own bind address may be 0.0.0.0).
 pub async fn login_link(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, DaemonError> {
     let code = app.sessions.new_code()?;
-    let scheme = if app.guard.is_tls() { "https" } else { "http" };
     Ok(Json(serde_json::json!({
-        "url": format!("{scheme}://{}{UI_PATH}/login?code={code}", app.addr),
+        "path": format!("{UI_PATH}/login?code={code}"),
         "expires_in_seconds": CODE_LIFETIME.as_secs(),
     })))
 }

@@ -197,24 +197,36 @@ impl Tracker {
     /// Reads the response's body and gives the response back whole. The tracker never fails a
     /// request: what it cannot read is counted as invalid.
     async fn observe(&self, response: Response) -> Response {
+        use axum::body::HttpBody as _;
+        // Answers are in memory, so their size is known: one too large to be a prediction
+        // (a file, an image) goes out untouched, unread.
+        let small = response
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_TRACKED_BODY as u64);
+        if !small {
+            self.record(Reading::Invalid);
+            return response;
+        }
         let (parts, body) = response.into_parts();
-        let bytes = match http_body_util::Limited::new(body, MAX_TRACKED_BODY)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                // Too large to be a prediction (or a body that failed): not read, not lost.
-                self.record(Reading::Invalid);
-                return Response::from_parts(parts, Body::empty());
+        match body.collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                self.record(read_prediction(
+                    &bytes,
+                    self.key.as_deref(),
+                    self.model_type,
+                ));
+                Response::from_parts(parts, Body::from(bytes))
             }
-        };
-        self.record(read_prediction(
-            &bytes,
-            self.key.as_deref(),
-            self.model_type,
-        ));
-        Response::from_parts(parts, Body::from(bytes))
+            // A body of known size already in memory does not fail; if one did, the client
+            // could not have had it either.
+            Err(_) => {
+                self.record(Reading::Invalid);
+                Response::from_parts(parts, Body::empty())
+            }
+        }
     }
 
     fn record(&self, reading: Reading) {

@@ -167,7 +167,14 @@ impl ApiObserver for Telemetry {
         let mut d = delta::Delta::between(before_models, before_requests, models, requests);
         let known = inner.classes.entry(api.to_string()).or_default();
         d.cap_classes(known);
-        self.exporter.replica(api, replica, in_flight, models, &d);
+        // Queue depth is a level, summed over the API's live replicas.
+        let mut queued = std::collections::BTreeMap::<String, u64>::new();
+        for r in inner.replicas.values().filter(|r| r.api == api) {
+            for m in &r.models {
+                *queued.entry(m.model.clone()).or_default() += m.queued;
+            }
+        }
+        self.exporter.replica(api, replica, in_flight, &queued, &d);
         inner.series.entry(api.to_string()).or_default().add(&d);
     }
 

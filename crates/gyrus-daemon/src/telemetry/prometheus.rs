@@ -8,7 +8,6 @@
 use gyrus_launch::telemetry::{
     HistogramSnapshot, RejectReason, Route, BATCH_BOUNDS, LATENCY_BOUNDS,
 };
-use gyrus_launch::ModelStats;
 use metrics::{counter, gauge, histogram, with_local_recorder, Histogram};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -144,7 +143,7 @@ impl Exporter {
         api: &str,
         replica: &str,
         in_flight: usize,
-        models: &[ModelStats],
+        queued: &std::collections::BTreeMap<String, u64>,
         d: &Delta,
     ) {
         let api = api.to_string();
@@ -178,9 +177,9 @@ impl Exporter {
                 replay(&histogram!("gyrus_model_queue_duration_seconds", &labels), &LATENCY_BOUNDS, &m.queue_seconds);
                 replay(&histogram!("gyrus_model_batch_size", &labels), &BATCH_BOUNDS, &m.batch_rows);
             }
-            for m in models {
-                gauge!("gyrus_model_queue_depth", "api" => api.clone(), "model" => m.model.clone())
-                    .set(m.queued as f64);
+            for (model, n) in queued {
+                gauge!("gyrus_model_queue_depth", "api" => api.clone(), "model" => model.clone())
+                    .set(*n as f64);
             }
             for (class, n) in &d.classes {
                 counter!("gyrus_tracker_predictions_total", "api" => api.clone(), "class" => class.clone())
