@@ -73,5 +73,7 @@ the total that on_job_complete() wrote (the job's config.dest):
   gyrus job submit batch-sum examples/batch-sum/job.json --wait
   cat /tmp/batch-sum-out/total.json      # {"job_id": "...", "total": 210, "count": 8, "batches": 3}
 
+Watch them: gyrus dashboard (opens the web dashboard) · curl localhost:8888/metrics
+
 Then: gyrus get · gyrus logs iris-classifier · gyrus delete iris-classifier · gyrus --help
 MSG

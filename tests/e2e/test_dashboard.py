@@ -82,20 +82,41 @@ def test_the_page_needs_a_sign_in(traffic):
     # A link works once.
     url = sign_in_link(g)
     first = g.http.get(url, timeout=10, allow_redirects=False)
-    assert first.status_code == 303 and first.headers["location"] == "/_gyrus/ui"
+    assert first.status_code == 303, first.text
+    location = first.headers["location"]
+    assert location.startswith("/_gyrus/ui#session="), location
+    api_key = location.split("#session=", 1)[1]
     cookie = first.headers["set-cookie"]
+    assert cookie.startswith("gyrus_page=") and "Path=/_gyrus/ui;" in cookie, cookie
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
     assert g.http.get(url, timeout=10, allow_redirects=False).status_code == 401
-    # The session reads the control API but cannot change anything.
-    session = cookie.split(";")[0]
-    reads = g.http.get(f"{g.base_url}/_gyrus/v1/apis", headers={"Cookie": session}, timeout=10)
+    page_cookie = cookie.split(";")[0]
+    # The cookie loads the page, nothing else: it reaches every port of this host.
+    assert g.http.get(f"{g.base_url}/_gyrus/ui", headers={"Cookie": page_cookie}, timeout=10).status_code == 200
+    as_cookie = g.http.get(f"{g.base_url}/_gyrus/v1/apis", headers={"Cookie": page_cookie}, timeout=10)
+    assert as_cookie.status_code == 401, as_cookie.text
+    # The API key (a header the page's script sets) reads the control API, and changes nothing.
+    session = {"X-Gyrus-Session": api_key}
+    reads = g.http.get(f"{g.base_url}/_gyrus/v1/apis", headers=session, timeout=10)
     assert reads.status_code == 200 and {a["name"] for a in reads.json()} >= {"dash-iris", "dash-other"}
     writes = g.http.post(
         f"{g.base_url}/_gyrus/v1/shutdown",
-        headers={"Cookie": session, "Content-Type": "application/json"},
+        headers={**session, "Content-Type": "application/json"},
         timeout=10,
     )
     assert writes.status_code == 401, writes.text
+    deletes = g.http.delete(
+        f"{g.base_url}/_gyrus/v1/apis/dash-other",
+        headers={**session, "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert deletes.status_code == 401, deletes.text
+    # The page key is no API key.
+    wrong = g.http.get(f"{g.base_url}/_gyrus/v1/apis", headers={"X-Gyrus-Session": page_cookie.split("=", 1)[1]}, timeout=10)
+    assert wrong.status_code == 401
+    # A cross-site request carrying the key is refused too.
+    cross = g.http.get(f"{g.base_url}/_gyrus/v1/apis", headers={**session, "Origin": "https://evil.example"}, timeout=10)
+    assert cross.status_code == 403
     assert g.health() is not None
 
 
@@ -107,8 +128,9 @@ def test_dashboard_shows_the_apis_and_their_charts(traffic, browser):
     wait_js(driver, "the dashboard's first render", "return document.body.dataset.ready === '1'")
     names = driver.execute_script("return [...document.querySelectorAll('#apis tr[data-api]')].map(r => r.dataset.api)")
     assert set(names) >= {"dash-iris", "dash-other"}, names
-    # The session cookie is out of reach of scripts.
-    assert "gyrus_session" not in driver.execute_script("return document.cookie")
+    # The page key's cookie is out of reach of scripts; the API key left the address bar.
+    assert "gyrus_page" not in driver.execute_script("return document.cookie")
+    assert "session=" not in driver.execute_script("return location.href")
 
     driver.execute_script("document.querySelector('#apis tr[data-api=\"dash-iris\"]').click()")
     wait_js(

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e_helpers import wait_until
@@ -125,9 +124,13 @@ def test_request_counters_equal_the_requests_sent(apis):
     ok = len(labels) + 2
 
     def settled(s):
-        return value(s, "gyrus_requests_total", api=api, route="predict", status="2xx") == ok
+        # Every request sent, the last one included, is in the replica's reports.
+        return (
+            value(s, "gyrus_requests_total", api=api, route="predict", status="2xx") == ok
+            and value(s, "gyrus_requests_total", api=api, route="health", status="2xx") == 1
+        )
 
-    eventually(g, settled, "the 2xx count of obs-classes to reach the requests sent")
+    eventually(g, settled, "the counts of obs-classes to reach the requests sent")
     s = scrape(g)
     assert value(s, "gyrus_requests_total", api=api, route="predict", status="4xx") == 1
     assert value(s, "gyrus_requests_total", api=api, route="predict", status="5xx") == 1
@@ -165,7 +168,12 @@ def test_regression_tracker_sums_the_values(apis):
         r = g.post("/obs-values", json={"value": v})
         assert r.status_code == 200, r.text
     assert g.post("/obs-values", json={"text": True}).status_code == 200
-    eventually(g, lambda s: value(s, "gyrus_tracker_value_count", api="obs-values") == len(values), "the regression count")
+    eventually(
+        g,
+        lambda s: value(s, "gyrus_tracker_value_count", api="obs-values") == len(values)
+        and value(s, "gyrus_tracker_invalid_total", api="obs-values") == 1,
+        "the regression count",
+    )
     s = scrape(g)
     assert value(s, "gyrus_tracker_value_sum", api="obs-values") == pytest.approx(sum(values))
     assert value(s, "gyrus_tracker_invalid_total", api="obs-values") == 1
@@ -178,7 +186,7 @@ def test_503_reasons_are_counted(apis):
     results = {}
 
     def slow():
-        results["slow"] = g.post("/obs-slow", json={"sleep": 1.5}, timeout=30)
+        results["slow"] = g.post("/obs-slow", json={"sleep": 5}, timeout=30)
 
     t = threading.Thread(target=slow)
     t.start()
@@ -237,10 +245,14 @@ def test_series_for_the_dashboard(apis):
     g = apis
     for _ in range(5):
         g.post("/obs-values", json={"value": 2.0})
-    time.sleep(2.2)
-    r = g.control("GET", "/apis/obs-values/series?seconds=60")
-    assert r.status_code == 200, r.text
-    body = r.json()
+
+    def series():
+        r = g.control("GET", "/apis/obs-values/series?seconds=60")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return body if sum(p["requests"] for p in body["points"]) >= 5 else None
+
+    body = wait_until(series, 15, what="the 5 requests in the series")
     assert body["api"] == "obs-values" and body["interval_seconds"] == 1
     points = body["points"]
     assert 1 <= len(points) <= 60
@@ -275,7 +287,12 @@ def test_model_api_metrics(gyrus, projects_dir, onnx_models):
         json={"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.1] * 64}]},
     )
     assert infer.status_code == 200, infer.text
-    eventually(g, lambda s: value(s, "gyrus_model_requests_total", api="obs-mlp", model="obs-mlp") == n + 1, "the model's request count")
+    eventually(
+        g,
+        lambda s: value(s, "gyrus_model_requests_total", api="obs-mlp", model="obs-mlp") == n + 1
+        and value(s, "gyrus_requests_total", api="obs-mlp", route="infer", status="2xx") == 1,
+        "the model's request count",
+    )
     s = scrape(g)
     assert value(s, "gyrus_requests_total", api="obs-mlp", route="predict", status="2xx") == n
     assert value(s, "gyrus_requests_total", api="obs-mlp", route="infer", status="2xx") == 1
@@ -314,7 +331,6 @@ def test_no_ready_replica_is_counted_by_the_gateway(gyrus, project):
 
 def test_metrics_and_series_refuse_browsers(apis):
     g = apis
-    # /metrics is open on loopback but still refuses nothing a page could abuse: it is a read.
     # The series needs the token; a cross-site request is refused whatever it carries.
     r = g.http.get(
         f"{g.base_url}/_gyrus/v1/apis/obs-values/series",
@@ -322,8 +338,13 @@ def test_metrics_and_series_refuse_browsers(apis):
         timeout=10,
     )
     assert r.status_code == 403, r.text
-    r = requests.get(f"{g.base_url}/metrics", timeout=10)
-    assert r.status_code == 200
+    # /metrics is open to this machine (the daemon is bound to loopback), but not to a page
+    # whose own name was rebound to this address (its Host is its name), nor across sites.
+    assert g.http.get(f"{g.base_url}/metrics", timeout=10).status_code == 200
+    rebound = g.http.get(f"{g.base_url}/metrics", headers={"Host": "evil.example"}, timeout=10)
+    assert rebound.status_code == 403, rebound.text
+    cross = g.http.get(f"{g.base_url}/metrics", headers={"Origin": "https://evil.example"}, timeout=10)
+    assert cross.status_code == 403, cross.text
 
 
 BATCH = """

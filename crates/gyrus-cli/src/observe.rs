@@ -57,12 +57,14 @@ fn json_line(api: &str, line: &[u8]) -> String {
 }
 
 fn request_id(line: &str) -> Option<&str> {
-    let start = line.find("request_id=")? + "request_id=".len();
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c == ']')
-        .unwrap_or(rest.len());
-    Some(&rest[..end]).filter(|id| !id.is_empty())
+    let at = line.find("request_id=")?;
+    let rest = &line[at + "request_id=".len()..];
+    // Ids are visible ASCII (no blanks); a worker's `[request_id=...]` ends with its bracket.
+    let mut id = &rest[..rest.find(char::is_whitespace).unwrap_or(rest.len())];
+    if line[..at].ends_with('[') {
+        id = id.strip_suffix(']').unwrap_or(id);
+    }
+    Some(id).filter(|id| !id.is_empty())
 }
 
 pub async fn dashboard(open: bool) -> Result<()> {
@@ -79,19 +81,40 @@ pub async fn dashboard(open: bool) -> Result<()> {
         "a one-time link: it signs this browser in for 12 hours and works once, within {} s",
         link["expires_in_seconds"].as_u64().unwrap_or(60)
     );
-    if open {
-        // The platform's opener; without one (a server, a container), the printed link is it.
-        let opened = std::process::Command::new("xdg-open")
-            .arg(url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !opened {
-            eprintln!("(no browser could be opened here: open the link above in yours)");
-        }
+    if open && !open_in_browser(client.home.root(), url) {
+        eprintln!("(no browser could be opened here: open the link above in yours)");
     }
     Ok(())
+}
+
+/// Opens the link with the platform's opener. Not as an argument: the code would show in the
+/// opener's and the browser's command lines, which every local user can read in /proc. A
+/// private file (0600) that redirects to it is opened instead, as Jupyter does.
+fn open_in_browser(home: &std::path::Path, url: &str) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let page = home.join("dashboard-open.html");
+    let escaped = url.replace('&', "&amp;").replace('"', "&quot;");
+    let html = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={escaped}\">\
+         <title>gyrus dashboard</title><a href=\"{escaped}\">Open the gyrus dashboard</a>\n"
+    );
+    let _ = std::fs::remove_file(&page);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&page)
+        .and_then(|mut f| f.write_all(html.as_bytes()));
+    if written.is_err() {
+        return false;
+    }
+    std::process::Command::new("xdg-open")
+        .arg(&page)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]
@@ -108,6 +131,8 @@ mod tests {
             request_id("[request_id=my-id] debug: payload: {}"),
             Some("my-id")
         );
+        assert_eq!(request_id("[request_id=a]b] debug"), Some("a]b"));
+        assert_eq!(request_id("request_id=x]"), Some("x]"));
         assert_eq!(request_id("request_id="), None);
         assert_eq!(request_id("nothing here"), None);
         let v: serde_json::Value =

@@ -1,10 +1,17 @@
 //! The web dashboard (`/_gyrus/ui`): its files, embedded in the binary, and how a browser signs
 //! in. `gyrus dashboard` asks the control API (with the token) for a one-time code and opens
-//! `/_gyrus/ui/login?code=...`; that answers with an HttpOnly, SameSite=Strict session cookie
-//! and a redirect to the page. The cookie stands for the token on reads only (GET and HEAD of
-//! `/_gyrus/v1`, see `server::require_token`): whatever changes state still needs the token, so
-//! a page that tricked the browser into a request could at most read, and the browser checks
-//! (Origin, Sec-Fetch-Site) refuse that too.
+//! `/_gyrus/ui/login?code=...`. A code opens a session of two secrets:
+//! - the page key, an HttpOnly, SameSite=Strict cookie on `Path=/_gyrus/ui`: it only lets the
+//!   browser load the page's files;
+//! - the API key, handed to the page in the redirect's URL fragment (never sent to a server),
+//!   kept in that tab's sessionStorage and sent as `X-Gyrus-Session`. It stands for the token on
+//!   reads only (GET and HEAD of `/_gyrus/v1`, see `server::require_token`).
+//!
+//! Why not one cookie: cookies ignore ports, and the dashboard shares its origin with the APIs'
+//! endpoints. A cookie would reach a server on another port of the host, and a predictor that
+//! answered HTML could script the origin and read through it. A header has to be set by the
+//! page's own script, and cross-origin requests with it need a CORS preflight, which gyrus never
+//! answers. Whatever changes state needs the token in any case.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,8 +29,11 @@ use crate::server::AppState;
 /// Where the dashboard is served.
 pub const UI_PATH: &str = "/_gyrus/ui";
 
-/// The session cookie's name.
-const COOKIE: &str = "gyrus_session";
+/// The page key's cookie.
+const COOKIE: &str = "gyrus_page";
+
+/// The header the page sends its API key in.
+pub const SESSION_HEADER: &str = "x-gyrus-session";
 
 /// A sign-in code works once, within this time.
 const CODE_LIFETIME: Duration = Duration::from_secs(60);
@@ -78,7 +88,15 @@ pub struct Sessions {
 #[derive(Default)]
 struct Held {
     codes: HashMap<String, Instant>,
-    sessions: HashMap<String, Instant>,
+    /// Page keys (cookie) and API keys (header), each to its session's expiry.
+    pages: HashMap<String, Instant>,
+    api_keys: HashMap<String, Instant>,
+}
+
+/// The two secrets of a session.
+struct Opened {
+    page: String,
+    api: String,
 }
 
 fn random_secret() -> Result<String, DaemonError> {
@@ -114,35 +132,51 @@ impl Sessions {
         Ok(code)
     }
 
-    /// Trades a code (once, unexpired) for a session id.
-    fn redeem(&self, code: &str) -> Result<Option<String>, DaemonError> {
+    /// Trades a code (once, unexpired) for a session.
+    fn redeem(&self, code: &str) -> Result<Option<Opened>, DaemonError> {
         let now = Instant::now();
         let mut held = self.lock();
         match held.codes.remove(code) {
             Some(expires) if expires > now => {
-                let session = random_secret()?;
-                prune(&mut held.sessions, now);
-                held.sessions
-                    .insert(session.clone(), now + SESSION_LIFETIME);
-                Ok(Some(session))
+                let opened = Opened {
+                    page: random_secret()?,
+                    api: random_secret()?,
+                };
+                prune(&mut held.pages, now);
+                prune(&mut held.api_keys, now);
+                held.pages
+                    .insert(opened.page.clone(), now + SESSION_LIFETIME);
+                held.api_keys
+                    .insert(opened.api.clone(), now + SESSION_LIFETIME);
+                Ok(Some(opened))
             }
             _ => Ok(None),
         }
     }
 
-    /// Whether the request's cookie holds a live session.
+    /// Whether the request carries a live session's API key (`X-Gyrus-Session`).
     pub fn is_signed_in(&self, headers: &HeaderMap) -> bool {
-        let Some(session) = session_cookie(headers) else {
+        let mut values = headers.get_all(SESSION_HEADER).iter();
+        let (Some(key), None) = (values.next(), values.next()) else {
+            return false;
+        };
+        let Ok(key) = key.to_str() else { return false };
+        let now = Instant::now();
+        // The map's lookup is by hash, not a byte-by-byte comparison an attacker could time.
+        self.lock().api_keys.get(key).is_some_and(|e| *e > now)
+    }
+
+    /// Whether the request's cookie holds a live session's page key.
+    fn may_load_page(&self, headers: &HeaderMap) -> bool {
+        let Some(page) = page_cookie(headers) else {
             return false;
         };
         let now = Instant::now();
-        let held = self.lock();
-        // The map's lookup is by hash, not a byte-by-byte comparison an attacker could time.
-        held.sessions.get(session).is_some_and(|e| *e > now)
+        self.lock().pages.get(page).is_some_and(|e| *e > now)
     }
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+fn page_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -176,11 +210,11 @@ pub async fn login(
     State(app): State<Arc<AppState>>,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, DaemonError> {
-    let session = match q.code.as_deref() {
+    let opened = match q.code.as_deref() {
         Some(code) => app.sessions.redeem(code)?,
         None => None,
     };
-    let Some(session) = session else {
+    let Some(opened) = opened else {
         return Ok(page_error(
             StatusCode::UNAUTHORIZED,
             "This sign-in link has expired or was already used. Run `gyrus dashboard` for a new one.",
@@ -188,10 +222,16 @@ pub async fn login(
     };
     let secure = if app.guard.is_tls() { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={session}; Path=/_gyrus; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        "{COOKIE}={}; Path={UI_PATH}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        opened.page,
         SESSION_LIFETIME.as_secs()
     );
-    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, UI_PATH)]).into_response();
+    let location = format!("{UI_PATH}#session={}", opened.api);
+    let mut response = (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.as_str())],
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -219,7 +259,7 @@ pub async fn asset(
 }
 
 fn file(app: &AppState, headers: &HeaderMap, name: &str) -> Response {
-    if !app.sessions.is_signed_in(headers) && !app.guard.is_authenticated(headers) {
+    if !app.sessions.may_load_page(headers) && !app.guard.is_authenticated(headers) {
         return page_error(
             StatusCode::UNAUTHORIZED,
             "Not signed in: run `gyrus dashboard`, which opens this page with a one-time sign-in link.",
@@ -275,23 +315,36 @@ mod tests {
     fn a_code_opens_one_session_once() {
         let s = Sessions::default();
         let code = s.new_code().unwrap_or_default();
-        let session = s.redeem(&code).ok().flatten().unwrap_or_default();
-        assert_eq!(session.len(), 64);
-        assert_eq!(s.redeem(&code).ok().flatten(), None, "a code works once");
-        assert_eq!(s.redeem("guess").ok().flatten(), None);
+        let Ok(Some(opened)) = s.redeem(&code) else {
+            panic!("a fresh code opens a session");
+        };
+        assert_eq!((opened.page.len(), opened.api.len()), (64, 64));
+        assert_ne!(opened.page, opened.api);
+        assert!(
+            s.redeem(&code).ok().flatten().is_none(),
+            "a code works once"
+        );
+        assert!(s.redeem("guess").ok().flatten().is_none());
+        let value = |v: &str| HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static(""));
         let mut h = HeaderMap::new();
-        assert!(!s.is_signed_in(&h));
+        assert!(!s.is_signed_in(&h) && !s.may_load_page(&h));
+        // The page key opens the page, never the API; the API key is a header, not a cookie.
         h.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("a=b; {COOKIE}={session}"))
-                .unwrap_or(HeaderValue::from_static("")),
+            value(&format!("a=b; {COOKIE}={}", opened.page)),
         );
+        assert!(s.may_load_page(&h) && !s.is_signed_in(&h));
+        h.insert(header::COOKIE, value(&format!("{COOKIE}={}", opened.api)));
+        assert!(!s.may_load_page(&h) && !s.is_signed_in(&h));
+        h.insert(SESSION_HEADER, value(&opened.api));
         assert!(s.is_signed_in(&h));
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("gyrus_session=nope"),
-        );
+        h.insert(SESSION_HEADER, value(&opened.page));
         assert!(!s.is_signed_in(&h));
+        h.append(SESSION_HEADER, value(&opened.api));
+        assert!(
+            !s.is_signed_in(&h),
+            "two keys: which one counts is anyone's guess"
+        );
     }
 
     #[test]

@@ -247,6 +247,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         uploads: Arc::new(tokio::sync::Semaphore::new(server::MAX_CONCURRENT_UPLOADS)),
         telemetry,
         sessions: dashboard::Sessions::default(),
+        request_ids: gyrus_launch::telemetry::RequestIds::new({
+            let mut seed = [0u8; 4];
+            // Without the OS's randomness the ids are still unique within this daemon.
+            let _ = getrandom::fill(&mut seed);
+            u32::from_le_bytes(seed)
+        }),
     });
     observe_api::start_tick(app.clone());
     tracing::info!(

@@ -119,3 +119,101 @@ mod tests {
         assert_eq!(std::fs::read_dir(home.logs()).unwrap().count(), 1);
     }
 }
+
+/// The last `tail` lines of a log file (all of it without `tail`), read from its end in chunks,
+/// and the file's length at that moment (where following it goes on). A missing file is empty.
+pub fn read_tail(path: &std::path::Path, tail: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: u64 = 64 * 1024;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let Some(n) = tail else {
+        let mut all = Vec::new();
+        Read::by_ref(&mut file).take(len).read_to_end(&mut all)?;
+        return Ok((all, len));
+    };
+    // Chunks from the end until the text holds `n` line breaks before its last line's.
+    let mut text: Vec<u8> = Vec::new();
+    let mut start = len;
+    while start > 0 {
+        let step = CHUNK.min(start);
+        start -= step;
+        file.seek(SeekFrom::Start(start))?;
+        let mut chunk = vec![0u8; step as usize];
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&text);
+        text = chunk;
+        let body = text.strip_suffix(b"\n").unwrap_or(&text);
+        if n == 0 || body.iter().filter(|&&b| b == b'\n').count() >= n {
+            break;
+        }
+    }
+    let from = tail_start(&text, n);
+    Ok((text.split_off(from), len))
+}
+
+/// Byte offset where the last `n` lines of `content` begin.
+fn tail_start(content: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return content.len();
+    }
+    let body = content.strip_suffix(b"\n").unwrap_or(content);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::{read_tail, tail_start};
+
+    #[test]
+    fn tail_lines() {
+        let c = b"a\nb\nc\n";
+        assert_eq!(&c[tail_start(c, 2)..], b"b\nc\n");
+        assert_eq!(&c[tail_start(c, 10)..], c);
+        assert_eq!(&c[tail_start(c, 0)..], b"");
+    }
+
+    #[test]
+    fn tails_of_a_large_file_come_from_its_end() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("api.log");
+        let lines: Vec<String> = (0..50_000)
+            .map(|i| format!("line {i} {}", "x".repeat(i % 97)))
+            .collect();
+        let text = lines.join("\n") + "\n";
+        std::fs::write(&path, &text)?;
+        let (last, len) = read_tail(&path, Some(3))?;
+        assert_eq!(len, text.len() as u64);
+        assert_eq!(
+            String::from_utf8_lossy(&last),
+            lines[49_997..].join("\n") + "\n"
+        );
+        let (many, _) = read_tail(&path, Some(20_000))?;
+        assert_eq!(
+            String::from_utf8_lossy(&many),
+            lines[30_000..].join("\n") + "\n"
+        );
+        let (all, _) = read_tail(&path, None)?;
+        assert_eq!(all, text.as_bytes());
+        assert_eq!(read_tail(&path, Some(60_000))?.0, text.as_bytes());
+        assert_eq!(read_tail(&path, Some(0))?.0, b"");
+        assert_eq!(
+            read_tail(&dir.path().join("none.log"), Some(5))?,
+            (Vec::new(), 0)
+        );
+        Ok(())
+    }
+}

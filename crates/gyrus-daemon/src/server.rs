@@ -49,6 +49,8 @@ pub struct AppState {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// The dashboard's sign-in codes and browser sessions.
     pub sessions: crate::dashboard::Sessions,
+    /// X-Request-IDs for what the daemon answers itself.
+    pub request_ids: gyrus_launch::telemetry::RequestIds,
 }
 
 /// Uploads received at once; more are refused with 503 and Retry-After rather than queued, so
@@ -125,15 +127,43 @@ pub fn router(app: Arc<AppState>) -> Router {
             app.clone(),
             refuse_browsers,
         ));
+    // Prometheus sends no Origin; a page rebinding its name to this address cannot pass Host.
+    let metrics = Router::new()
+        .route("/metrics", get(crate::observe_api::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            refuse_browsers,
+        ));
     Router::new()
         .nest(API_PREFIX, control)
         .merge(ui)
-        .route("/metrics", get(crate::observe_api::metrics))
+        .merge(metrics)
         .fallback(gateway)
         .with_state(app)
 }
 
 async fn gateway(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    // Replicas give the requests they answer an X-Request-ID; what the daemon answers itself
+    // (no ready replica, unknown paths, batch submissions) gets one here.
+    let client_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| gyrus_launch::telemetry::valid_request_id(v.as_bytes()))
+        .cloned();
+    let mut response = route_gateway(&app, req).await;
+    if !response.headers().contains_key(REQUEST_ID) {
+        let id = client_id.unwrap_or_else(|| {
+            axum::http::HeaderValue::try_from(app.request_ids.make())
+                .unwrap_or(axum::http::HeaderValue::from_static("0"))
+        });
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    response
+}
+
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
+async fn route_gateway(app: &Arc<AppState>, req: Request) -> Response {
     if let Some(api) = app.routes.batch_api(req.uri().path()) {
         // Submitting a job runs code on this machine: the control API's rules apply.
         if let Err(e) = app
@@ -143,7 +173,7 @@ async fn gateway(State(app): State<Arc<AppState>>, req: Request) -> Response {
         {
             return refused(e);
         }
-        return crate::jobs_api::endpoint(app, api, req)
+        return crate::jobs_api::endpoint(app.clone(), api, req)
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
@@ -191,7 +221,7 @@ pub(crate) fn refused(e: DaemonError) -> Response {
 
 /// Without the token: that a gyrus daemon answers, and its version. With it: where it runs.
 async fn health(State(app): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Json<Health> {
-    let authenticated = app.guard.is_authenticated(&headers);
+    let authenticated = app.guard.is_authenticated(&headers) || app.sessions.is_signed_in(&headers);
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -327,16 +357,19 @@ pub(crate) async fn log_response(
     path: std::path::PathBuf,
     q: LogsQuery,
 ) -> Result<Response, DaemonError> {
-    let content = tokio::fs::read(&path).await.unwrap_or_default();
-    let start = match q.tail {
-        Some(n) => tail_start(&content, n),
-        None => 0,
+    // The last lines are read from the end: log files grow, and the dashboard asks often.
+    let (content, offset) = {
+        let path = path.clone();
+        let tail = q.tail;
+        tokio::task::spawn_blocking(move || crate::logs::read_tail(&path, tail))
+            .await
+            .map_err(|e| DaemonError::Internal(format!("reading the log: {e}")))?
+            .unwrap_or_default()
     };
-    let initial = Bytes::copy_from_slice(&content[start..]);
+    let initial = Bytes::from(content);
     if !q.follow {
         return Ok(([("content-type", "text/plain; charset=utf-8")], initial).into_response());
     }
-    let offset = content.len() as u64;
     let stream = futures_util::stream::unfold(
         (Some(initial), path, offset, app),
         |(first, path, mut offset, app)| async move {
@@ -376,35 +409,4 @@ async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).await?;
     Ok(buf)
-}
-
-/// Byte offset where the last `n` lines of `content` begin.
-fn tail_start(content: &[u8], n: usize) -> usize {
-    if n == 0 {
-        return content.len();
-    }
-    let body = content.strip_suffix(b"\n").unwrap_or(content);
-    let mut seen = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == n {
-                return i + 1;
-            }
-        }
-    }
-    0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tail_start;
-
-    #[test]
-    fn tail_lines() {
-        let c = b"a\nb\nc\n";
-        assert_eq!(&c[tail_start(c, 2)..], b"b\nc\n");
-        assert_eq!(&c[tail_start(c, 10)..], c);
-        assert_eq!(&c[tail_start(c, 0)..], b"");
-    }
 }

@@ -94,8 +94,26 @@ function badge(status) {
 
 /* ---------- fetching ---------- */
 
+/* The sign-in redirect brings the session's API key in the URL fragment (never sent to a
+   server); it is kept in this tab's sessionStorage, out of the URL, and sent as a header, so no
+   other page (another tab, another port of this host) can read through it. */
+const SESSION_HEADER = 'X-Gyrus-Session';
+
+function takeSession() {
+  const m = /^#session=([0-9a-f]+)$/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem('gyrus-session', m[1]);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  return sessionStorage.getItem('gyrus-session') || '';
+}
+
+const SESSION = takeSession();
+
 async function get(path, signal, as = 'json') {
-  const res = await fetch(API + path, { credentials: 'same-origin', signal, cache: 'no-store' });
+  const res = await fetch(API + path, {
+    credentials: 'omit', signal, cache: 'no-store', headers: { [SESSION_HEADER]: SESSION },
+  });
   if (res.status === 401 || res.status === 403) throw new AuthError(`HTTP ${res.status}`);
   if (!res.ok) {
     const body = await res.text().catch(() => '');

@@ -124,6 +124,8 @@ impl HistogramSnapshot {
     /// bucket that went down means the recorder started over: all of it is new.
     pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
         let restarted = self.counts.len() != earlier.counts.len()
+            || self.sums.len() != self.counts.len()
+            || earlier.sums.len() != earlier.counts.len()
             || self
                 .counts
                 .iter()
@@ -147,10 +149,9 @@ impl HistogramSnapshot {
 
     /// Adds another snapshot of the same bounds, bucket by bucket.
     pub fn add(&mut self, other: &HistogramSnapshot) {
-        if self.counts.len() < other.counts.len() {
-            self.counts.resize(other.counts.len(), 0);
-            self.sums.resize(other.counts.len(), 0.0);
-        }
+        let n = self.counts.len().max(other.counts.len());
+        self.counts.resize(n, 0);
+        self.sums.resize(n, 0.0);
         for (i, (c, s)) in other.counts.iter().zip(&other.sums).enumerate() {
             self.counts[i] += c;
             self.sums[i] += s;
@@ -171,10 +172,14 @@ impl HistogramSnapshot {
                 continue;
             }
             if (seen + c) as f64 >= rank {
-                let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+                let lower = i
+                    .checked_sub(1)
+                    .and_then(|j| bounds.get(j))
+                    .copied()
+                    .unwrap_or(0.0);
                 let Some(&upper) = bounds.get(i) else {
                     // Past the last bound: the bucket's mean is the best there is.
-                    return Some(self.sums[i] / c as f64);
+                    return Some(self.sums.get(i).copied().unwrap_or(lower) / c as f64);
                 };
                 let within = (rank - seen as f64) / c as f64;
                 return Some(lower + (upper - lower) * within);
@@ -333,6 +338,39 @@ impl Tally {
                 .filter(|h| !h.is_empty()),
             tracker: None,
         }
+    }
+}
+
+/// The longest client-sent request id kept; longer (or non-printable) ones are replaced.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Whether a client's `X-Request-ID` is kept: 1 to 128 visible ASCII characters (what log lines
+/// and headers carry as they are).
+pub fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+/// Request ids made by one process: 8 hex digits chosen at random when it starts, then 8 of a
+/// counter, so that ids are unique across replicas, the daemon and restarts without a system
+/// call per request.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    /// `seed`: random bits from the caller (this crate has no source of randomness).
+    pub fn new(seed: u32) -> Self {
+        RequestIds {
+            prefix: seed,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub fn make(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as u32;
+        format!("{:08x}{:08x}", self.prefix, n)
     }
 }
 

@@ -269,20 +269,26 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
         .with_state(state.clone());
 
     emit(&ReplicaEvent::Ready);
-    let sampled = state.clone();
-    tokio::spawn(async move {
-        let mut every_second = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            every_second.tick().await;
+    let report = {
+        let state = state.clone();
+        move || {
             emit(&ReplicaEvent::Metrics {
-                in_flight: sampled.in_flight(),
-                workers_crash_looping: match &sampled.serving {
+                in_flight: state.in_flight(),
+                workers_crash_looping: match &state.serving {
                     Serving::Python(pool) => pool.crash_looping(),
                     Serving::Models(_) => false,
                 },
                 models: engine.as_ref().map(|e| e.stats()).unwrap_or_default(),
-                requests: sampled.telemetry.snapshot(),
-            });
+                requests: state.telemetry.snapshot(),
+            })
+        }
+    };
+    let every_second_report = report.clone();
+    tokio::spawn(async move {
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every_second.tick().await;
+            every_second_report();
         }
     });
 
@@ -325,6 +331,8 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
     if let Serving::Python(pool) = &state.serving {
         pool.shutdown().await;
     }
+    // What it answered since the last report, drain included: counted before it goes.
+    report();
     tracing::info!("replica {}: stopped", opts.id);
     Ok(())
 }

@@ -6,7 +6,6 @@
 //! atomic additions, so that it costs the request path well under a microsecond.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,16 +15,13 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use gyrus_launch::telemetry::{
-    value_bucket, RejectReason, RequestStats, Route, Tally, TrackerStats, MAX_TRACKED_CLASSES,
-    OTHER_CLASS,
+    valid_request_id, value_bucket, RejectReason, RequestIds, RequestStats, Route, Tally,
+    TrackerStats, MAX_TRACKED_CLASSES, OTHER_CLASS,
 };
 use gyrus_spec::{ModelType, TrackerSpec};
 use http_body_util::BodyExt;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The longest client-sent request id kept; longer (or non-printable) ones are replaced.
-const MAX_REQUEST_ID: usize = 128;
 
 /// The longest class name the tracker keeps; a longer value is invalid (free text, not a class).
 const MAX_CLASS_LEN: usize = 128;
@@ -90,11 +86,14 @@ pub(crate) async fn observe(
     let route = route_of(req.method(), req.uri().path());
     let id = match req.headers().get(REQUEST_ID) {
         Some(v) if valid_client_id(v) => v.clone(),
-        _ => telemetry.ids.make(),
+        _ => {
+            // Handlers read the id from the headers (the worker's log lines, a predictor that
+            // takes `headers`): the one the response will carry.
+            let made = telemetry.ids.make();
+            req.headers_mut().insert(REQUEST_ID, made.clone());
+            made
+        }
     };
-    // Handlers read the id from the headers (the worker's log lines, a predictor that takes
-    // `headers`): the one the response will carry.
-    req.headers_mut().insert(REQUEST_ID, id.clone());
     let mut response = next.run(req).await;
     if let Some(reason) = response.extensions().get::<RejectReason>() {
         telemetry.tally.rejected(*reason);
@@ -125,19 +124,12 @@ pub(crate) async fn observe(
     response
 }
 
-/// A client's id is kept when it is 1 to 128 visible ASCII characters (what log lines and
-/// headers can carry as they are).
 fn valid_client_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| (0x21..=0x7e).contains(c))
+    valid_request_id(v.as_bytes())
 }
 
-/// Ids made here: 8 hex digits chosen at random when the replica starts, then 8 of a counter,
-/// so that ids are unique across replicas and restarts without a system call per request.
-struct Ids {
-    prefix: u32,
-    next: AtomicU64,
-}
+/// The process's request ids ([`RequestIds`]), seeded from the OS's randomness.
+struct Ids(RequestIds);
 
 impl Ids {
     fn new() -> Self {
@@ -150,16 +142,11 @@ impl Ids {
                 .unwrap_or(0);
             seed = (nanos ^ std::process::id()).to_le_bytes();
         }
-        Ids {
-            prefix: u32::from_le_bytes(seed),
-            next: AtomicU64::new(0),
-        }
+        Ids(RequestIds::new(u32::from_le_bytes(seed)))
     }
 
     fn make(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) as u32;
-        let text = format!("{:08x}{:08x}", self.prefix, n);
-        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+        HeaderValue::try_from(self.0.make()).unwrap_or(HeaderValue::from_static("0"))
     }
 }
 

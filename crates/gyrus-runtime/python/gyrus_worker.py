@@ -569,6 +569,11 @@ def _short_repr(value):
     return text if len(text) <= DEBUG_LIMIT else text[:DEBUG_LIMIT] + f"... ({len(text)} chars)"
 
 
+def _tag(request_id):
+    """The start of gyrus's own log lines about a request: its id, as the replica's lines have."""
+    return f"[request_id={request_id}] " if request_id else ""
+
+
 def _user_traceback(exc):
     """The traceback without the worker's own frames and importlib's, which only add noise."""
     tb = exc.__traceback__
@@ -1069,8 +1074,6 @@ class Worker:
         # Every request must get exactly one response, whatever user code raises.
         if flags & (FLAG_BATCH | FLAG_JOB_COMPLETE):
             return self.handle_job_call(rid, flags, ctype, query, body)
-        # gyrus's own lines about this request carry its id, as the replica's do.
-        tag = f"[request_id={request_id}] " if request_id else ""
         try:
             try:
                 payload = decode_payload(ctype, body)
@@ -1078,13 +1081,13 @@ class Worker:
                 if self.predictor.wants_headers:
                     headers = json.loads(headers_json or b"{}", object_pairs_hook=_headers_from_pairs)
                 if flags & FLAG_DEBUG:
-                    print(f"{tag}debug: payload: {_short_repr(payload)}", file=sys.stderr)
+                    print(f"{_tag(request_id)}debug: payload: {_short_repr(payload)}", file=sys.stderr)
                 if self.batcher is not None:
                     result = self.batcher.call(payload, query, headers)
                 else:
                     result = self.predictor.predict(payload, query, headers)
                 if flags & FLAG_DEBUG:
-                    print(f"{tag}debug: prediction: {_short_repr(result)}", file=sys.stderr)
+                    print(f"{_tag(request_id)}debug: prediction: {_short_repr(result)}", file=sys.stderr)
                 status, ct, out = encode_result(result)
             except HTTPError as e:
                 status, ct, out = error_response(e.status, str(e))
@@ -1094,7 +1097,9 @@ class Worker:
             except Overloaded as e:
                 status, ct, out = error_response(503, str(e))
             except BaseException as e:  # noqa: BLE001 - user code may raise anything
-                sys.stderr.write(f"{tag}worker {self.index}: predict() raised an exception:\n{_user_traceback(e)}")
+                sys.stderr.write(
+                    f"{_tag(request_id)}worker {self.index}: predict() raised an exception:\n{_user_traceback(e)}"
+                )
                 message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 status, ct, out = error_response(500, message)
             self.conn.send_response(rid, status, ct, out)

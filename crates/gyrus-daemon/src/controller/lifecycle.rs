@@ -154,6 +154,7 @@ impl ApiController {
         plan: &Generation,
         detail: String,
     ) {
+        self.ctx.observer.replica_exited(&self.name, &r.id);
         let previous = {
             let mut g = r.lock();
             let prev = g.state;

@@ -76,6 +76,8 @@ pub trait ApiObserver: Send + Sync {
         models: &[gyrus_launch::ModelStats],
         requests: &gyrus_launch::telemetry::RequestStats,
     );
+    /// A replica's process ended (its last report came before).
+    fn replica_exited(&self, api: &str, replica: &str);
     /// A replica that died was started again.
     fn replica_restarted(&self, api: &str);
     /// One tick of the autoscaler (`from == to` when it kept the count).
@@ -95,6 +97,7 @@ impl ApiObserver for NoObserver {
         _: &gyrus_launch::telemetry::RequestStats,
     ) {
     }
+    fn replica_exited(&self, _: &str, _: &str) {}
     fn replica_restarted(&self, _: &str) {}
     fn scaling_decision(&self, _: &str, _: u32, _: u32, _: &str) {}
 }

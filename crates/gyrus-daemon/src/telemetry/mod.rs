@@ -24,8 +24,10 @@ use crate::controller::ApiObserver;
 
 pub use series::MAX_SERIES_SECONDS;
 
-/// A replica that has not reported for this long is gone (its last counts stay in the totals).
-const REPLICA_FORGOTTEN_AFTER: Duration = Duration::from_secs(30);
+/// A replica is forgotten when its process ends (`replica_exited`); one silent this long is
+/// forgotten anyway, should an exit never be seen. Forgetting a live replica would count its
+/// whole life again at its next report, so this is far past the heartbeat watch's 5 s.
+const REPLICA_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
 
 pub struct Telemetry {
     exporter: prometheus::Exporter,
@@ -99,9 +101,10 @@ impl Telemetry {
         inner
             .replicas
             .retain(|_, r| now.duration_since(r.at) < REPLICA_FORGOTTEN_AFTER);
-        inner
-            .series
-            .retain(|name, _| apis.iter().any(|a| &a.info.name == name));
+        // A deleted API's state goes; one deployed again under its name starts afresh.
+        let known = |name: &str| apis.iter().any(|a| a.info.name == name);
+        inner.series.retain(|name, _| known(name));
+        inner.classes.retain(|name, _| known(name));
         for view in apis {
             let in_flight = inner
                 .replicas
@@ -176,6 +179,10 @@ impl ApiObserver for Telemetry {
         }
         self.exporter.replica(api, replica, in_flight, &queued, &d);
         inner.series.entry(api.to_string()).or_default().add(&d);
+    }
+
+    fn replica_exited(&self, _api: &str, replica: &str) {
+        self.lock().replicas.remove(replica);
     }
 
     fn replica_restarted(&self, api: &str) {

@@ -287,7 +287,12 @@ fn replay(h: &Histogram, bounds: &[f64], d: &HistogramSnapshot) {
             continue;
         }
         let mean = sum / count as f64;
-        let lower = if i == 0 { f64::MIN } else { bounds[i - 1] };
+        // A report with more buckets than bounds (a replica of another version) is held to the
+        // last one rather than trusted.
+        let lower = match i.checked_sub(1) {
+            None => f64::MIN,
+            Some(j) => bounds.get(j).or(bounds.last()).copied().unwrap_or(f64::MIN),
+        };
         let value = match bounds.get(i) {
             Some(&upper) if mean > upper || mean <= lower => upper,
             None if mean <= lower => lower * 1.000_001 + f64::EPSILON,
