@@ -461,11 +461,24 @@ async fn wait_for(
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    // Give the daemon a moment to mark the new generation as updating.
+    let mut told: std::collections::HashSet<(String, String)> = Default::default();
     loop {
         let mut infos = Vec::new();
         for n in names {
             infos.push(client.get_json::<ApiInfo>(&format!("/apis/{n}")).await?);
+        }
+        // Notes (e.g. packages gyrus added) are said once each, above the spinner.
+        for i in &infos {
+            for note in &i.notes {
+                if told.insert((i.name.clone(), note.clone())) && progress {
+                    let line = format!("{}: {note}", i.name);
+                    // Printed even when the spinner is hidden (stderr not a terminal).
+                    match &bar {
+                        Some(b) => b.suspend(|| eprintln!("{line}")),
+                        None => eprintln!("{line}"),
+                    }
+                }
+            }
         }
         let pending: Vec<&ApiInfo> = infos.iter().filter(|i| i.status == "updating").collect();
         if pending.is_empty() {

@@ -30,6 +30,9 @@ pub struct ApiInfo {
     pub status: String,
     /// What the API is doing now, e.g. "installing requirements.txt".
     pub message: Option<String>,
+    /// What the latest deploy did that its user should know, e.g. the packages gyrus added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The model download under way, while a deploy fetches a URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<DownloadProgress>,

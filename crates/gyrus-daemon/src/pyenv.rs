@@ -8,6 +8,7 @@
 //! ONNX and TensorFlow APIs also need their runtime's shared library, from its wheel: see
 //! [`runtimes`] and [`PythonEnvs::resolve_runtime`].
 
+pub mod preinstalled;
 mod runtimes;
 
 use std::collections::HashMap;
@@ -93,13 +94,30 @@ impl PythonEnvs {
             .map_err(|e| EnvError::NoPython(e.clone()))
     }
 
-    /// The interpreter an API in `project_dir` runs with, building its environment if needed.
-    /// Installer output is appended to `log`.
-    pub async fn resolve(&self, project_dir: &Path, log: &Path) -> Result<PathBuf, EnvError> {
+    /// The interpreter an API in `project_dir` runs with, building its environment if needed
+    /// (requirements.txt, and the `added` packages). Installer output is appended to `log`.
+    pub async fn resolve(
+        &self,
+        project_dir: &Path,
+        added: &[preinstalled::Added],
+        log: &Path,
+    ) -> Result<PathBuf, EnvError> {
         Ok(self
-            .resolve_with(project_dir, &[], log)
+            .resolve_with(project_dir, &[], added, log)
             .await?
             .unwrap_or(self.base()?.executable.clone()))
+    }
+
+    /// The packages Cortex had pre-installed for `kind` that the project imports and neither
+    /// its requirements.txt nor the base interpreter provides ([`preinstalled`]).
+    pub async fn preinstalled(
+        &self,
+        kind: gyrus_spec::PredictorType,
+        project_dir: &Path,
+    ) -> Result<Vec<preinstalled::Added>, EnvError> {
+        let scan = preinstalled::scan(self.base()?, project_dir).await?;
+        let requirements = std::fs::read_to_string(project_dir.join("requirements.txt")).ok();
+        Ok(preinstalled::select(kind, &scan, requirements.as_deref()))
     }
 
     /// The interpreter and `runtime`'s library of an API that loads models. `needs_python`:
@@ -109,11 +127,13 @@ impl PythonEnvs {
         runtime: &'static Runtime,
         project_dir: &Path,
         needs_python: bool,
+        added: &[preinstalled::Added],
         log: &Path,
     ) -> Result<RuntimeSetup, EnvError> {
         let given = given_library(runtime)?;
         let own_env = if needs_python || given.is_none() {
-            self.resolve_with(project_dir, &["numpy"], log).await?
+            self.resolve_with(project_dir, &["numpy"], added, log)
+                .await?
         } else {
             None
         };
@@ -231,26 +251,39 @@ impl PythonEnvs {
         Ok(setup)
     }
 
-    /// The interpreter of the API's requirements environment (with `extra` packages added),
-    /// or `None` when the project has no requirements.txt.
+    /// The interpreter of the API's environment: its requirements.txt with `extra` packages
+    /// (numpy for model predictors) and the `added` ones; without requirements.txt, an
+    /// environment of `extra` and `added` over the base interpreter when anything is added.
+    /// `None` when the base interpreter serves as it is.
     async fn resolve_with(
         &self,
         project_dir: &Path,
         extra: &[&str],
+        added: &[preinstalled::Added],
         log: &Path,
     ) -> Result<Option<PathBuf>, EnvError> {
         let base = self.base()?.clone();
         let req_path = project_dir.join("requirements.txt");
-        let Ok(requirements) = std::fs::read(&req_path) else {
+        let requirements = std::fs::read(&req_path).ok();
+        if requirements.is_none() && added.is_empty() {
             return Ok(None);
-        };
+        }
+        let packages: Vec<String> = extra
+            .iter()
+            .map(|e| e.to_string())
+            .chain(added.iter().map(|a| a.package.to_string()))
+            .collect();
         let mut h = Sha256::new();
-        h.update(&requirements);
+        match &requirements {
+            Some(r) => h.update(r),
+            // Never the key of a requirements file's environment.
+            None => h.update(b"\0no requirements.txt\0"),
+        }
         h.update(base.executable.as_os_str().as_encoded_bytes());
         h.update(base.version.as_bytes());
-        for e in extra {
+        for p in &packages {
             h.update(b"\0");
-            h.update(e.as_bytes());
+            h.update(p.as_bytes());
         }
         let key = hex::encode(h.finalize())[..16].to_owned();
         let env_dir = self.home.envs().join(&key);
@@ -268,8 +301,10 @@ impl PythonEnvs {
             return Ok(Some(python));
         }
         let _ = std::fs::remove_dir_all(&env_dir);
-        let extra: Vec<String> = extra.iter().map(|e| e.to_string()).collect();
-        let install = Install::Requirements(&req_path, &extra);
+        let install = match requirements {
+            Some(_) => Install::Requirements(&req_path, &packages),
+            None => Install::Packages(&packages),
+        };
         let result = build_env(&base, &env_dir, install, project_dir, log).await;
         match result {
             Ok(()) => {

@@ -112,6 +112,50 @@ impl Supervisor {
         });
     }
 
+    /// The packages Cortex had pre-installed that the predictor's code imports and nothing
+    /// provides: added to its environment, and said (in the log and in `gyrus deploy`). A
+    /// project whose imports cannot be read deploys without them, with a warning in its log.
+    async fn preinstalled(
+        &self,
+        controller: &Arc<ApiController>,
+        generation: u64,
+        spec: &ApiSpec,
+        project_dir: &std::path::Path,
+    ) -> Vec<crate::pyenv::preinstalled::Added> {
+        if spec.predictor.path.is_none() || !spec.predictor.preinstalled_packages {
+            return Vec::new();
+        }
+        controller.set_message(generation, "reading the predictor's imports");
+        match self
+            .envs
+            .preinstalled(spec.predictor.kind, project_dir)
+            .await
+        {
+            Ok(added) if added.is_empty() => added,
+            Ok(added) => {
+                let list: Vec<String> = added.iter().map(|a| a.to_string()).collect();
+                let note = format!(
+                    "adding {}: Cortex's {} predictors had them pre-installed, and neither \
+                     requirements.txt nor the base Python provides them \
+                     (predictor.preinstalled_packages: false turns this off)",
+                    list.join(", "),
+                    spec.predictor.kind
+                );
+                api_log!(controller.name, "{note}");
+                controller.add_note(generation, note);
+                added
+            }
+            Err(e) => {
+                api_log!(
+                    controller.name,
+                    "warning: the predictor's imports could not be read, so no pre-installed \
+                     package is added: {e}"
+                );
+                Vec::new()
+            }
+        }
+    }
+
     /// Everything a version needs before its replicas can start: the Python environment, the
     /// models, the launch plan. `None` when it failed (the API shows the error) or a newer
     /// deploy superseded it.
@@ -138,6 +182,9 @@ impl Supervisor {
             PredictorType::Tensorflow => Some(&crate::pyenv::TENSORFLOW),
             PredictorType::Python => None,
         };
+        let added = self
+            .preinstalled(controller, generation, &spec, &project_dir)
+            .await;
         let resolved = match runtime {
             Some(runtime) => {
                 let message = match spec.predictor.path {
@@ -146,14 +193,20 @@ impl Supervisor {
                 };
                 controller.set_message(generation, &message);
                 self.envs
-                    .resolve_runtime(runtime, &project_dir, spec.predictor.path.is_some(), &log)
+                    .resolve_runtime(
+                        runtime,
+                        &project_dir,
+                        spec.predictor.path.is_some(),
+                        &added,
+                        &log,
+                    )
                     .await
                     .map(|s| (s.python, Some(s.library)))
             }
             None => {
                 controller.set_message(generation, "preparing the python environment");
                 self.envs
-                    .resolve(&project_dir, &log)
+                    .resolve(&project_dir, &added, &log)
                     .await
                     .map(|p| (p, None))
             }

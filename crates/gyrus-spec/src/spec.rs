@@ -102,6 +102,10 @@ pub struct PredictorSpec {
     /// `batching`: adaptive batching of the model engines' requests (ONNX and TensorFlow), for
     /// every model of the API unless an entry of `models` has its own.
     pub batching: Option<BatchingSpec>,
+    /// `preinstalled_packages` (default true): add to the API's environment the packages that
+    /// Cortex's images had pre-installed for this predictor type and that the project's code
+    /// imports without listing them.
+    pub preinstalled_packages: bool,
 }
 
 /// `batching` of a predictor or of one of its models: how the engine batches the requests of
@@ -199,6 +203,7 @@ struct PredictorOut<'a> {
     server_side_batching: &'a Option<ServerSideBatching>,
     #[serde(skip_serializing_if = "Option::is_none")]
     batching: &'a Option<BatchingSpec>,
+    preinstalled_packages: bool,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +229,12 @@ struct PredictorIn {
     server_side_batching: Option<ServerSideBatching>,
     #[serde(default)]
     batching: Option<BatchingSpec>,
+    #[serde(default = "yes")]
+    preinstalled_packages: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn present_providers<'de, D: Deserializer<'de>>(
@@ -271,6 +282,7 @@ impl Serialize for PredictorSpec {
             signature_key: &self.signature_key,
             server_side_batching: &self.server_side_batching,
             batching: &self.batching,
+            preinstalled_packages: self.preinstalled_packages,
         }
         .serialize(serializer)
     }
@@ -307,6 +319,7 @@ impl<'de> Deserialize<'de> for PredictorSpec {
             signature_key: p.signature_key,
             server_side_batching: p.server_side_batching,
             batching: p.batching,
+            preinstalled_packages: p.preinstalled_packages,
         })
     }
 }

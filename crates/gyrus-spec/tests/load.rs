@@ -74,6 +74,7 @@ fn python_predictor() -> PredictorSpec {
         signature_key: None,
         server_side_batching: None,
         batching: None,
+        preinstalled_packages: true,
     }
 }
 
@@ -182,6 +183,7 @@ fn seed_config_templates_with_every_field_parse() {
             signature_key: None,
             server_side_batching: None,
             batching: None,
+            preinstalled_packages: true,
         },
         tracker: Some(TrackerSpec {
             key: Some("label".into()),
@@ -936,7 +938,8 @@ fn onnx_options_round_trip_through_json() {
             "models",
             "config",
             "python_path",
-            "env"
+            "env",
+            "preinstalled_packages"
         ]
     );
 
@@ -1018,6 +1021,7 @@ fn to_yaml_prints_the_onnx_options() {
       - tensorrt
       - cuda
       - cpu
+    preinstalled_packages: true
 "
     );
     assert_eq!(
@@ -1036,6 +1040,7 @@ fn to_yaml_prints_the_onnx_options() {
       graph_optimization_level: enable_all
       execution_mode: sequential
     execution_providers: auto
+    preinstalled_packages: true
 "
     );
     assert!(!predictor("my-api").contains("session_options"), "{text}");

@@ -60,6 +60,7 @@ impl ApiController {
             url: format!("{}{}", self.ctx.gateway_url, g.spec.endpoint),
             status: status.to_owned(),
             message: g.message.clone(),
+            notes: g.notes.clone(),
             progress: g.progress.clone(),
             error: g.error.clone(),
             replicas: ReplicaCounts {

@@ -169,6 +169,8 @@ pub(crate) struct ApiInner {
     spec: Arc<ApiSpec>,
     status: Status,
     message: Option<String>,
+    /// What the latest deploy did that its user should know (packages added).
+    notes: Vec<String>,
     /// The download under way while the deploy fetches a model URL.
     progress: Option<DownloadProgress>,
     error: Option<String>,
@@ -200,6 +202,7 @@ impl ApiController {
                 spec,
                 status: Status::Updating,
                 message: None,
+                notes: Vec::new(),
                 progress: None,
                 error: None,
                 serving: None,
@@ -234,6 +237,7 @@ impl ApiController {
             g.spec = spec;
             g.status = Status::Updating;
             g.message = Some("preparing".into());
+            g.notes.clear();
             g.error = None;
             g.restored_failure = failed;
         }
@@ -243,6 +247,13 @@ impl ApiController {
     /// A newer deployment was asked for (or the API deleted) since `generation`.
     pub fn is_superseded(&self, generation: u64) -> bool {
         self.latest_generation.load(Ordering::SeqCst) != generation
+    }
+
+    /// A note for whoever deploys (shown once by `gyrus deploy`, kept in `gyrus describe`).
+    pub fn add_note(&self, generation: u64, note: String) {
+        if !self.is_superseded(generation) {
+            self.lock().notes.push(note);
+        }
     }
 
     pub fn set_message(&self, generation: u64, msg: &str) {

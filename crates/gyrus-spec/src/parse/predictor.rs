@@ -47,6 +47,7 @@ pub(super) fn predictor_current(
     let signature = signature_key(ctx, s);
     let batching = server_side_batching(ctx, s, schema);
     let engine_batching = super::batching::batching(ctx, s, "predictor.batching", schema);
+    let preinstalled = s.boolean(ctx, "preinstalled_packages");
     let kind = kind.value()?;
     match kind {
         PredictorType::Python if matches!(path, Got::Absent) => {
@@ -124,6 +125,7 @@ pub(super) fn predictor_current(
         signature_key: signature.value(),
         server_side_batching: batching.value(),
         batching: engine_batching.value(),
+        preinstalled_packages: preinstalled.value().unwrap_or(true),
     };
     Some((spec, onnx))
 }
@@ -226,6 +228,7 @@ pub(super) fn predictor_legacy(ctx: &mut Ctx<'_>, s: &Section<'_>) -> Option<Pre
         signature_key: None,
         server_side_batching: None,
         batching: None,
+        preinstalled_packages: true,
     })
 }
 

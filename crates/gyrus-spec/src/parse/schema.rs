@@ -34,6 +34,7 @@ const PREDICTOR_KEYS: &[&str] = &[
     "signature_key",
     "server_side_batching",
     "batching",
+    "preinstalled_packages",
 ];
 
 pub(super) const BATCHING_KEYS: &[&str] = &[
