@@ -10,6 +10,7 @@
 # ratio of requests/s, and the p50 difference in microseconds (the budget: 2 us).
 #
 # Usage: BEFORE=/path/to/old/gyrus bench/metrics_ab.sh [ROUNDS] [SECONDS]  (default 3 rounds, 5 s)
+#        APIS="iris" ... measures only those of the three.
 # BEFORE: e.g. `git worktree add /tmp/before <commit>; cd /tmp/before; cargo build --release -p gyrus-cli`.
 # Needs: the release build (cargo build --release -p gyrus-cli), .venv (scripts/setup-python.sh),
 # wrk and taskset. Listens on 127.0.0.1 only; stops only the daemons it started.
@@ -56,7 +57,7 @@ for round in $(seq "$ROUNDS"); do
     export GYRUS_HOME="$HOME_NOW" GYRUS_ADDR="127.0.0.1:$port"
     taskset -c 0 "$G" daemon > "$HOME_NOW/daemon.out" 2>&1 &
     for _ in $(seq 100); do curl -sf "http://$GYRUS_ADDR/_gyrus/v1/health" >/dev/null && break; sleep 0.1; done
-    for api in iris hello iris-onnx; do
+    for api in ${APIS:-iris hello iris-onnx}; do
       "$G" deploy "$WORK/$api" >/dev/null
       url="http://$GYRUS_ADDR/$api"
       taskset -c 1 wrk -t1 -c8 -d1 -s "$WORK/$api.lua" "$url" >/dev/null   # warm-up
@@ -90,6 +91,8 @@ median = lambda xs: sorted(xs)[len(xs) // 2]
 for api in ("iris", "hello", "iris-onnx"):
     for c in (1, 8, 64):
         b, a = rows[(api, c, "before")], rows[(api, c, "after")]
+        if not b or not a:
+            continue
         mean = lambda xs: sum(x[0] for x in xs) / len(xs)
         bp50, ap50 = median([x[1] for x in b]), median([x[1] for x in a])
         print(f"| {api} | {c} | {' / '.join(f'{x[0]:.0f}' for x in b)} | "

@@ -125,7 +125,8 @@ impl DaemonClient {
         })
     }
 
-    /// Fails with a hint when no daemon answers (for commands that only read).
+    /// Fails with a hint when no daemon answers (commands that only read never start one), or
+    /// when the one answering serves another GYRUS_HOME than this shell's.
     pub async fn require_daemon(&self) -> Result<Daemon> {
         let h = self.probe().await?.ok_or_else(|| {
             anyhow!(
@@ -133,7 +134,11 @@ impl DaemonClient {
                 self.addr
             )
         })?;
-        self.accepted(h)
+        let d = self.accepted(h)?;
+        if self.token_env.is_none() {
+            check_same_home(&d, &self.home)?;
+        }
+        Ok(d)
     }
 
     /// The daemon's own account of itself, or why it does not take this CLI's token.

@@ -6,18 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::client::{self, DaemonClient};
 use crate::output::print_table;
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
-}
+pub use crate::output::Output;
 
 #[derive(Subcommand)]
 pub enum JobCommand {
@@ -41,6 +37,9 @@ pub enum JobCommand {
         output: Output,
     },
     /// Show a job: status, batches, workers, failed batches with their errors.
+    #[command(
+        after_help = "Examples:\n  gyrus job get sums 69b2c0f1a3\n  gyrus job get sums 69b2c0f1a3 -o json"
+    )]
     Get {
         api: String,
         job: String,
@@ -51,14 +50,17 @@ pub enum JobCommand {
         output: Output,
     },
     /// List a batch API's jobs, newest first.
+    #[command(after_help = "Examples:\n  gyrus job list sums")]
     List {
         api: String,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Stop a running job: its workers end within seconds.
+    #[command(after_help = "Examples:\n  gyrus job stop sums 69b2c0f1a3")]
     Stop { api: String, job: String },
     /// Print a job's log: its workers' output and the daemon's notes on the job.
+    #[command(after_help = "Examples:\n  gyrus job logs sums 69b2c0f1a3 -f")]
     Logs {
         api: String,
         job: String,
@@ -101,8 +103,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 .await
                 .map_err(|e| client.unreachable(e))?;
             let job: Value = client::decode(resp).await?;
-            if output == Output::Json && !wait {
-                println!("{}", serde_json::to_string_pretty(&job)?);
+            if !wait && crate::output::structured(&job, output)? {
                 return Ok(());
             }
             for w in job["warnings"].as_array().into_iter().flatten() {
@@ -143,8 +144,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
         }
         JobCommand::List { api, output } => {
             let list: Value = client.get_json(&format!("/apis/{api}/jobs")).await?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+            if crate::output::structured(&list, output)? {
                 return Ok(());
             }
             let rows = list["jobs"]
@@ -285,8 +285,7 @@ async fn follow(client: &DaemonClient, api: &str, job: &str, output: Output) -> 
 }
 
 fn show(status: &Value, output: Output) -> Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(status)?);
+    if crate::output::structured(status, output)? {
         return Ok(());
     }
     let m = &status["batch_metrics"];

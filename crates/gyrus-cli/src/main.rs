@@ -41,9 +41,12 @@ struct Cli {
     command: Command,
 }
 
+use crate::output::Output;
+
+/// `-o` of `gyrus logs`.
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Table,
+enum LogFormat {
+    Text,
     Json,
 }
 
@@ -61,6 +64,9 @@ enum Command {
     /// Left out: *.pyc/*.pyo/*.pyd, names starting with '.', the config file, and whatever
     /// .cortexignore excludes. .env sets environment variables; requirements.txt is installed
     /// into a cached Python environment.
+    #[command(
+        after_help = "Examples:\n  gyrus deploy                      # the project in this folder\n  gyrus deploy examples/iris-python\n  gyrus deploy -f prod.yaml --no-wait -o json"
+    )]
     Deploy {
         /// Project folder (default: the current folder).
         dir: Option<PathBuf>,
@@ -77,13 +83,22 @@ enum Command {
         output: Output,
     },
     /// Show deployed APIs: status, replicas ready/requested, URL, last update, error.
+    #[command(
+        after_help = "Examples:\n  gyrus get\n  gyrus get iris-classifier -o yaml\n  gyrus get --watch"
+    )]
     Get {
         /// Only this API.
         api: Option<String>,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Print again whenever a status or replica count changes (Ctrl-C to stop).
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show one API in detail, with the state of each replica.
+    #[command(
+        after_help = "Examples:\n  gyrus describe iris-classifier\n  gyrus describe iris-classifier -o json | jq .replica_details"
+    )]
     Describe {
         api: String,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -105,9 +120,12 @@ enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
-        /// One JSON object per line.
+        /// One JSON object per line (the same as -o json).
         #[arg(long)]
         json: bool,
+        /// text: the lines as written; json: JSON lines.
+        #[arg(short, long, value_enum, default_value_t = LogFormat::Text)]
+        output: LogFormat,
     },
     /// Open the web dashboard: APIs, live charts, the tracker, models, jobs and logs.
     ///
@@ -122,12 +140,18 @@ enum Command {
         no_open: bool,
     },
     /// Delete APIs: stop their replicas and forget them.
+    #[command(
+        after_help = "Examples:\n  gyrus delete iris-classifier\n  gyrus delete api-a api-b        # each is deleted; the exit code says if any was missing"
+    )]
     Delete {
         #[arg(required = true)]
         apis: Vec<String>,
     },
     /// Restart an API's replicas (a new generation replaces the old once ready). Model URLs
     /// are checked again: an object changed since the deploy is downloaded.
+    #[command(
+        after_help = "Examples:\n  gyrus refresh iris-classifier\n  gyrus refresh iris-classifier --no-wait"
+    )]
     Refresh {
         api: String,
         #[arg(long)]
@@ -136,6 +160,9 @@ enum Command {
         timeout: Duration,
     },
     /// Send one request to an API and print the answer.
+    #[command(
+        after_help = "Examples:\n  gyrus predict iris-classifier '{\"sepal_length\": 5.2, \"sepal_width\": 3.6, \"petal_length\": 1.5, \"petal_width\": 0.3}'\n  gyrus predict iris-classifier @sample.json -o json\n  gyrus predict text-api 'hello' --content-type text/plain --debug"
+    )]
     Predict {
         api: String,
         /// The request body: JSON text, or @FILE to send a file's content.
@@ -146,8 +173,14 @@ enum Command {
         /// Ask the API to log the payload and the prediction (?debug=true).
         #[arg(long)]
         debug: bool,
+        /// table: the answer's body as it came; json/yaml: {status, request_id, body}.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Check a project's config and print the resolved spec with every default filled in.
+    #[command(
+        after_help = "Examples:\n  gyrus validate\n  gyrus validate examples/iris-python -o json"
+    )]
     Validate {
         /// Project folder (default: the current folder).
         dir: Option<PathBuf>,
@@ -165,7 +198,10 @@ enum Command {
     ///   GYRUS_ADDR=0.0.0.0:8888 gyrus daemon --tls-cert cert.pem --tls-key key.pem
     ///
     /// and on the client: GYRUS_ADDR=https://HOST:8888 GYRUS_TOKEN=... [GYRUS_TLS_CA=cert.pem].
-    #[command(verbatim_doc_comment)]
+    #[command(
+        verbatim_doc_comment,
+        after_help = "Examples:\n  gyrus daemon                  # in the foreground\n  gyrus daemon status\n  gyrus daemon stop"
+    )]
     Daemon {
         #[command(subcommand)]
         action: Option<DaemonAction>,
@@ -177,6 +213,7 @@ enum Command {
         tls_key: Option<PathBuf>,
     },
     /// Print the version of this CLI and of the running daemon.
+    #[command(after_help = "Examples:\n  gyrus version\n  gyrus --version")]
     Version {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -186,16 +223,25 @@ enum Command {
     /// Models live under GYRUS_HOME/models as NAME/VERSION (BentoML's layout). Tags are NAME,
     /// NAME:latest, NAME:VERSION or a unique version prefix; cortex.yaml's `model:` takes them
     /// (e.g. `model: iris:latest`), pinned to the exact version at deploy.
+    #[command(
+        after_help = "Examples:\n  gyrus models save model.onnx --name iris\n  gyrus models list\n  gyrus models export iris:latest iris.tar.gz"
+    )]
     Models {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
     /// A batch API's jobs: submit, get, list, stop, logs (see docs/batch.md).
+    #[command(
+        after_help = "Examples:\n  gyrus job submit sums job.json --wait\n  gyrus job list sums"
+    )]
     Job {
         #[command(subcommand)]
         command: jobs::JobCommand,
     },
     /// Print a shell completion script (e.g. `gyrus completion bash > ~/.gyrus-completion`).
+    #[command(
+        after_help = "Examples:\n  gyrus completion bash > ~/.gyrus-completion && echo 'source ~/.gyrus-completion' >> ~/.bashrc"
+    )]
     Completion { shell: clap_complete::Shell },
     #[command(hide = true)]
     Replica(ReplicaArgs),
@@ -221,8 +267,12 @@ struct ReplicaArgs {
 #[derive(Subcommand)]
 enum DaemonAction {
     /// Stop the running daemon (its APIs come back at the next start).
+    #[command(after_help = "Examples:\n  gyrus daemon stop")]
     Stop,
     /// Show whether a daemon is running, and where.
+    #[command(
+        after_help = "Examples:\n  gyrus daemon status || echo not running   # exits 3 when no daemon runs\n  gyrus daemon status -o json"
+    )]
     Status {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -231,6 +281,18 @@ enum DaemonAction {
 
 fn main() {
     let cli = Cli::parse();
+    // Commands that print for a reader end quietly when it goes away (`gyrus get | head`),
+    // as Unix tools do; the daemon and replicas keep ignoring SIGPIPE (a client that hangs up
+    // is an error on that connection only).
+    if !matches!(
+        cli.command,
+        Command::Daemon { .. } | Command::Replica(_) | Command::InspectModel { .. }
+    ) {
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // A replica mostly relays bytes between one socket and its Python workers: one thread
     // avoids cross-thread wake-ups on every request (measured: lower latency than a pool).
     let mut builder = if matches!(cli.command, Command::Replica(_)) {
@@ -265,14 +327,15 @@ async fn run(command: Command) -> Result<()> {
             timeout,
             output,
         } => deploy(dir, file, no_wait, timeout, output).await,
-        Command::Get { api, output } => show::get(api, output).await,
+        Command::Get { api, output, watch } => show::get(api, output, watch).await,
         Command::Describe { api, output } => show::describe(&api, output).await,
         Command::Logs {
             api,
             follow,
             tail,
             json,
-        } => observe::logs(&api, follow, tail, json).await,
+            output,
+        } => observe::logs(&api, follow, tail, json || output == LogFormat::Json).await,
         Command::Dashboard { no_open } => observe::dashboard(!no_open).await,
         Command::Delete { apis } => delete(&apis).await,
         Command::Refresh {
@@ -285,7 +348,8 @@ async fn run(command: Command) -> Result<()> {
             payload,
             content_type,
             debug,
-        } => predict(&api, &payload, &content_type, debug).await,
+            output,
+        } => predict(&api, &payload, &content_type, debug, output).await,
         Command::Validate { dir, file, output } => validate(dir, file, output),
         Command::Daemon {
             action,
@@ -426,9 +490,7 @@ async fn deploy(
     }
     let names: Vec<String> = deployed.apis.iter().map(|a| a.name.clone()).collect();
     if no_wait {
-        if output == Output::Json {
-            println!("{}", serde_json::to_string_pretty(&deployed)?);
-        }
+        crate::output::structured(&deployed, output)?;
         return Ok(());
     }
     let infos = wait_for(&client, &names, timeout, output == Output::Table).await?;
@@ -522,9 +584,7 @@ async fn wait_for(
 }
 
 fn report_outcome(infos: &[ApiInfo], output: Output) -> Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(infos)?);
-    }
+    crate::output::structured(&infos, output)?;
     let mut failed = Vec::new();
     for i in infos {
         if i.status == "live" {
@@ -547,14 +607,26 @@ fn report_outcome(infos: &[ApiInfo], output: Output) -> Result<()> {
     }
 }
 
+/// Deletes each API named; one that fails does not stop the others, and the exit code says
+/// whether any did.
 async fn delete(apis: &[String]) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
+    let mut failed = Vec::new();
     for api in apis {
-        client
+        match client
             .delete_json::<serde_json::Value>(&format!("/apis/{api}"))
-            .await?;
-        println!("deleted {api}");
+            .await
+        {
+            Ok(_) => println!("deleted {api}"),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed.push(api.as_str());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("not deleted: {}", failed.join(", "));
     }
     Ok(())
 }
@@ -581,7 +653,13 @@ async fn refresh(api: &str, no_wait: bool, timeout: Duration) -> Result<()> {
     report_outcome(&infos, Output::Table)
 }
 
-async fn predict(api: &str, payload: &str, content_type: &str, debug: bool) -> Result<()> {
+async fn predict(
+    api: &str,
+    payload: &str,
+    content_type: &str,
+    debug: bool,
+    output: Output,
+) -> Result<()> {
     use std::io::Write;
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
@@ -603,7 +681,27 @@ async fn predict(api: &str, payload: &str, content_type: &str, debug: bool) -> R
         .await
         .with_context(|| format!("sending the request to {}", info.url))?;
     let status = resp.status();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let bytes = resp.bytes().await.context("reading the answer")?;
+    if output != Output::Table {
+        let body = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+        let answer = serde_json::json!({
+            "api": api,
+            "status": status.as_u16(),
+            "request_id": request_id,
+            "body": body,
+        });
+        crate::output::structured(&answer, output)?;
+        if !status.is_success() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     if !status.is_success() {
         bail!(
             "{api} answered {status}: {}",

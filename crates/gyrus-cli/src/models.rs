@@ -41,6 +41,9 @@ pub enum ModelsCommand {
     /// is, with its serving signature (read from saved_model.pb) in model.yaml; a directory of
     /// TensorFlow Serving version directories (1/, 2/ ...) saves its highest version. The save is atomic: a model that fails to load, or a save that
     /// is interrupted, leaves nothing behind. Deploy it with `model: NAME:latest`.
+    #[command(
+        after_help = "Examples:\n  gyrus models save model.onnx --name iris\n  gyrus models save saved_model/ --name iris-tf --label stage=prod"
+    )]
     Save {
         path: PathBuf,
         /// The model's name: lowercase letters, digits, '.', '_', '-' (as BentoML tags).
@@ -59,6 +62,7 @@ pub enum ModelsCommand {
         output: ListOutput,
     },
     /// List saved models, newest first: tag, framework, size, creation time, APIs using it.
+    #[command(after_help = "Examples:\n  gyrus models list\n  gyrus models list -o json")]
     List {
         /// Only the versions of this model.
         name: Option<String>,
@@ -67,6 +71,9 @@ pub enum ModelsCommand {
     },
     /// Show one model's model.yaml (TAG is NAME, NAME:latest, NAME:VERSION or a unique
     /// version prefix).
+    #[command(
+        after_help = "Examples:\n  gyrus models get iris:latest\n  gyrus models get iris -o path"
+    )]
     Get {
         tag: String,
         #[arg(short, long, value_enum, default_value_t = GetOutput::Yaml)]
@@ -74,6 +81,9 @@ pub enum ModelsCommand {
     },
     /// Delete models: NAME deletes every version, NAME:VERSION (or a prefix, or NAME:latest)
     /// one. A version a deployed API uses is kept unless --force.
+    #[command(
+        after_help = "Examples:\n  gyrus models delete iris:0vd8abc\n  gyrus models delete iris:latest --force"
+    )]
     Delete {
         #[arg(required = true)]
         tags: Vec<String>,
@@ -85,12 +95,14 @@ pub enum ModelsCommand {
         force: bool,
     },
     /// Write a model to a compressed archive (default: NAME-VERSION.tar.gz here).
+    #[command(after_help = "Examples:\n  gyrus models export iris:latest iris.tar.gz")]
     Export {
         tag: String,
         /// The archive to write, or a directory to write it in.
         out: Option<PathBuf>,
     },
     /// Add a model from an archive made by `gyrus models export`.
+    #[command(after_help = "Examples:\n  gyrus models import iris.tar.gz")]
     Import { path: PathBuf },
 }
 
@@ -140,7 +152,16 @@ fn signature(s: &str) -> Result<(String, SignatureOptions), String> {
 
 pub async fn run(command: ModelsCommand) -> Result<()> {
     let client = DaemonClient::from_env()?;
-    client.ensure_daemon().await?;
+    // Saving and importing write to the store: they start a daemon if none runs. Reading
+    // never does (an empty answer from a daemon just started would say nothing).
+    if matches!(
+        command,
+        ModelsCommand::Save { .. } | ModelsCommand::Import { .. }
+    ) {
+        client.ensure_daemon().await?;
+    } else {
+        client.require_daemon().await?;
+    }
     match command {
         ModelsCommand::Save {
             path,

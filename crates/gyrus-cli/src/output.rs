@@ -1,6 +1,31 @@
-//! Human output of the CLI: aligned tables (kubectl style), ages and sizes.
+//! Output of the CLI: aligned tables (kubectl style), ages and sizes for people; JSON and YAML
+//! of the same data for scripts (`-o json|yaml` on every read command).
 
 use std::time::SystemTime;
+
+/// `-o` of the read commands.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML for `-o json|yaml`; `false` for `-o table` (the caller
+/// prints its table).
+pub fn structured<T: serde::Serialize>(value: &T, output: Output) -> anyhow::Result<bool> {
+    match output {
+        Output::Table => Ok(false),
+        Output::Json => {
+            println!("{}", serde_json::to_string_pretty(value)?);
+            Ok(true)
+        }
+        Output::Yaml => {
+            print!("{}", serde_saphyr::to_string(value)?);
+            Ok(true)
+        }
+    }
+}
 
 /// Prints rows under headers, columns separated by three spaces.
 pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {

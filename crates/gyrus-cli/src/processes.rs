@@ -104,21 +104,26 @@ pub(crate) async fn daemon(
         Some(DaemonAction::Status { output }) => {
             let client = DaemonClient::from_env()?;
             let h = client.health().await;
+            let running = h.is_some();
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&h)?);
-                return Ok(());
+            } else {
+                match h.map(|h| client.accepted(h)) {
+                    Some(Ok(h)) => println!(
+                        "running: pid {} at {}://{} (GYRUS_HOME={}, version {})",
+                        h.pid,
+                        client.scheme(),
+                        h.addr,
+                        h.home,
+                        h.version
+                    ),
+                    Some(Err(e)) => println!("running, but {e:#}"),
+                    None => println!("not running (GYRUS_ADDR={})", client.addr),
+                }
             }
-            match h.map(|h| client.accepted(h)) {
-                Some(Ok(h)) => println!(
-                    "running: pid {} at {}://{} (GYRUS_HOME={}, version {})",
-                    h.pid,
-                    client.scheme(),
-                    h.addr,
-                    h.home,
-                    h.version
-                ),
-                Some(Err(e)) => println!("running, but {e:#}"),
-                None => println!("not running (GYRUS_ADDR={})", client.addr),
+            // As `systemctl status`: scripts can test whether a daemon runs.
+            if !running {
+                std::process::exit(3);
             }
             Ok(())
         }

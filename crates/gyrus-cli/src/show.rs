@@ -4,21 +4,64 @@ use anyhow::Result;
 use gyrus_daemon::api::{ApiInfo, BatchJobs};
 
 use crate::client::DaemonClient;
+use crate::output::Output;
 use crate::output::{age, print_table};
-use crate::Output;
 
-pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
+pub(crate) async fn get(api: Option<String>, output: Output, watch: bool) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
-    let infos: Vec<ApiInfo> = match &api {
+    if !watch {
+        let infos = fetch(&client, &api).await?;
+        return render(&api, &infos, output);
+    }
+    // Printed again when something a reader watches changes (kubectl's --watch); JSON as one
+    // line per change. Ctrl-C ends it.
+    let mut last: Option<String> = None;
+    loop {
+        let infos = fetch(&client, &api).await?;
+        let seen: Vec<_> = infos
+            .iter()
+            .map(|i| {
+                (
+                    &i.name,
+                    &i.status,
+                    i.replicas.ready,
+                    i.replicas.requested,
+                    &i.message,
+                    &i.error,
+                )
+            })
+            .collect();
+        let key = serde_json::to_string(&seen)?;
+        if last.as_ref() != Some(&key) {
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&infos)?),
+                _ => {
+                    if last.is_some() {
+                        println!();
+                    }
+                    render(&api, &infos, output)?;
+                }
+            }
+            last = Some(key);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+async fn fetch(client: &DaemonClient, api: &Option<String>) -> Result<Vec<ApiInfo>> {
+    Ok(match api {
         Some(name) => vec![client.get_json(&format!("/apis/{name}")).await?],
         None => client.get_json("/apis").await?,
+    })
+}
+
+fn render(api: &Option<String>, infos: &[ApiInfo], output: Output) -> Result<()> {
+    let printed = match (api, infos) {
+        (Some(_), [one]) => crate::output::structured(one, output)?,
+        _ => crate::output::structured(&infos, output)?,
     };
-    if output == Output::Json {
-        match api {
-            Some(_) => println!("{}", serde_json::to_string_pretty(&infos[0])?),
-            None => println!("{}", serde_json::to_string_pretty(&infos)?),
-        }
+    if printed {
         return Ok(());
     }
     if infos.is_empty() {
@@ -58,7 +101,7 @@ pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
         ],
         rows,
     );
-    if let [one] = infos.as_slice() {
+    if let [one] = infos {
         if api.is_some() {
             match &one.jobs {
                 Some(jobs) => print_jobs(&one.name, jobs),
@@ -67,7 +110,7 @@ pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
         }
     }
     if api.is_none() {
-        for i in &infos {
+        for i in infos {
             if let Some(j) = &i.jobs {
                 println!(
                     "\n{}: batch API, {} job(s) running, {} in all (gyrus get {} lists them)",
@@ -76,7 +119,7 @@ pub(crate) async fn get(api: Option<String>, output: Output) -> Result<()> {
             }
         }
     }
-    for i in &infos {
+    for i in infos {
         if let Some(e) = &i.error {
             println!("\n{} error: {e}", i.name);
         }
@@ -155,8 +198,7 @@ pub(crate) async fn describe(api: &str, output: Output) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
     let info: ApiInfo = client.get_json(&format!("/apis/{api}")).await?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+    if crate::output::structured(&info, output)? {
         return Ok(());
     }
     println!("name:        {}", info.name);

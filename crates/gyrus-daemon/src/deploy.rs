@@ -215,7 +215,7 @@ impl DeployService {
         let mut stored = self
             .state
             .get(name)?
-            .ok_or_else(|| DaemonError::ApiNotFound(name.to_owned()))?;
+            .ok_or_else(|| DaemonError::no_api(name, &self.supervisor.names()))?;
         let spec: gyrus_spec::ApiSpec = serde_json::from_str(&stored.spec_json)
             .map_err(|e| DaemonError::Internal(format!("stored spec of {name}: {e}")))?;
         stored.generation += 1;
@@ -232,7 +232,7 @@ impl DeployService {
         let existed = self.state.delete(name)?;
         let running = self.supervisor.remove(name).await;
         if !existed && !running {
-            return Err(DaemonError::ApiNotFound(name.to_owned()));
+            return Err(DaemonError::no_api(name, &self.supervisor.names()));
         }
         Ok(())
     }

@@ -8,8 +8,9 @@ pub enum DaemonError {
     /// The request is wrong (bad config, bad archive, unsupported feature): 400.
     #[error("{0}")]
     BadRequest(String),
-    #[error("api {0:?} is not deployed")]
-    ApiNotFound(String),
+    /// No API of that name: 404. The second field is a hint (`; did you mean ...?`).
+    #[error("api {0:?} is not deployed{1}")]
+    ApiNotFound(String, String),
     /// Something else the URL names is not there (a job): 404.
     #[error("{0}")]
     NotFound(String),
@@ -67,7 +68,7 @@ impl DaemonError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::ApiNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::ApiNotFound(..) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -91,6 +92,15 @@ impl DaemonError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
+    }
+}
+
+impl DaemonError {
+    /// No API named `name`; `known` are the deployed ones, for a did-you-mean.
+    pub fn no_api(name: impl Into<String>, known: &[String]) -> Self {
+        let name = name.into();
+        let hint = gyrus_spec::suggest::did_you_mean(&name, known.iter().map(String::as_str));
+        DaemonError::ApiNotFound(name, hint)
     }
 }
 

@@ -96,7 +96,7 @@ pub async fn series(
         )));
     }
     if app.supervisor.info(&name).is_none() {
-        return Err(DaemonError::ApiNotFound(name));
+        return Err(DaemonError::no_api(name, &app.supervisor.names()));
     }
     // An API deployed less than a second ago has no point yet.
     Ok(Json(app.telemetry.series_json(&name, seconds).unwrap_or_else(|| {

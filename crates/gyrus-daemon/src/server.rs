@@ -153,7 +153,7 @@ async fn gateway(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let mut response = route_gateway(&app, req).await;
     if !response.headers().contains_key(REQUEST_ID) {
         let id = client_id.unwrap_or_else(|| {
-            axum::http::HeaderValue::try_from(app.request_ids.make())
+            axum::http::HeaderValue::from_bytes(&app.request_ids.make())
                 .unwrap_or(axum::http::HeaderValue::from_static("0"))
         });
         response.headers_mut().insert(REQUEST_ID, id);
@@ -288,7 +288,7 @@ async fn get_api(
     app.supervisor
         .info(&name)
         .map(|info| Json(with_jobs(&app, info)))
-        .ok_or(DaemonError::ApiNotFound(name))
+        .ok_or_else(|| DaemonError::no_api(&name, &app.supervisor.names()))
 }
 
 /// A batch API's info with its jobs.
@@ -345,7 +345,7 @@ async fn logs(
     check_name(&name)?;
     let path = app.home.api_log(&name);
     if app.state.get(&name)?.is_none() && !path.exists() {
-        return Err(DaemonError::ApiNotFound(name));
+        return Err(DaemonError::no_api(name, &app.supervisor.names()));
     }
     log_response(app, path, q).await
 }

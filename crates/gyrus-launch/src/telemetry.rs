@@ -368,9 +368,17 @@ impl RequestIds {
         }
     }
 
-    pub fn make(&self) -> String {
+    /// The next id: 16 lower-case hex digits. Written by hand rather than with `format!`: this
+    /// runs on every request without an id of its own.
+    pub fn make(&self) -> [u8; 16] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed) as u32;
-        format!("{:08x}{:08x}", self.prefix, n)
+        let both = (u64::from(self.prefix) << 32) | u64::from(n);
+        let mut out = [0u8; 16];
+        for (i, digit) in out.iter_mut().enumerate() {
+            *digit = HEX[((both >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
     }
 }
 
@@ -555,6 +563,21 @@ mod tests {
         assert_eq!(value_bucket(0.0), 0);
         assert_eq!(value_bucket(-2.0), -value_bucket(2.0));
         assert_ne!(value_bucket(1.0), value_bucket(2.0));
+    }
+
+    #[test]
+    fn request_ids_are_hex_and_unique() {
+        let ids = RequestIds::new(0xdead_beef);
+        assert_eq!(&ids.make(), b"deadbeef00000000");
+        assert_eq!(&ids.make(), b"deadbeef00000001");
+        let later = RequestIds::new(1);
+        later.next.store(0xffff_fffe, Ordering::Relaxed);
+        assert_eq!(&later.make(), b"00000001fffffffe");
+        assert!(valid_request_id(&later.make()));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'x'; 129]));
+        assert!(valid_request_id(&[b'x'; 128]));
     }
 
     #[test]

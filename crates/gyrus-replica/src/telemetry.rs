@@ -146,7 +146,7 @@ impl Ids {
     }
 
     fn make(&self) -> HeaderValue {
-        HeaderValue::try_from(self.0.make()).unwrap_or(HeaderValue::from_static("0"))
+        HeaderValue::from_bytes(&self.0.make()).unwrap_or(HeaderValue::from_static("0"))
     }
 }
 

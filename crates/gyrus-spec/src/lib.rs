@@ -15,6 +15,7 @@ pub mod diagnostic;
 mod emit;
 mod parse;
 pub mod spec;
+pub mod suggest;
 pub mod tag;
 pub mod units;
 mod validate;

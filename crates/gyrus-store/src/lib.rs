@@ -107,7 +107,12 @@ fn not_found_message(tag: &str, available: &[String]) -> String {
             short_list(available)
         )
     } else {
-        format!("models in the store: {}", short_list(available))
+        let names = available.iter().map(String::as_str);
+        format!(
+            "models in the store: {}{}",
+            short_list(available),
+            gyrus_spec::suggest::did_you_mean(name, names)
+        )
     };
     format!("model {tag:?} is not in the store; {hint}")
 }
@@ -167,7 +172,8 @@ mod tests {
                 available: vec!["iris".into(), "resnet".into()]
             }
             .to_string(),
-            "model \"irsi:latest\" is not in the store; models in the store: iris, resnet"
+            "model \"irsi:latest\" is not in the store; models in the store: iris, resnet; \
+             did you mean \"iris\"?"
         );
         assert_eq!(
             StoreError::NotFound {

@@ -203,7 +203,8 @@ fn save_list_resolve() {
     let err = store.resolve(&tag("irsi")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "model \"irsi:latest\" is not in the store; models in the store: iris, resnet"
+        "model \"irsi:latest\" is not in the store; models in the store: iris, resnet; did you \
+         mean \"iris\"?"
     );
 
     // A tag built by hand is checked too; it cannot name a path outside the store.

@@ -91,7 +91,7 @@ impl JobService {
             .find(|(name, _)| name == api)
             .map(|(_, spec)| spec);
         match spec {
-            None => Err(DaemonError::ApiNotFound(api.to_owned())),
+            None => Err(DaemonError::no_api(api, &self.supervisor.names())),
             Some(spec) if spec.kind == ApiKind::BatchAPI => Ok(spec),
             Some(_) => Err(DaemonError::BadRequest(format!(
                 "api {api:?} is a RealtimeAPI: jobs are submitted to BatchAPIs"
