@@ -25,10 +25,11 @@ class PythonPredictor:
 
 
 def test_status_when_not_running(gyrus):
-    proc = gyrus.ok("daemon", "status", "-o", "json")
-    assert json.loads(proc.stdout) is None, gyrus.diag(proc=proc)
-    proc = gyrus.ok("daemon", "status")
-    assert "not running" in proc.stdout, gyrus.diag(proc=proc)
+    # Exit code 3, as `systemctl status` says a unit is not running: scripts can test it.
+    proc = gyrus.run("daemon", "status", "-o", "json")
+    assert proc.returncode == 3 and json.loads(proc.stdout) is None, gyrus.diag(proc=proc)
+    proc = gyrus.run("daemon", "status")
+    assert proc.returncode == 3 and "not running" in proc.stdout, gyrus.diag(proc=proc)
 
 
 def test_stop_when_not_running_is_harmless(gyrus):
@@ -53,7 +54,8 @@ def test_daemon_restart_brings_apis_back(gyrus, project):
     proc = gyrus.stop_daemon()
     assert f"pid {daemon_pid}" in proc.stdout, gyrus.diag(proc=proc)
     assert not pid_alive(daemon_pid), "daemon still alive after `gyrus daemon stop` returned"
-    assert gyrus.json("daemon", "status", "-o", "json") is None
+    stopped = gyrus.run("daemon", "status", "-o", "json")
+    assert stopped.returncode == 3 and json.loads(stopped.stdout) is None, gyrus.diag(proc=stopped)
     # The daemon stops its replicas, and they their Python workers.
     wait_until(
         lambda: not any(pid_alive(p) for p in replica_pids + [worker_pid]),

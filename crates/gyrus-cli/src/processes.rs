@@ -71,6 +71,12 @@ pub(crate) async fn daemon(
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_writer(std::io::stderr)
+                        // Colours for a terminal only: `gyrus deploy` starts the daemon with
+                        // stderr on daemon.log, where escape codes are noise.
+                        .with_ansi(
+                            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                                && std::env::var_os("NO_COLOR").is_none(),
+                        )
                         .with_filter(filter),
                 )
                 .with(gyrus_daemon::logs::ApiLogLayer::new(home.clone()))

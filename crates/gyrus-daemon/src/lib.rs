@@ -348,7 +348,6 @@ struct DaemonLock {
 impl DaemonLock {
     fn acquire(home: &GyrusHome) -> Result<Self, DaemonError> {
         use std::io::Write;
-        use std::os::fd::AsRawFd;
         let path = home.lock_file();
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -357,9 +356,8 @@ impl DaemonLock {
             .write(true)
             .open(&path)
             .map_err(|e| DaemonError::io(format!("opening {}", path.display()), e))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        // An advisory lock the OS drops with the process, however it ends.
+        if file.try_lock().is_err() {
             let pid = std::fs::read_to_string(&path).unwrap_or_default();
             return Err(DaemonError::Internal(format!(
                 "another gyrus daemon (pid {}) is already running with GYRUS_HOME={}",

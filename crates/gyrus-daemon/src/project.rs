@@ -284,48 +284,32 @@ fn unpack(
     Ok((config_text, dotenv_text))
 }
 
-/// Parses `.env`: `VARIABLE=value` lines; blank lines and `#` comments are skipped; an
-/// `export ` prefix and matching surrounding quotes are allowed.
+/// `.env` as `dotenvy` reads it, the format of the `dotenv` libraries: `KEY=value` lines,
+/// `export KEY=value`, `#` comments (whole lines, and after a value), single-quoted values
+/// taken literally, double-quoted ones with escapes (`\n`, `\"`) and `${VAR}` expanded,
+/// unquoted ones with `${VAR}` expanded (from the lines above, then the daemon's environment).
+/// Errors name the line.
 pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+    dotenvy::from_read_iter(text.as_bytes())
+        .map(|item| item.map_err(|e| dotenv_error(text, e)))
+        .collect()
+}
+
+fn dotenv_error(text: &str, e: dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::LineParse(line, at) => {
+            let number = text
+                .lines()
+                .position(|l| l.trim() == line.trim())
+                .map_or(String::new(), |i| format!("{}", i + 1));
+            format!(
+                ".env:{number}: expected VARIABLE=value (a name of letters, digits and _), \
+                 found {line:?} (at character {at})"
+            )
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(format!(
-                ".env:{}: expected VARIABLE=value, found {:?}",
-                i + 1,
-                raw
-            ));
-        };
-        let key = key.trim();
-        let valid = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(format!(
-                ".env:{}: {:?} is not a valid variable name (letters, digits and _, not starting with a digit)",
-                i + 1,
-                key
-            ));
-        }
-        let mut value = value.trim();
-        // One matching pair of quotes, as a shell would strip: "'x'" keeps the inner quotes.
-        if value.len() >= 2
-            && (value.starts_with('"') && value.ends_with('"')
-                || value.starts_with('\'') && value.ends_with('\''))
-        {
-            value = &value[1..value.len() - 1];
-        }
-        out.push((key.to_owned(), value.to_owned()));
+        other => format!(".env: {other}"),
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -548,21 +532,30 @@ mod tests {
 
     #[test]
     fn dotenv_lines() {
-        let env = parse_dotenv("# c\n\nA=1\nexport B = \"two words\"\nC='x=y'\n").unwrap();
+        let env = parse_dotenv(
+            "# c\n\nA=1\nexport B=\"two words\"\nC='x=y'\nD=v # a comment\nE=\"a\\nb\"\nF='${A}'\nG=${A}2\n",
+        )
+        .unwrap();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         assert_eq!(
             env,
-            vec![
-                ("A".into(), "1".into()),
-                ("B".into(), "two words".into()),
-                ("C".into(), "x=y".into())
-            ]
+            pairs(&[
+                ("A", "1"),
+                ("B", "two words"),
+                ("C", "x=y"),
+                ("D", "v"),
+                ("E", "a\nb"),
+                ("F", "${A}"),
+                ("G", "12"),
+            ])
         );
-        assert_eq!(
-            parse_dotenv("A=1\nnot a pair\n").unwrap_err(),
-            ".env:2: expected VARIABLE=value, found \"not a pair\""
-        );
-        assert!(parse_dotenv("1A=2")
-            .unwrap_err()
-            .contains("not a valid variable name"));
+        let err = parse_dotenv("A=1\nnot a pair\n").unwrap_err();
+        assert!(err.starts_with(".env:2: expected VARIABLE=value"), "{err}");
+        assert!(err.contains("not a pair"), "{err}");
+        assert!(parse_dotenv("1A=2").is_err());
     }
 }

@@ -117,7 +117,18 @@ impl PythonEnvs {
     ) -> Result<Vec<preinstalled::Added>, EnvError> {
         let scan = preinstalled::scan(self.base()?, project_dir).await?;
         let requirements = std::fs::read_to_string(project_dir.join("requirements.txt")).ok();
-        Ok(preinstalled::select(kind, &scan, requirements.as_deref()))
+        let runtime = match kind {
+            gyrus_spec::PredictorType::Onnx => Some(("onnxruntime", ONNX_RUNTIME.requirement())),
+            gyrus_spec::PredictorType::Tensorflow => Some(("tensorflow", TENSORFLOW.requirement())),
+            gyrus_spec::PredictorType::Python => None,
+        };
+        let mut added = preinstalled::select(kind, &scan, requirements.as_deref(), runtime.clone());
+        // Without requirements.txt a model predictor runs in the managed runtime environment,
+        // which has the runtime and numpy already.
+        if let (None, Some((module, _))) = (&requirements, &runtime) {
+            added.retain(|a| a.module != "numpy" && a.module != *module);
+        }
+        Ok(added)
     }
 
     /// The interpreter and `runtime`'s library of an API that loads models. `needs_python`:

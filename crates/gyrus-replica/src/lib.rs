@@ -293,8 +293,10 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
     });
 
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let id = opts.id.clone();
     tokio::spawn(async move {
-        stop_signal().await;
+        let why = stop_signal().await;
+        tracing::info!("replica {id}: stopping ({why})");
         let _ = stop_tx.send(true);
     });
     let handed = match (channel, &opts.handoff) {
@@ -406,31 +408,38 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     )
 }
 
-/// Resolves on SIGTERM, SIGINT, or EOF on stdin (the supervisor's end of the pipe closed).
-async fn stop_signal() {
+/// Resolves on SIGTERM, SIGINT, or EOF on stdin (the supervisor's end of the pipe closed), with
+/// which one it was.
+async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
-        Err(_) => return,
+        Err(_) => return "no signal handler",
     };
     let mut int = match signal(SignalKind::interrupt()) {
         Ok(s) => s,
-        Err(_) => return,
+        Err(_) => return "no signal handler",
     };
     let stdin_closed = async {
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 64];
         loop {
             match stdin.read(&mut buf).await {
+                // A signal that interrupted the read (a library's handler without SA_RESTART)
+                // is not the daemon going away.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    tracing::warn!("reading stdin was interrupted; still watching it");
+                    continue;
+                }
                 Ok(0) | Err(_) => break,
                 Ok(_) => continue,
             }
         }
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = stdin_closed => {}
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = stdin_closed => "the daemon closed its pipe",
     }
 }
 

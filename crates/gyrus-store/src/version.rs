@@ -4,8 +4,6 @@
 //! 4 random bytes. It carries its creation time, sorts by it as a plain string (the alphabet
 //! is in ASCII order), and two saves in the same millisecond still differ.
 
-use std::fs::File;
-use std::io::Read;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -59,13 +57,12 @@ pub(crate) fn random_name() -> String {
     hex::encode(random_bytes::<8>())
 }
 
-/// Random bytes from the OS. Uniqueness is all the store needs from them, so if
-/// `/dev/urandom` cannot be read (not Linux, a sandbox) they are derived from the time, the
-/// process id and a counter instead of failing the save.
+/// Random bytes from the OS (`getrandom`). Uniqueness is all the store needs from them, so if
+/// the OS cannot give them (a sandbox) they are derived from the time, the process id and a
+/// counter instead of failing the save.
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    let read = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut out));
-    if read.is_err() {
+    if getrandom::fill(&mut out).is_err() {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)

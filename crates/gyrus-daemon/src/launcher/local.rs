@@ -1,8 +1,8 @@
 //! Replicas as processes of this machine: `gyrus replica` started from this executable in its
 //! own process group, with the [`ReplicaLaunch`] on its stdin, its stderr appended to the API's
 //! log, its stdout read for events, compute limits attached before it starts its workers (a
-//! cgroup, or the memory watch when there is none), and the parent-death signal so that it
-//! never outlives the daemon.
+//! cgroup, or the memory watch when there is none). It never outlives the daemon: it stops when
+//! its stdin reaches EOF, which happens when the daemon's process ends, however it ends.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -169,11 +169,14 @@ impl ReplicaLauncher for LocalLauncher {
             // which then stops replicas gracefully.
             .process_group(0);
         let channel_fd = handoff.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
-        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) between fork and exec.
+        // No parent-death signal: Linux sends it when the *thread* that forked exits, and a
+        // launch from one of tokio's blocking threads (which end after 10 s idle) had its
+        // replica stopped under live traffic. The replica watches its stdin instead, which
+        // reaches EOF when this process ends, however it ends.
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
         #[cfg(target_os = "linux")]
         unsafe {
             cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 if let Some(fd) = channel_fd {
                     let to = gyrus_gateway::handoff::REPLICA_CHANNEL_FD;
                     // dup2 clears close-on-exec on the copy; a descriptor already at 3 keeps

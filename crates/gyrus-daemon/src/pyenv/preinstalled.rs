@@ -99,7 +99,8 @@ pub struct Scan {
 /// A package added to an API's environment, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Added {
-    pub package: &'static str,
+    /// What is installed: a package name, or the runtime's pinned requirement.
+    pub package: String,
     pub module: String,
     pub files: Vec<String>,
 }
@@ -116,14 +117,25 @@ impl std::fmt::Display for Added {
 }
 
 /// The packages to add: imported, in the type's table, not importable by the base
-/// interpreter, not named in `requirements.txt`.
-pub fn select(kind: PredictorType, scan: &Scan, requirements: Option<&str>) -> Vec<Added> {
+/// interpreter, not named in `requirements.txt`. The model runtime of an ONNX or TensorFlow
+/// predictor (`runtime`: its module and pinned requirement) is added at the version gyrus
+/// serves it with, not the newest.
+pub fn select(
+    kind: PredictorType,
+    scan: &Scan,
+    requirements: Option<&str>,
+    runtime: Option<(&str, String)>,
+) -> Vec<Added> {
     let listed = requirements.map(requirement_names).unwrap_or_default();
     table(kind)
         .iter()
         .filter_map(|&(module, package)| {
             let files = scan.imports.get(module)?;
             let provided = scan.available.contains(module) || listed.contains(&normalize(package));
+            let package = match &runtime {
+                Some((runtime_module, pinned)) if *runtime_module == module => pinned.clone(),
+                _ => package.to_string(),
+            };
             (!provided).then(|| Added {
                 package,
                 module: module.to_string(),
@@ -211,7 +223,7 @@ mod tests {
     }
 
     fn packages(added: &[Added]) -> Vec<&str> {
-        added.iter().map(|a| a.package).collect()
+        added.iter().map(|a| a.package.as_str()).collect()
     }
 
     #[test]
@@ -229,7 +241,7 @@ mod tests {
             ],
             &["requests"],
         );
-        let added = select(PredictorType::Python, &s, None);
+        let added = select(PredictorType::Python, &s, None, None);
         assert_eq!(
             packages(&added),
             [
@@ -258,16 +270,22 @@ mod tests {
             &[],
         );
         assert_eq!(
-            packages(&select(PredictorType::Onnx, &s, None)),
+            packages(&select(PredictorType::Onnx, &s, None, None)),
             ["numpy", "onnxruntime"]
         );
         assert_eq!(
-            packages(&select(PredictorType::Tensorflow, &s, None)),
+            packages(&select(PredictorType::Tensorflow, &s, None, None)),
             ["numpy"]
         );
         assert_eq!(
-            packages(&select(PredictorType::Python, &s, None)),
+            packages(&select(PredictorType::Python, &s, None, None)),
             ["numpy", "pandas"]
+        );
+        // The runtime at the version gyrus serves it with.
+        let pinned = Some(("onnxruntime", "onnxruntime==1.31.1".to_string()));
+        assert_eq!(
+            packages(&select(PredictorType::Onnx, &s, None, pinned)),
+            ["numpy", "onnxruntime==1.31.1"]
         );
     }
 
@@ -278,7 +296,7 @@ mod tests {
             &[],
         );
         let requirements = "# pinned\nNumPy==1.26.4\nscikit_learn>=1.3 ; python_version > '3'\n-r other.txt\nPyYAML @ https://example.invalid/x.whl\n";
-        assert!(select(PredictorType::Python, &s, Some(requirements)).is_empty());
+        assert!(select(PredictorType::Python, &s, Some(requirements), None).is_empty());
         assert_eq!(
             requirement_names(requirements),
             ["numpy", "pyyaml", "scikit-learn"]
@@ -292,7 +310,7 @@ mod tests {
     #[test]
     fn added_says_where_it_is_imported() {
         let a = Added {
-            package: "pandas",
+            package: "pandas".into(),
             module: "pandas".into(),
             files: vec!["a.py".into(), "b.py".into(), "c.py".into()],
         };
