@@ -108,3 +108,37 @@ class PythonPredictor:
     assert "adding pyyaml (`import yaml` in predictor.py)" in proc.stderr, proc.stderr
     assert "adding numpy" not in proc.stderr and "numpy (`import" not in proc.stderr
     assert g.post("/pre-req", json={}).json() == {"numpy": "2.2.6", "yaml": 1}
+
+
+def test_an_onnx_predictor_gets_them_beside_its_runtime(bare, projects_dir, onnx_models):
+    g = bare
+    predictor = """
+import numpy as np
+import onnxruntime
+import yaml
+
+
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+        self.k = yaml.safe_load("k: 3")["k"]
+
+    def predict(self, payload):
+        out = self.client.predict(np.asarray([payload["x"]], dtype=np.float32))
+        return {"ort": onnxruntime.__version__, "k": self.k, "label": int(np.asarray(out[0]).ravel()[0])}
+"""
+    proj = make_project(
+        projects_dir,
+        "pre-onnx",
+        predictor,
+        api={"predictor": {"type": "onnx", "model": "model.onnx"}},
+        files={"model.onnx": (onnx_models / "iris.onnx").read_bytes()},
+    )
+    proc = g.deploy_ok(proj, "pre-onnx", timeout=600)
+    # numpy and the runtime come with gyrus's ONNX environment; only pyyaml is added, and the
+    # environment keeps onnxruntime at the version gyrus serves models with.
+    assert "pre-onnx: adding pyyaml (`import yaml` in predictor.py)" in proc.stderr, proc.stderr
+    assert "numpy (`import" not in proc.stderr and "onnxruntime (`import" not in proc.stderr
+    r = g.post("/pre-onnx", json={"x": [5.1, 3.5, 1.4, 0.2]})
+    assert r.status_code == 200, g.diag("pre-onnx", resp=r)
+    assert r.json() == {"ort": "1.31.1", "k": 3, "label": 0}

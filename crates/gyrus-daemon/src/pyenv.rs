@@ -142,9 +142,17 @@ impl PythonEnvs {
         log: &Path,
     ) -> Result<RuntimeSetup, EnvError> {
         let given = given_library(runtime)?;
+        // An environment of added packages (no requirements.txt) also holds the runtime, as
+        // the managed one it stands in for does, so that the predictor can still import it.
+        let pinned = runtime.requirement();
+        let extra: Vec<&str> = if added.is_empty() || project_dir.join("requirements.txt").exists()
+        {
+            vec!["numpy"]
+        } else {
+            vec!["numpy", pinned.as_str()]
+        };
         let own_env = if needs_python || given.is_none() {
-            self.resolve_with(project_dir, &["numpy"], added, log)
-                .await?
+            self.resolve_with(project_dir, &extra, added, log).await?
         } else {
             None
         };

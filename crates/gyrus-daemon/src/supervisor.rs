@@ -134,9 +134,13 @@ impl Supervisor {
             Ok(added) if added.is_empty() => added,
             Ok(added) => {
                 let list: Vec<String> = added.iter().map(|a| a.to_string()).collect();
+                let (them, provides) = match added.len() {
+                    1 => ("it", "provides it"),
+                    _ => ("them", "provides them"),
+                };
                 let note = format!(
-                    "adding {}: Cortex's {} predictors had them pre-installed, and neither \
-                     requirements.txt nor the base Python provides them \
+                    "adding {}: Cortex's {} predictors had {them} pre-installed, and neither \
+                     requirements.txt nor the base Python {provides} \
                      (predictor.preinstalled_packages: false turns this off)",
                     list.join(", "),
                     spec.predictor.kind
