@@ -28,6 +28,13 @@ const COMPLETE_MARKER: &str = ".gyrus-complete";
 
 pub use runtimes::{Runtime, ONNX_RUNTIME, TENSORFLOW};
 
+/// Told each step of an install as the installer prints it ("Resolved 32 packages in 1.9s"),
+/// for `gyrus deploy` to show live.
+pub type Steps<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// A `Steps` that shows nothing.
+pub fn no_steps(_: &str) {}
+
 /// What an API that loads models runs with.
 #[derive(Debug, Clone)]
 pub struct RuntimeSetup {
@@ -101,9 +108,10 @@ impl PythonEnvs {
         project_dir: &Path,
         added: &[preinstalled::Added],
         log: &Path,
+        steps: Steps<'_>,
     ) -> Result<PathBuf, EnvError> {
         Ok(self
-            .resolve_with(project_dir, &[], added, log)
+            .resolve_with(project_dir, &[], added, log, steps)
             .await?
             .unwrap_or(self.base()?.executable.clone()))
     }
@@ -140,6 +148,7 @@ impl PythonEnvs {
         needs_python: bool,
         added: &[preinstalled::Added],
         log: &Path,
+        steps: Steps<'_>,
     ) -> Result<RuntimeSetup, EnvError> {
         let given = given_library(runtime)?;
         // An environment of added packages (no requirements.txt) also holds the runtime, as
@@ -152,14 +161,15 @@ impl PythonEnvs {
             vec!["numpy", pinned.as_str()]
         };
         let own_env = if needs_python || given.is_none() {
-            self.resolve_with(project_dir, &extra, added, log).await?
+            self.resolve_with(project_dir, &extra, added, log, steps)
+                .await?
         } else {
             None
         };
         let own_library = own_env.as_deref().and_then(|p| runtime.library_in_env(p));
         let managed =
             if (given.is_none() && own_library.is_none()) || (needs_python && own_env.is_none()) {
-                Some(self.managed(runtime, log).await?)
+                Some(self.managed(runtime, log, steps).await?)
             } else {
                 None
             };
@@ -183,7 +193,7 @@ impl PythonEnvs {
         if let Some(p) = given_library(runtime)? {
             return Ok(p);
         }
-        Ok(self.managed(runtime, log).await?.library)
+        Ok(self.managed(runtime, log, &no_steps).await?.library)
     }
 
     /// The environment gyrus manages for `runtime`, installed on first use.
@@ -191,6 +201,7 @@ impl PythonEnvs {
         &self,
         runtime: &'static Runtime,
         log: &Path,
+        steps: Steps<'_>,
     ) -> Result<RuntimeSetup, EnvError> {
         let base = self.base()?.clone();
         let mut h = Sha256::new();
@@ -241,7 +252,15 @@ impl PythonEnvs {
         );
         let packages = [runtime.requirement(), "numpy".to_string()];
         let parent = env_dir.parent().unwrap_or(&env_dir).to_path_buf();
-        let result = build_env(&base, &env_dir, Install::Packages(&packages), &parent, log).await;
+        let result = build_env(
+            &base,
+            &env_dir,
+            Install::Packages(&packages),
+            &parent,
+            log,
+            steps,
+        )
+        .await;
         match result {
             Ok(()) => {}
             Err(EnvError::InstallFailed { status, output }) => {
@@ -280,6 +299,7 @@ impl PythonEnvs {
         extra: &[&str],
         added: &[preinstalled::Added],
         log: &Path,
+        steps: Steps<'_>,
     ) -> Result<Option<PathBuf>, EnvError> {
         let base = self.base()?.clone();
         let req_path = project_dir.join("requirements.txt");
@@ -324,7 +344,7 @@ impl PythonEnvs {
             Some(_) => Install::Requirements(&req_path, &packages),
             None => Install::Packages(&packages),
         };
-        let result = build_env(&base, &env_dir, install, project_dir, log).await;
+        let result = build_env(&base, &env_dir, install, project_dir, log, steps).await;
         match result {
             Ok(()) => {
                 std::fs::write(env_dir.join(COMPLETE_MARKER), b"")
@@ -411,6 +431,7 @@ async fn build_env(
     install: Install<'_>,
     project_dir: &Path,
     log: &Path,
+    steps: Steps<'_>,
 ) -> Result<(), EnvError> {
     let env_str = env_dir.to_string_lossy().into_owned();
     let what: Vec<String> = match install {
@@ -424,7 +445,7 @@ async fn build_env(
     let py = env_dir.join("bin").join("python");
     let py_str = py.to_string_lossy().into_owned();
     let base_str = base.executable.to_string_lossy().into_owned();
-    let steps: Vec<(PathBuf, Vec<String>)> = match find_uv(base) {
+    let commands: Vec<(PathBuf, Vec<String>)> = match find_uv(base) {
         Some(uv) => vec![
             (
                 uv.clone(),
@@ -472,8 +493,8 @@ async fn build_env(
             ),
         ],
     };
-    for (program, args) in steps {
-        run_logged(&program, &args, project_dir, log).await?;
+    for (program, args) in commands {
+        run_logged(&program, &args, project_dir, log, steps).await?;
     }
     Ok(())
 }
@@ -485,6 +506,7 @@ async fn run_logged(
     args: &[String],
     cwd: &Path,
     log: &Path,
+    steps: Steps<'_>,
 ) -> Result<(), EnvError> {
     let mut log_file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -536,6 +558,9 @@ async fn run_logged(
     let collect = async {
         while let Some(l) = rx.recv().await {
             let _ = log_file.write_all(format!("{l}\n").as_bytes()).await;
+            if let Some(step) = install_step(&l) {
+                steps(step);
+            }
             if tail.len() == 40 {
                 tail.pop_front();
             }
@@ -565,5 +590,53 @@ async fn run_logged(
             status: status.to_string(),
             output: tail.into_iter().collect::<Vec<_>>().join("\n"),
         })
+    }
+}
+
+/// A line of uv's or pip's output that says where the install is ("Resolved 32 packages in
+/// 1.9s", "Downloading tensorflow-cpu (252.0MiB)", "Installing collected packages: ..."), as
+/// opposed to one line per package.
+fn install_step(line: &str) -> Option<&str> {
+    const STEPS: &[&str] = &[
+        "Resolved ",
+        "Prepared ",
+        "Installed ",
+        "Uninstalled ",
+        "Downloading ",
+        "Downloaded ",
+        "Building ",
+        "Built ",
+        "Collecting ",
+        "Installing collected packages",
+        "Successfully installed",
+    ];
+    let line = line.trim_end();
+    STEPS
+        .iter()
+        .any(|s| line.starts_with(s))
+        .then(|| match line.char_indices().nth(120) {
+            // One line of a terminal, not a list of every package.
+            Some((cut, _)) => &line[..cut],
+            None => line,
+        })
+}
+
+#[cfg(test)]
+mod step_tests {
+    #[test]
+    fn steps_of_an_install() {
+        use super::install_step;
+        assert_eq!(
+            install_step("Resolved 32 packages in 1.97s"),
+            Some("Resolved 32 packages in 1.97s")
+        );
+        assert_eq!(
+            install_step("Downloading tensorflow-cpu (252.0MiB)"),
+            Some("Downloading tensorflow-cpu (252.0MiB)")
+        );
+        assert_eq!(install_step(" + numpy==2.4.6"), None);
+        assert_eq!(install_step("Using Python 3.11.7 environment at: x"), None);
+        let long = format!("Successfully installed {}", "pkg-1.0 ".repeat(40));
+        assert_eq!(install_step(&long).map(|s| s.chars().count()), Some(120));
     }
 }

@@ -189,6 +189,15 @@ impl Supervisor {
         let added = self
             .preinstalled(controller, generation, &spec, &project_dir)
             .await;
+        // The installer's steps, live in `gyrus deploy`'s spinner, named for what is installed:
+        // an API without Python code only ever installs its model runtime.
+        let installing = match (runtime, &spec.predictor.path) {
+            (Some(r), None) => format!("installing {}", r.name),
+            _ => "python environment".to_string(),
+        };
+        let steps = |step: &str| {
+            controller.set_message(generation, &format!("{installing}: {step}"));
+        };
         let resolved = match runtime {
             Some(runtime) => {
                 let message = match spec.predictor.path {
@@ -203,6 +212,7 @@ impl Supervisor {
                         spec.predictor.path.is_some(),
                         &added,
                         &log,
+                        &steps,
                     )
                     .await
                     .map(|s| (s.python, Some(s.library)))
@@ -210,7 +220,7 @@ impl Supervisor {
             None => {
                 controller.set_message(generation, "preparing the python environment");
                 self.envs
-                    .resolve(&project_dir, &added, &log)
+                    .resolve(&project_dir, &added, &log, &steps)
                     .await
                     .map(|p| (p, None))
             }
