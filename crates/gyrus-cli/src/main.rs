@@ -13,6 +13,7 @@ mod models;
 mod observe;
 mod output;
 mod processes;
+mod progress;
 mod show;
 
 use std::path::PathBuf;
@@ -518,56 +519,28 @@ async fn wait_for(
     progress: bool,
 ) -> Result<Vec<ApiInfo>> {
     let deadline = std::time::Instant::now() + timeout;
-    let bar = progress.then(|| {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
-    let mut told: std::collections::HashSet<(String, String)> = Default::default();
+    let mut shown = progress.then(progress::DeployProgress::new);
     loop {
         let mut infos = Vec::new();
         for n in names {
             infos.push(client.get_json::<ApiInfo>(&format!("/apis/{n}")).await?);
         }
-        // Notes (e.g. packages gyrus added) are said once each, above the spinner.
-        for i in &infos {
-            for note in &i.notes {
-                if told.insert((i.name.clone(), note.clone())) && progress {
-                    let line = format!("{}: {note}", i.name);
-                    // Printed even when the spinner is hidden (stderr not a terminal).
-                    match &bar {
-                        Some(b) => b.suspend(|| eprintln!("{line}")),
-                        None => eprintln!("{line}"),
-                    }
-                }
-            }
+        if let Some(p) = shown.as_mut() {
+            p.notes(&infos);
         }
         let pending: Vec<&ApiInfo> = infos.iter().filter(|i| i.status == "updating").collect();
         if pending.is_empty() {
-            if let Some(b) = &bar {
-                b.finish_and_clear();
+            if let Some(p) = shown.as_mut() {
+                p.finish();
             }
             return Ok(infos);
         }
-        if let Some(b) = &bar {
-            let msg: Vec<String> = pending
-                .iter()
-                .map(|i| match &i.progress {
-                    Some(p) => format!("{}: {}", i.name, output::download(p)),
-                    None => format!(
-                        "{}: {} ({}/{} replicas ready)",
-                        i.name,
-                        i.message.as_deref().unwrap_or("updating"),
-                        i.replicas.ready,
-                        i.replicas.requested
-                    ),
-                })
-                .collect();
-            b.set_message(msg.join("; "));
+        if let Some(p) = shown.as_mut() {
+            p.update(&pending);
         }
         if std::time::Instant::now() > deadline {
-            if let Some(b) = &bar {
-                b.finish_and_clear();
+            if let Some(p) = shown.as_mut() {
+                p.finish();
             }
             bail!(
                 "gave up waiting after {}: {} still updating (see `gyrus get` and `gyrus logs`)",

@@ -86,39 +86,8 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// A model download as one line: `downloading URL [=====>    ] 12.0 MiB/45.0 MiB`.
-pub fn download(p: &gyrus_daemon::api::DownloadProgress) -> String {
-    match p.total.filter(|t| *t > 0) {
-        Some(total) => {
-            const WIDTH: u64 = 24;
-            let filled = (p.done.min(total) * WIDTH / total) as usize;
-            format!(
-                "downloading {} [{}>{}] {}/{}",
-                p.url,
-                "=".repeat(filled),
-                " ".repeat(WIDTH as usize - filled),
-                bytes(p.done),
-                bytes(total)
-            )
-        }
-        None => format!("downloading {} {}", p.url, bytes(p.done)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn download_line() {
-        let p = gyrus_daemon::api::DownloadProgress {
-            url: "s3://b/m.onnx".into(),
-            done: 512,
-            total: Some(2048),
-        };
-        assert_eq!(
-            super::download(&p),
-            "downloading s3://b/m.onnx [======>                  ] 512 B/2.0 KiB"
-        );
-    }
 
     #[test]
     fn sizes() {
