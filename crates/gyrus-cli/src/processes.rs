@@ -183,14 +183,14 @@ pub(crate) async fn replica(_args: ReplicaArgs) -> Result<()> {
     .context("reading the replica's launch from stdin")?;
     let launch = gyrus_launch::ReplicaLaunch::from_line(&line)
         .context("the replica's launch on stdin (gyrus replica is started by the daemon)")?;
-    // A replica's stderr is its API's log file: plain lines, each saying which replica wrote
-    // it (the messages do), as the daemon's own `[gyrus <time>]` lines beside them do.
+    // A replica's stderr is its API's log file: plain lines with the time (UTC), each saying
+    // which replica wrote it (the messages do), as the daemon's own `[gyrus <time>]` lines and
+    // the workers' lines beside them do.
     let filter = tracing_subscriber::EnvFilter::try_from_env("GYRUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .without_time()
         .with_target(false)
         .with_level(false)
         .with_env_filter(filter)

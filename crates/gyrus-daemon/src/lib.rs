@@ -17,6 +17,7 @@ pub mod home;
 pub mod jobs;
 pub mod jobs_api;
 pub mod launcher;
+pub mod log_rotation;
 pub mod logs;
 pub mod model_archive;
 pub mod model_source;
@@ -255,6 +256,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }),
     });
     observe_api::start_tick(app.clone());
+    log_rotation::start(home.clone());
     tracing::info!(
         "gyrus daemon listening on {scheme}://{local} (GYRUS_HOME={})",
         home.root().display()

@@ -40,6 +40,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 from urllib.parse import parse_qsl
 
@@ -1153,8 +1154,43 @@ class Worker:
             self.handle(*request)
 
 
+class _Stamped:
+    """A text stream whose every line starts with the time (UTC), as the replica's and the
+    daemon's lines in the same log do. Whole lines are written under a lock, so that threads
+    printing at once do not interleave within a line's start."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._line_start = True
+        self._lock = threading.Lock()
+
+    def write(self, text):
+        if not text:
+            return 0
+        with self._lock:
+            parts = []
+            for piece in text.splitlines(keepends=True):
+                if self._line_start:
+                    now = time.time()
+                    parts.append(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z ")
+                parts.append(piece)
+                self._line_start = piece.endswith("\n")
+            self._stream.write("".join(parts))
+            self._stream.flush()
+        return len(text)
+
+    def flush(self):
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main():
     fd = int(sys.argv[sys.argv.index("--fd") + 1]) if "--fd" in sys.argv else 3
+    # What the predictor prints, and gyrus's own lines, carry the time like the rest of the log.
+    sys.stdout = _Stamped(sys.stdout)
+    sys.stderr = _Stamped(sys.stderr)
     # Ctrl-C in the daemon's terminal reaches the whole process group; the replica decides
     # when workers stop (SHUTDOWN, EOF, or the parent-death signal).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
