@@ -197,15 +197,131 @@ def save_model(
     )
 
 
-def get(tag: Union[str, Tag]) -> Model:
-    """The stored model ``tag`` resolves to; ValueError if another module saved it."""
+def get(tag: Union[str, Tag]) -> "OnnxModel":
+    """The stored model ``tag`` resolves to; ValueError if another module saved it.
+
+    Like ``bentoml.onnx.get``, the model makes a runner: ``get(tag).to_runner()``, or
+    ``get(tag).with_options(providers=..., session_options=...).to_runner()``.
+    """
     m = store.get(tag)
     if m.module != MODULE:
         raise ValueError(
             f"model {m.tag} was saved by module {m.module!r}, not {MODULE}, so gyrus.onnx cannot "
             f"load it"
         )
-    return m
+    return OnnxModel(m.tag, m.path, m.info)
+
+
+class OnnxModel(Model):
+    """A stored ONNX model, with the options its runners load it with."""
+
+    def __init__(self, tag: Tag, path: Union[str, os.PathLike], info: Dict[str, Any], options=None):
+        super().__init__(tag, path, info)
+        self._options = dict(options or {})
+
+    def with_options(self, *, providers: Optional[List[Any]] = None, session_options: Any = None) -> "OnnxModel":
+        """A copy whose runners use these execution providers and session options."""
+        options = dict(self._options)
+        if providers is not None:
+            options["providers"] = list(providers)
+        if session_options is not None:
+            options["session_options"] = session_options
+        return OnnxModel(self.tag, self.path, self.info, options)
+
+    def to_runner(self) -> "Runner":
+        """A runner for this model, with one method per signature saved (``run`` by default)."""
+        return Runner(self, **self._options)
+
+
+# ONNX Runtime's tensor types -> numpy dtypes, to cast a runner's inputs as BentoML does.
+_NUMPY = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "object",
+}
+
+
+class Runner:
+    """BentoML's ONNX runner, run in this process: ``runner.init_local()`` loads the model with
+    ONNX Runtime, then ``runner.run.run(x)`` (or ``await runner.run.async_run(x)``) runs it.
+
+    Inputs are given in the model's input order, or by name as keywords; each is cast to the
+    input's dtype (a float64 array for a float32 input is fine). One output comes back as an
+    array, several as a list of arrays.
+    """
+
+    def __init__(self, model: OnnxModel, providers: Optional[List[Any]] = None, session_options: Any = None):
+        self.model = model
+        self.name = model.name
+        self.providers = providers
+        self.session_options = session_options
+        self._session = None
+        for method in (model.info.get("signatures") or {"run": {}}):
+            setattr(self, method, _RunnerMethod(self, method))
+
+    def init_local(self, quiet: bool = False) -> None:
+        """Loads the model here (the stored files are checked first, as load_model does)."""
+        self._session = load_model(
+            self.model, providers=self.providers, session_options=self.session_options
+        )
+
+    def __getattr__(self, name):
+        model = self.__dict__.get("model")
+        if name.startswith("_") or model is None:
+            raise AttributeError(name)
+        methods = sorted((model.info.get("signatures") or {"run": {}}))
+        raise AttributeError(f"runner {self.name} has no method {name!r}; its signatures: {', '.join(methods)}")
+
+    def _run(self, args, kwargs):
+        if self._session is None:
+            raise RuntimeError(
+                f"runner {self.name} is not initialised: call runner.init_local() first (it loads "
+                f"the model in this process)"
+            )
+        import numpy as np
+
+        specs = self._session.get_inputs()
+        if len(args) + len(kwargs) != len(specs):
+            raise TypeError(
+                f"runner {self.name} takes {len(specs)} input(s) ({', '.join(s.name for s in specs)}); "
+                f"got {len(args) + len(kwargs)}"
+            )
+        feeds = {}
+        for spec, value in zip(specs, args):
+            feeds[spec.name] = value
+        for name, value in kwargs.items():
+            if name not in {s.name for s in specs} or name in feeds:
+                raise TypeError(f"runner {self.name}: unexpected input {name!r}; inputs: {', '.join(s.name for s in specs)}")
+            feeds[name] = value
+        for spec in specs:
+            dtype = _NUMPY.get(spec.type)
+            feeds[spec.name] = np.asarray(feeds[spec.name], dtype=dtype) if dtype else np.asarray(feeds[spec.name])
+        outputs = self._session.run(None, feeds)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+class _RunnerMethod:
+    def __init__(self, runner: Runner, name: str):
+        self._runner = runner
+        self.name = name
+
+    def run(self, *args, **kwargs):
+        return self._runner._run(args, kwargs)
+
+    async def async_run(self, *args, **kwargs):
+        import asyncio
+
+        return await asyncio.to_thread(self._runner._run, args, kwargs)
 
 
 def default_providers() -> List[str]:

@@ -558,3 +558,41 @@ def test_super_resolution_flow_from_the_bentoml_docs(home, tmp_path):
     assert run["input_spec"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     assert run["output_spec"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 2, 8, 8]}]
     assert gyrus.list_models() == [model]
+
+
+def test_runners_as_bentoml_makes_them(home):
+    """Seed 004's flow: get(tag).to_runner(), init_local(), run.run / async_run, with_options."""
+    import asyncio
+
+    gyrus.onnx.save_model("adder", add_model())
+    runner = gyrus.onnx.get("adder").to_runner()
+    assert runner.name == "adder"
+    with pytest.raises(RuntimeError, match=r"call runner.init_local\(\) first"):
+        runner.run.run(np.zeros((1, 3)))
+    runner.init_local()
+    # float64 in, as numpy makes it: cast to the model's float32, as BentoML's runner does.
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    y = runner.run.run(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, x.astype(np.float32) + B)
+    np.testing.assert_array_equal(runner.run.run(X=x.tolist()), y)
+    np.testing.assert_array_equal(asyncio.run(runner.run.async_run(x)), y)
+    with pytest.raises(TypeError, match=r"takes 1 input\(s\) \(X\); got 2"):
+        runner.run.run(x, x)
+    with pytest.raises(AttributeError, match="no method 'predict'; its signatures: run"):
+        runner.predict  # noqa: B018 - the attribute access is the test
+
+    # with_options: providers and session options reach the session.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    tuned = gyrus.onnx.get("adder").with_options(providers=["CPUExecutionProvider"], session_options=options)
+    r2 = tuned.to_runner()
+    r2.init_local()
+    assert r2._session.get_providers() == ["CPUExecutionProvider"]
+    assert r2._session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_array_equal(r2.run.run(x), y)
+    # A model saved with other signatures gets those methods.
+    gyrus.onnx.save_model("adder2", add_model(), signatures={"predict": {"batchable": True}})
+    r3 = gyrus.onnx.get("adder2").to_runner()
+    r3.init_local()
+    np.testing.assert_array_equal(r3.predict.run(x), y)
