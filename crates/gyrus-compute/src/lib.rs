@@ -279,14 +279,12 @@ fn validate_pid(pid: u32) -> Result<(), ComputeError> {
     }
     // A replica that already exited has no stat to read: that is for the supervisor to notice,
     // and nothing here would act on it.
-    if let Ok(line) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        if let Some(stat) = procfs::parse_stat(&line) {
-            if stat.pgrp != pid {
-                return Err(refuse(&format!(
-                    "it is not the leader of its own process group (its group is {})",
-                    stat.pgrp
-                )));
-            }
+    if let Some(stat) = procfs::stat(pid) {
+        if stat.pgrp != pid {
+            return Err(refuse(&format!(
+                "it is not the leader of its own process group (its group is {})",
+                stat.pgrp
+            )));
         }
     }
     Ok(())
