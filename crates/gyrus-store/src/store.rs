@@ -68,13 +68,14 @@ impl StoredModel {
     }
 }
 
-/// A save or import in progress: a fresh directory under `.staging/`. Dropping it without
-/// committing removes the directory and everything in it.
+/// A save or import in progress: a fresh directory under `.staging/` (a `tempfile::TempDir`).
+/// Dropping it without committing removes the directory and everything in it.
 #[derive(Debug)]
 pub struct Staging {
     root: PathBuf,
     dir: PathBuf,
-    done: bool,
+    /// `None` once the directory was moved into the store.
+    temp: Option<tempfile::TempDir>,
 }
 
 impl ModelStore {
@@ -91,15 +92,22 @@ impl ModelStore {
         &self.root
     }
 
-    /// A fresh staging directory under `.staging/<random>`; removed on drop unless committed.
+    /// A fresh staging directory under `.staging/`; removed on drop unless committed.
     pub fn begin(&self) -> Result<Staging, StoreError> {
-        let dir = self.root.join(STAGING).join(random_name());
-        fs::create_dir(&dir)
-            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+        let parent = self.root.join(STAGING);
+        let temp = tempfile::Builder::new()
+            .prefix("save-")
+            .tempdir_in(&parent)
+            .map_err(|e| {
+                StoreError::io(
+                    format!("cannot create a directory in {}", parent.display()),
+                    e,
+                )
+            })?;
         Ok(Staging {
             root: self.root.clone(),
-            dir,
-            done: false,
+            dir: temp.path().to_path_buf(),
+            temp: Some(temp),
         })
     }
 
@@ -438,7 +446,10 @@ impl Staging {
             }
             match fs::rename(&self.dir, &target) {
                 Ok(()) => {
-                    self.done = true;
+                    // Moved: nothing is left for the TempDir to remove.
+                    if let Some(temp) = self.temp.take() {
+                        let _moved = temp.keep();
+                    }
                     return Ok(target);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
@@ -450,14 +461,6 @@ impl Staging {
                     ))
                 }
             }
-        }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
