@@ -93,7 +93,7 @@ def test_restart_through_deploy_of_another_project(gyrus, project):
 
 
 def test_crashed_daemon_takes_its_replicas_down_and_restores_them(gyrus):
-    """kill -9 of the daemon: replicas and workers die with it (parent-death signal), the
+    """kill -9 of the daemon: replicas and workers die with it (their stdin reaches EOF), the
     lock is released, and the next start restores the APIs. A deleted API stays deleted."""
     gyrus.ok("delete", "other")
     daemon_pid = gyrus.json("daemon", "status", "-o", "json")["pid"]
@@ -110,6 +110,29 @@ def test_crashed_daemon_takes_its_replicas_down_and_restores_them(gyrus):
     assert [i["name"] for i in gyrus.json("get", "-o", "json")] == [API]
     r = gyrus.post("/other", json={})
     assert r.status_code == 404, gyrus.diag("other", resp=r)
+
+
+def test_a_replica_still_starting_dies_with_the_daemon(tmp_path, project):
+    """kill -9 of the daemon while a replica's predictor is still in its constructor: the
+    replica and its worker end too, not when the constructor is done."""
+    g = Gyrus(tmp_path / "home")
+    try:
+        stuck = project(
+            "stuck-start",
+            "import time\nclass PythonPredictor:\n    def __init__(self, config):\n        time.sleep(600)\n"
+            "    def predict(self, payload):\n        return 1\n",
+        )
+        g.run("deploy", str(stuck), "--no-wait")
+        replica_pids = wait_until(lambda: g.replica_pids("stuck-start"), 30, what="the replica started")
+        daemon_pid = g.health()["pid"]
+        os.kill(daemon_pid, signal.SIGKILL)  # started by this test
+        wait_until(
+            lambda: not any(pid_alive(p) for p in [daemon_pid, *replica_pids]),
+            15,
+            what=lambda: f"daemon {daemon_pid} and replicas {replica_pids} to die",
+        )
+    finally:
+        g.teardown()
 
 
 def test_stop_returns_when_the_daemon_is_an_unreaped_child(tmp_path):

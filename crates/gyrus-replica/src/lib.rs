@@ -154,6 +154,23 @@ pub async fn run(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
 }
 
 async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
+    // Watched from the start: a daemon that dies (its pipe closes) or a stop while models load
+    // or a predictor's constructor runs ends this process at once, as there is nothing to
+    // drain yet; once serving, it drains first.
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let serving_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let id = opts.id.clone();
+        let serving_now = serving_now.clone();
+        tokio::spawn(async move {
+            let why = stop_signal().await;
+            tracing::info!("replica {id}: stopping ({why})");
+            if !serving_now.load(std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(0);
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
     // First, before any Python worker is started: close-on-exec, so workers do not inherit it.
     let channel = match &opts.handoff {
         // SAFETY: the launcher put our end of the channel at this descriptor for us alone.
@@ -292,13 +309,7 @@ async fn run_inner(opts: ReplicaLaunch) -> Result<(), ReplicaError> {
         }
     });
 
-    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
-    let id = opts.id.clone();
-    tokio::spawn(async move {
-        let why = stop_signal().await;
-        tracing::info!("replica {id}: stopping ({why})");
-        let _ = stop_tx.send(true);
-    });
+    serving_now.store(true, std::sync::atomic::Ordering::SeqCst);
     let handed = match (channel, &opts.handoff) {
         (Some(channel), Some(h)) => {
             let handed =
