@@ -302,7 +302,13 @@ fn is_refused(e: &reqwest::Error) -> bool {
 
 fn check_same_home(h: &Daemon, home: &GyrusHome) -> Result<()> {
     let theirs = Path::new(&h.home);
-    if theirs != home.root() {
+    // The same directory reached by a symlink, a bind mount or `..` is the same home.
+    let same = theirs == home.root()
+        || matches!(
+            (theirs.canonicalize(), home.root().canonicalize()),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if !same {
         bail!(
             "the daemon at {} uses GYRUS_HOME={}, not {}; set GYRUS_ADDR to another address to run a second daemon",
             h.addr,

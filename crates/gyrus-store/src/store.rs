@@ -104,6 +104,16 @@ impl ModelStore {
                     e,
                 )
             })?;
+        // tempfile makes it 0700; a version directory is readable like the rest of the store.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o755)).map_err(|e| {
+                StoreError::io(
+                    format!("cannot set the mode of {}", temp.path().display()),
+                    e,
+                )
+            })?;
+        }
         Ok(Staging {
             root: self.root.clone(),
             dir: temp.path().to_path_buf(),

@@ -3,7 +3,8 @@
 
 gyrus runs it at deploy with the base interpreter (argv[1]: the project snapshot). It parses the
 files with ast and imports none of them. Left out: relative imports, the standard library, and
-names the project itself defines (a .py file or a folder of that name anywhere in it).
+names the project defines at its top (a .py file or a folder there); a file that does not
+parse, for any reason, is skipped on its own.
 """
 
 import ast
@@ -17,14 +18,19 @@ MAX_FILES = 5000
 
 
 def main(root):
+    # The project's own top-level modules: a data folder deeper down named like a package
+    # (models/sklearn/) does not hide that package's import.
     own = set()
+    for entry in os.listdir(root):
+        if entry.endswith(".py"):
+            own.add(entry[:-3])
+        elif os.path.isdir(os.path.join(root, entry)) and not entry.startswith("."):
+            own.add(entry)
     sources = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        own.update(dirnames)
         for name in sorted(filenames):
             if name.endswith(".py"):
-                own.add(name[:-3])
                 sources.append(os.path.join(dirpath, name))
     stdlib = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
     imports = {}
@@ -34,7 +40,7 @@ def main(root):
                 continue
             with open(path, "rb") as f:
                 tree = ast.parse(f.read(), filename=path)
-        except (OSError, SyntaxError, ValueError):
+        except Exception:  # noqa: BLE001 - deep nesting (RecursionError), odd bytes: skip the file
             continue  # a broken file shows its own error when the predictor loads
         rel = os.path.relpath(path, root)
         for node in ast.walk(tree):

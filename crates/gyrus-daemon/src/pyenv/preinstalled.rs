@@ -131,7 +131,10 @@ pub fn select(
         .iter()
         .filter_map(|&(module, package)| {
             let files = scan.imports.get(module)?;
-            let provided = scan.available.contains(module) || listed.contains(&normalize(package));
+            let provided = scan.available.contains(module)
+                || providers(module, package)
+                    .iter()
+                    .any(|p| listed.contains(&normalize(p)));
             let package = match &runtime {
                 Some((runtime_module, pinned)) if *runtime_module == module => pinned.clone(),
                 _ => package.to_string(),
@@ -143,6 +146,40 @@ pub fn select(
             })
         })
         .collect()
+}
+
+/// The packages that provide `module`: a requirements.txt naming any of them provides it, so
+/// that gyrus never installs a second build beside the user's (onnxruntime beside
+/// onnxruntime-gpu, tensorflow-cpu beside tensorflow, two opencv builds).
+fn providers(module: &str, package: &'static str) -> Vec<&'static str> {
+    let mut all = vec![package];
+    all.extend_from_slice(match module {
+        "tensorflow" => &[
+            "tensorflow",
+            "tensorflow-cpu",
+            "tensorflow-gpu",
+            "tensorflow-intel",
+            "intel-tensorflow",
+            "tf-nightly",
+        ][..],
+        "onnxruntime" => &[
+            "onnxruntime",
+            "onnxruntime-gpu",
+            "onnxruntime-openvino",
+            "onnxruntime-directml",
+            "onnxruntime-silicon",
+        ],
+        "cv2" => &[
+            "opencv-python",
+            "opencv-python-headless",
+            "opencv-contrib-python",
+            "opencv-contrib-python-headless",
+        ],
+        "PIL" => &["Pillow", "pillow-simd"],
+        "torch" => &["torch", "torch-cpu"],
+        _ => &[],
+    });
+    all
 }
 
 /// PEP 503's normalized name: lower case, runs of `-`, `_` and `.` as one `-`.
@@ -305,6 +342,29 @@ mod tests {
                 .collect()
         );
         assert_eq!(normalize("Foo__Bar.baz"), "foo-bar-baz");
+    }
+
+    #[test]
+    fn another_build_of_a_package_provides_it() {
+        let s = scan(
+            &[
+                ("tensorflow", "p.py"),
+                ("cv2", "p.py"),
+                ("onnxruntime", "p.py"),
+            ],
+            &[],
+        );
+        let pinned = |m: &'static str| Some((m, format!("{m}==1")));
+        let req = "tensorflow==2.15.0\nopencv-contrib-python\n";
+        assert!(select(
+            PredictorType::Tensorflow,
+            &s,
+            Some(req),
+            pinned("tensorflow")
+        )
+        .is_empty());
+        let req = "onnxruntime-gpu==1.20\n";
+        assert!(select(PredictorType::Onnx, &s, Some(req), pinned("onnxruntime")).is_empty());
     }
 
     #[test]
