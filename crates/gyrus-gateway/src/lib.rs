@@ -421,6 +421,10 @@ impl Gateway {
                 route_of(upstream_path),
                 RejectReason::NoReadyReplica,
             );
+            // A small body is read to its end first, so that the connection stays usable for
+            // the client's retry (an unread body would close it under the client's next request).
+            let body = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), body.collect()).await;
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({
