@@ -436,7 +436,15 @@ fn validate(dir: Option<PathBuf>, file: Option<PathBuf>, output: SpecOutput) -> 
     for w in &parsed.warnings {
         eprintln!("warning: {w}");
     }
-    let value = serde_json::to_value(&parsed.apis).context("serialising the spec")?;
+    // Traffic splitters follow the APIs, as items of the same list.
+    let mut items = Vec::new();
+    for api in &parsed.apis {
+        items.push(serde_json::to_value(api).context("serialising the spec")?);
+    }
+    for split in &parsed.splitters {
+        items.push(serde_json::to_value(split).context("serialising the spec")?);
+    }
+    let value = serde_json::Value::Array(items);
     match output {
         SpecOutput::Json => println!("{}", serde_json::to_string_pretty(&value)?),
         SpecOutput::Yaml => print!("{}", gyrus_spec::to_yaml(&value)),

@@ -72,8 +72,10 @@ fn render(api: &Option<String>, infos: &[ApiInfo], output: Output) -> Result<()>
         .iter()
         .map(|i| {
             // A batch API has no replicas of its own: its processes are its jobs' workers.
+            // Nor does a traffic splitter: its requests go to its APIs.
             let replicas = match &i.jobs {
                 Some(j) => format!("{} worker(s)", j.workers_running),
+                None if !i.splits.is_empty() => format!("splits {} API(s)", i.splits.len()),
                 None => format!("{}/{}", i.replicas.ready, i.replicas.requested),
             };
             vec![
@@ -105,6 +107,7 @@ fn render(api: &Option<String>, infos: &[ApiInfo], output: Output) -> Result<()>
         if api.is_some() {
             match &one.jobs {
                 Some(jobs) => print_jobs(&one.name, jobs),
+                None if !one.splits.is_empty() => print_splits(one),
                 None => print_scaling(one),
             }
         }
@@ -125,6 +128,27 @@ fn render(api: &Option<String>, infos: &[ApiInfo], output: Output) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// A traffic splitter's APIs, with their shares.
+fn print_splits(info: &ApiInfo) {
+    println!();
+    let rows = info
+        .splits
+        .iter()
+        .map(|s| {
+            vec![
+                s.api.clone(),
+                if s.shadow {
+                    format!("{}% copied (shadow)", s.weight)
+                } else {
+                    format!("{}%", s.weight)
+                },
+                s.status.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["API", "SHARE", "STATUS"], rows);
 }
 
 /// A batch API's newest jobs.
@@ -202,6 +226,22 @@ pub(crate) async fn describe(api: &str, output: Output) -> Result<()> {
         return Ok(());
     }
     println!("name:        {}", info.name);
+    if !info.splits.is_empty() {
+        println!("kind:        {}", info.kind);
+        println!("status:      {}", info.status);
+        println!("url:         {}", info.url);
+        println!("created:     {}", info.created_at);
+        println!(
+            "updated:     {} ({} ago)",
+            info.updated_at,
+            age(&info.updated_at)
+        );
+        if let Some(e) = &info.error {
+            println!("error:       {e}");
+        }
+        print_splits(&info);
+        return Ok(());
+    }
     println!(
         "kind:        {} ({} predictor)",
         info.kind, info.predictor_type

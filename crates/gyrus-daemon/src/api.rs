@@ -52,6 +52,20 @@ pub struct ApiInfo {
     /// A batch API's jobs (it has no replicas of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<BatchJobs>,
+    /// A traffic splitter's APIs (it has no replicas of its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub splits: Vec<SplitInfo>,
+}
+
+/// One API of a traffic splitter, as `gyrus get` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitInfo {
+    pub api: String,
+    /// Percent of the requests it answers; for the shadow, percent copied to it.
+    pub weight: u32,
+    pub shadow: bool,
+    /// The API's status, or `not deployed`.
+    pub status: String,
 }
 
 /// A batch API's jobs, as `gyrus get` shows them.

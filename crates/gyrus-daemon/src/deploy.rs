@@ -26,6 +26,7 @@ pub struct DeployService {
     pub supervisor: Arc<Supervisor>,
     pub sources: Arc<ModelSources>,
     pub compute: Arc<gyrus_compute::Compute>,
+    pub splitters: Arc<crate::splitters::Splitters>,
     /// Serialises deploy, refresh and delete (and model deletes, which must not race a pin).
     ops: Arc<tokio::sync::Mutex<()>>,
 }
@@ -37,6 +38,7 @@ impl DeployService {
         supervisor: Arc<Supervisor>,
         sources: Arc<ModelSources>,
         compute: Arc<gyrus_compute::Compute>,
+        splitters: Arc<crate::splitters::Splitters>,
     ) -> Self {
         Self {
             home,
@@ -44,6 +46,7 @@ impl DeployService {
             supervisor,
             sources,
             compute,
+            splitters,
             ops: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -89,14 +92,19 @@ impl DeployService {
             serde_json::to_string(&dotenv).map_err(|e| DaemonError::Internal(e.to_string()))?;
 
         // Check everything before deploying anything: a file deploys whole or not at all.
-        let deployed_endpoints: Vec<(String, String)> = self
+        let deployed_specs: Vec<(String, gyrus_spec::ApiSpec)> = self
             .state
             .list()?
             .into_iter()
             .filter_map(|a| {
                 let spec = serde_json::from_str::<gyrus_spec::ApiSpec>(&a.spec_json).ok()?;
-                Some((a.name, spec.endpoint))
+                Some((a.name, spec))
             })
+            .collect();
+        self.splitters.check_deploy(&parsed, &deployed_specs)?;
+        let deployed_endpoints: Vec<(String, String)> = deployed_specs
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.endpoint.clone()))
             .collect();
         for api in &parsed.apis {
             if api.kind == ApiKind::BatchAPI && api.predictor.path.is_none() {
@@ -188,6 +196,16 @@ impl DeployService {
             });
             self.supervisor.apply(stored, api, fetch.clone());
         }
+        // After their APIs, so that a new API is in place (if not yet live) when its share of
+        // the requests starts.
+        for split in parsed.splitters {
+            let result = self.splitters.apply(split.clone())?;
+            deployed.push(DeployedApi {
+                name: split.name,
+                endpoint: split.endpoint,
+                result: result.into(),
+            });
+        }
         let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
         for api in &deployed_specs {
             let mut limits = gyrus_compute::Limits::from_spec(&api.compute);
@@ -212,10 +230,15 @@ impl DeployService {
     /// Restarts an API's replicas as a new generation (rolling, like a deploy).
     pub async fn refresh(&self, name: &str, fetch: FetchContext) -> Result<u64, DaemonError> {
         let _op = self.ops.lock().await;
+        if self.splitters.contains(name) {
+            return Err(DaemonError::BadRequest(format!(
+                "{name:?} is a traffic splitter: it has no replicas to restart (refresh the APIs it names)"
+            )));
+        }
         let mut stored = self
             .state
             .get(name)?
-            .ok_or_else(|| DaemonError::no_api(name, &self.supervisor.names()))?;
+            .ok_or_else(|| DaemonError::no_api(name, &self.known_names()))?;
         let spec: gyrus_spec::ApiSpec = serde_json::from_str(&stored.spec_json)
             .map_err(|e| DaemonError::Internal(format!("stored spec of {name}: {e}")))?;
         stored.generation += 1;
@@ -226,14 +249,33 @@ impl DeployService {
         Ok(generation)
     }
 
-    /// Stops an API's replicas and forgets it.
+    /// Stops an API's replicas and forgets it, or removes a traffic splitter. An API that a
+    /// splitter sends requests to stays until the splitter is changed or deleted.
     pub async fn delete(&self, name: &str) -> Result<(), DaemonError> {
         let _op = self.ops.lock().await;
+        if self.splitters.remove(name)? {
+            return Ok(());
+        }
+        let users = self.splitters.using(name);
+        if !users.is_empty() {
+            return Err(DaemonError::Conflict(format!(
+                "api {name:?} is used by traffic splitter {}: delete the splitter first (gyrus delete {}), or deploy it without {name}",
+                users.join(", "),
+                users.join(" ")
+            )));
+        }
         let existed = self.state.delete(name)?;
         let running = self.supervisor.remove(name).await;
         if !existed && !running {
-            return Err(DaemonError::no_api(name, &self.supervisor.names()));
+            return Err(DaemonError::no_api(name, &self.known_names()));
         }
         Ok(())
+    }
+
+    /// Every deployed API and traffic splitter, for a did-you-mean.
+    pub fn known_names(&self) -> Vec<String> {
+        let mut names = self.supervisor.names();
+        names.extend(self.splitters.names());
+        names
     }
 }

@@ -26,6 +26,7 @@ pub mod project;
 pub mod pyenv;
 pub mod rollout;
 pub mod server;
+pub mod splitters;
 pub mod state;
 pub mod store_api;
 pub mod supervisor;
@@ -219,6 +220,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     }
 
+    let splitters = Arc::new(splitters::Splitters::restore(
+        state.clone(),
+        routes.clone(),
+        format!("{scheme}://{local}"),
+    )?);
+
     // Jobs that had not ended run on, each once its API is live again.
     let jobs = jobs::JobService::open(home.clone(), supervisor.clone())?;
     jobs.restore()?;
@@ -240,6 +247,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             supervisor.clone(),
             sources.clone(),
             compute.clone(),
+            splitters,
         ),
         envs,
         sources,

@@ -270,14 +270,20 @@ async fn deploy(
 }
 
 async fn list_apis(State(app): State<Arc<AppState>>) -> Json<Vec<crate::api::ApiInfo>> {
-    Json(
-        app.supervisor
-            .names()
-            .iter()
-            .filter_map(|n| app.supervisor.info(n))
-            .map(|info| with_jobs(&app, info))
-            .collect(),
-    )
+    let splitters = &app.deploys.splitters;
+    let apis = app
+        .supervisor
+        .names()
+        .into_iter()
+        .filter_map(|n| app.supervisor.info(&n))
+        .map(|info| with_jobs(&app, info));
+    let splits = splitters
+        .names()
+        .into_iter()
+        .filter_map(|n| splitters.info(&n, &app.supervisor));
+    let mut all: Vec<crate::api::ApiInfo> = apis.chain(splits).collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(all)
 }
 
 async fn get_api(
@@ -287,8 +293,10 @@ async fn get_api(
     check_name(&name)?;
     app.supervisor
         .info(&name)
-        .map(|info| Json(with_jobs(&app, info)))
-        .ok_or_else(|| DaemonError::no_api(&name, &app.supervisor.names()))
+        .map(|info| with_jobs(&app, info))
+        .or_else(|| app.deploys.splitters.info(&name, &app.supervisor))
+        .map(Json)
+        .ok_or_else(|| DaemonError::no_api(&name, &app.deploys.known_names()))
 }
 
 /// A batch API's info with its jobs.
@@ -345,7 +353,12 @@ async fn logs(
     check_name(&name)?;
     let path = app.home.api_log(&name);
     if app.state.get(&name)?.is_none() && !path.exists() {
-        return Err(DaemonError::no_api(name, &app.supervisor.names()));
+        if app.deploys.splitters.contains(&name) {
+            return Err(DaemonError::BadRequest(format!(
+                "{name:?} is a traffic splitter: it has no logs of its own; read those of its APIs (gyrus get {name} lists them)"
+            )));
+        }
+        return Err(DaemonError::no_api(name, &app.deploys.known_names()));
     }
     log_response(app, path, q).await
 }

@@ -14,6 +14,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::DaemonError;
 
+mod splitters;
+
+pub use splitters::StoredSplitter;
+
 /// An API as stored.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoredApi {
@@ -89,6 +93,13 @@ const MIGRATIONS: &[&str] = &[
          error            TEXT
      );
      CREATE INDEX jobs_by_api ON jobs (api, created_at);",
+    // 5: traffic splitters (`state::splitters`).
+    "CREATE TABLE splitters (
+         name       TEXT PRIMARY KEY,
+         spec_json  TEXT NOT NULL,
+         created_at TEXT NOT NULL,
+         updated_at TEXT NOT NULL
+     );",
 ];
 
 pub struct StateStore {

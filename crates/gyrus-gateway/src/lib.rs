@@ -11,6 +11,7 @@
 //! serves model `m` (an API named `m` first, else the first API by name with a model `m`).
 
 pub mod handoff;
+mod split;
 mod stall;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use std::time::Duration;
 
+pub use split::{SplitRoute, ANSWERED_BY, SHADOW_BODY_MAX, SHADOW_IN_FLIGHT_MAX};
 pub use stall::{is_stalled, BodyStalled, StallGuard};
 
 use gyrus_launch::telemetry::{RejectReason, Route};
@@ -104,6 +106,9 @@ pub struct RouteTable {
     by_endpoint: RwLock<HashMap<String, Arc<ApiRoute>>>,
     /// Whether any route is a batch API's, so that realtime requests skip that lookup.
     any_batch: AtomicBool,
+    /// Traffic splitters by endpoint (see [`split`]).
+    splits: RwLock<HashMap<String, Arc<SplitRoute>>>,
+    any_split: AtomicBool,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,16 +213,17 @@ impl RouteTable {
 
     fn deployed_apis_json(&self) -> serde_json::Value {
         let map = self.read();
-        let mut apis: Vec<DeployedApi<'_>> = map
-            .values()
-            .map(|r| DeployedApi {
+        let apis = map.values().map(|r| {
+            serde_json::to_value(DeployedApi {
                 name: &r.api,
                 endpoint: &r.endpoint,
                 status: &r.status,
             })
-            .collect();
-        apis.sort_by(|a, b| a.name.cmp(b.name));
-        serde_json::to_value(apis).unwrap_or(serde_json::Value::Null)
+            .unwrap_or_default()
+        });
+        let mut all: Vec<serde_json::Value> = apis.chain(self.splits_json()).collect();
+        all.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        serde_json::Value::Array(all)
     }
 
     // A poisoned lock only means a writer panicked mid-update of a HashMap that is still
@@ -241,6 +247,8 @@ pub struct Gateway {
     client: Client<HttpConnector, GatewayRequestBody>,
     /// 503s answered here, by API, route and reason (the error path only).
     refusals: Arc<std::sync::Mutex<RefusalCounts>>,
+    /// Copies to splitters' shadow APIs that may be in flight.
+    shadow_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// 503s the gateway answered itself: (API, route, reason) to how many.
@@ -270,6 +278,7 @@ impl Gateway {
             routes,
             client,
             refusals: Default::default(),
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(SHADOW_IN_FLIGHT_MAX)),
         }
     }
 
@@ -305,6 +314,9 @@ impl Gateway {
             if let Some((route, upstream)) = self.routes.lookup_v2_under_endpoint(&path) {
                 let upstream = upstream.to_owned();
                 return self.forward(req, route, &upstream).await;
+            }
+            if let Some((split, under)) = self.routes.lookup_split(&path) {
+                return self.split(req, split, under).await;
             }
             return json_error(
                 StatusCode::NOT_FOUND,

@@ -29,7 +29,8 @@ pub use emit::to_yaml;
 pub use spec::{
     ApiKind, ApiSpec, AutoscalingSpec, BatchingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
     ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,
-    PredictorSpec, PredictorType, S3Options, TrackerSpec, UpdateStrategySpec,
+    PredictorSpec, PredictorType, S3Options, SplitTarget, SplitterKind, SplitterSpec, TrackerSpec,
+    UpdateStrategySpec,
 };
 pub use tag::{
     check_tag_part, model_url_schemes_text, ModelRef, ModelTag, MODEL_URL_SCHEMES, TAG_RULE,
@@ -53,6 +54,8 @@ pub fn check_api_name(name: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ParsedConfig {
     pub apis: Vec<ApiSpec>,
+    /// `kind: TrafficSplitter` items.
+    pub splitters: Vec<SplitterSpec>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -95,13 +98,17 @@ pub fn load(
         );
         return Err(SpecError::new(ctx.errors));
     }
-    let apis = parse::apis(&mut ctx, &root);
+    let (apis, splitters) = parse::apis(&mut ctx, &root);
     if !ctx.errors.is_empty() {
         return Err(SpecError::new(ctx.errors));
     }
     let mut warnings = ctx.warnings;
     warnings.sort_by_key(|d| (d.line, d.column));
-    Ok(ParsedConfig { apis, warnings })
+    Ok(ParsedConfig {
+        apis,
+        splitters,
+        warnings,
+    })
 }
 
 /// Nothing but blank lines, comments and document markers.

@@ -14,14 +14,15 @@ mod onnx;
 mod predictor;
 mod replicas;
 mod schema;
+mod splitter;
 
 use std::collections::HashMap;
 
 use marked_yaml::Node;
 
 use crate::spec::{
-    ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ModelType, TrackerSpec,
-    UpdateStrategySpec,
+    ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, ModelType, SplitterSpec,
+    TrackerSpec, UpdateStrategySpec,
 };
 use crate::validate;
 use crate::walker::{Ctx, Got, Section, Spanned};
@@ -37,6 +38,8 @@ enum ItemKind {
     Current(ApiKind),
     Legacy,
     Deployment,
+    /// Cortex's `kind: TrafficSplitter`.
+    Splitter,
 }
 
 /// What one API item yielded: its spec when it had no errors, and what the file-wide checks
@@ -47,11 +50,31 @@ struct ApiItem {
     /// The endpoint, where it is written (the name's position for a default), and whether it
     /// was written.
     endpoint: Option<(String, Pos, bool)>,
+    /// A BatchAPI (which a splitter cannot name).
+    batch: bool,
+    /// A traffic splitter: its spec when valid, and the APIs it names.
+    splitter: bool,
+    split: Option<SplitterSpec>,
+    targets: Vec<Spanned<String>>,
 }
 
-/// Reads every API of the file. Errors and warnings go to `ctx`; the returned specs are
-/// meaningful only when no error was reported.
-pub(crate) fn apis(ctx: &mut Ctx<'_>, root: &Node) -> Vec<ApiSpec> {
+impl ApiItem {
+    fn empty() -> Self {
+        ApiItem {
+            spec: None,
+            name: None,
+            endpoint: None,
+            batch: false,
+            splitter: false,
+            split: None,
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// Reads every API and traffic splitter of the file. Errors and warnings go to `ctx`; the
+/// returned specs are meaningful only when no error was reported.
+pub(crate) fn apis(ctx: &mut Ctx<'_>, root: &Node) -> (Vec<ApiSpec>, Vec<SplitterSpec>) {
     let items: Vec<&Node> = match root {
         Node::Sequence(list) => list
             .iter()
@@ -77,7 +100,7 @@ pub(crate) fn apis(ctx: &mut Ctx<'_>, root: &Node) -> Vec<ApiSpec> {
                 "",
                 format!("expected a list of APIs, found {}", describe(root)),
             );
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let kinds: Vec<(Option<ItemKind>, &Node)> = items
@@ -113,7 +136,10 @@ pub(crate) fn apis(ctx: &mut Ctx<'_>, root: &Node) -> Vec<ApiSpec> {
             Some(kind) => *kind,
         };
         ctx.api = api_name_of(item);
-        parsed.push(api_item(ctx, item, kind, deployment_name.as_deref()));
+        parsed.push(match kind {
+            ItemKind::Splitter => splitter::splitter_item(ctx, item),
+            kind => api_item(ctx, item, kind, deployment_name.as_deref()),
+        });
     }
     ctx.api = None;
     if parsed.is_empty() && ctx.errors.is_empty() {
@@ -124,7 +150,45 @@ pub(crate) fn apis(ctx: &mut Ctx<'_>, root: &Node) -> Vec<ApiSpec> {
         );
     }
     duplicates(ctx, &parsed);
-    parsed.into_iter().filter_map(|p| p.spec).collect()
+    split_targets(ctx, &parsed);
+    let mut apis = Vec::new();
+    let mut splitters = Vec::new();
+    for item in parsed {
+        apis.extend(item.spec);
+        splitters.extend(item.split);
+    }
+    (apis, splitters)
+}
+
+/// A splitter's APIs that are in the same file must be realtime APIs (those that are not are
+/// checked against the deployed ones by the daemon).
+fn split_targets(ctx: &mut Ctx<'_>, items: &[ApiItem]) {
+    let kinds: HashMap<&str, &ApiItem> = items
+        .iter()
+        .filter_map(|i| i.name.as_ref().map(|n| (n.value.as_str(), i)))
+        .collect();
+    for item in items.iter().filter(|i| i.splitter) {
+        ctx.api = item.name.as_ref().map(|n| n.value.clone());
+        for target in &item.targets {
+            let what = match kinds.get(target.value.as_str()) {
+                Some(other) if other.splitter => "a TrafficSplitter",
+                Some(other) if other.batch => "a BatchAPI",
+                _ => continue,
+            };
+            if item.name.as_ref().is_some_and(|n| n.value == target.value) {
+                continue;
+            }
+            ctx.error(
+                target.at,
+                &target.path,
+                format!(
+                    "api {} is {what}: a traffic splitter shares requests among realtime APIs",
+                    quote(&target.value)
+                ),
+            );
+        }
+    }
+    ctx.api = None;
 }
 
 /// The item's name when it is a string, to label its diagnostics.
@@ -152,6 +216,7 @@ fn item_kind(ctx: &mut Ctx<'_>, item: &Node) -> Option<ItemKind> {
     let kind = match text {
         Some("RealtimeAPI" | "SyncAPI") => Some(ItemKind::Current(ApiKind::RealtimeAPI)),
         Some("BatchAPI") => Some(ItemKind::Current(ApiKind::BatchAPI)),
+        Some("TrafficSplitter") => Some(ItemKind::Splitter),
         Some("api") => Some(ItemKind::Legacy),
         Some("deployment") => Some(ItemKind::Deployment),
         Some(other) => {
@@ -159,7 +224,7 @@ fn item_kind(ctx: &mut Ctx<'_>, item: &Node) -> Option<ItemKind> {
                 node_pos(node),
                 "kind",
                 format!(
-                    "unknown kind {}: expected one of RealtimeAPI, BatchAPI",
+                    "unknown kind {}: expected one of RealtimeAPI, BatchAPI, TrafficSplitter",
                     quote(other)
                 ),
             );
@@ -204,30 +269,15 @@ fn api_item(ctx: &mut Ctx<'_>, item: &Node, kind: ItemKind, deployment: Option<&
         ItemKind::Legacy => (&LEGACY, ApiKind::RealtimeAPI, ConfigFormat::Legacy),
         _ => (&REALTIME, ApiKind::RealtimeAPI, ConfigFormat::Current),
     };
-    let mut out = ApiItem {
-        spec: None,
-        name: None,
-        endpoint: None,
-    };
+    let mut out = ApiItem::empty();
+    out.batch = api_kind == ApiKind::BatchAPI;
     let Some(top) = Section::open(ctx, item, String::new(), "", schema) else {
         return out;
     };
 
-    out.name = match top.string(ctx, "name") {
-        Got::Absent => {
-            top.missing(ctx, "name", "required");
-            None
-        }
-        Got::Invalid => None,
-        Got::Set(name) => match validate::api_name(&name.value) {
-            Ok(()) => Some(name),
-            Err(message) => {
-                ctx.error(name.at, &name.path, message);
-                None
-            }
-        },
-    };
-    out.endpoint = endpoint(ctx, &top, out.name.as_ref(), deployment);
+    out.name = item_name(ctx, &top);
+    let written = top.string(ctx, "endpoint");
+    out.endpoint = endpoint(ctx, written, out.name.as_ref(), deployment);
 
     let predictor = match top.get("predictor") {
         None => {
@@ -312,15 +362,33 @@ fn api_item(ctx: &mut Ctx<'_>, item: &Node, kind: ItemKind, deployment: Option<&
     out
 }
 
+/// The item's `name`, when it is there and valid (errors are reported).
+fn item_name(ctx: &mut Ctx<'_>, top: &Section<'_>) -> Option<Spanned<String>> {
+    match top.string(ctx, "name") {
+        Got::Absent => {
+            top.missing(ctx, "name", "required");
+            None
+        }
+        Got::Invalid => None,
+        Got::Set(name) => match validate::api_name(&name.value) {
+            Ok(()) => Some(name),
+            Err(message) => {
+                ctx.error(name.at, &name.path, message);
+                None
+            }
+        },
+    }
+}
+
 /// The endpoint as written (validated), or the default `/<name>` (`/<deployment>/<name>` for
 /// legacy APIs of a deployment) when the name is valid (`name` is given only when it is).
 fn endpoint(
     ctx: &mut Ctx<'_>,
-    top: &Section<'_>,
+    written: Got<String>,
     name: Option<&Spanned<String>>,
     deployment: Option<&str>,
 ) -> Option<(String, Pos, bool)> {
-    match top.string(ctx, "endpoint") {
+    match written {
         Got::Set(e) => match validate::endpoint(&e.value) {
             Ok(()) => Some((e.value, e.at, true)),
             Err(message) => {

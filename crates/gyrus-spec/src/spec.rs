@@ -10,9 +10,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::units::{CountOrPercent, Cpu, DurationSpec, Memory};
 
 mod onnx;
+mod splitter;
 
 use onnx::providers_serde;
 pub use onnx::{ExecutionMode, ExecutionProviderName, GraphOptimizationLevel, OnnxOptions};
+pub use splitter::{SplitTarget, SplitterKind, SplitterSpec};
 
 /// One API, fully resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

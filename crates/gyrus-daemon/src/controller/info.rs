@@ -90,6 +90,7 @@ impl ApiController {
             replica_details: details,
             models: sum_models(current.iter().map(|r| r.lock().models.clone())),
             jobs: None,
+            splits: Vec::new(),
         }
     }
 }

@@ -229,3 +229,31 @@ pub(super) const DEPLOYMENT: Schema = Schema {
     sections: &[("", &["kind", "name"])],
     hints: &[],
 };
+
+/// Cortex's `kind: TrafficSplitter`: an endpoint and the APIs its requests are shared among.
+pub(super) const SPLITTER: Schema = Schema {
+    sections: &[
+        ("", &["name", "kind", "endpoint", "networking", "apis"]),
+        ("networking", &["endpoint"]),
+        ("apis[]", &["name", "weight", "shadow"]),
+    ],
+    hints: &[
+        (
+            "predictor",
+            ": a TrafficSplitter has no predictor; it shares its requests among the APIs in apis",
+        ),
+        (
+            "compute",
+            ": a TrafficSplitter has no replicas; the APIs in apis have their own compute",
+        ),
+        (
+            "autoscaling",
+            ": a TrafficSplitter has no replicas; the APIs in apis scale on their own",
+        ),
+        (
+            "update_strategy",
+            ": a TrafficSplitter has no replicas; change the weights and deploy again",
+        ),
+        ("tracker", ": a TrafficSplitter has no tracker"),
+    ],
+};
