@@ -9,6 +9,8 @@ scripts/setup-python.sh
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps ./python
 # A real S3-compatible server for the tests of s3:// models.
 scripts/setup-s3s.sh
+# Azurite, for the tests of az:// models (gs:// uses gcp-storage-emulator from PyPI).
+scripts/setup-emulators.sh
 # Debian's Chromium and ChromeDriver, for the dashboard's browser tests.
 if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
   echo "==> installing chromium and chromium-driver (Debian packages)"

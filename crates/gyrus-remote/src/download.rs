@@ -82,6 +82,19 @@ pub(crate) fn etag_md5(e_tag: Option<&str>) -> Option<String> {
         .then(|| tag.to_ascii_lowercase())
 }
 
+/// Whether two ETags name the same version. Stores quote them in headers but not always in
+/// listings (Azure lists `0x8D...` and answers a GET with `"0x8D..."`), so quotes and a weak
+/// marker are not part of the comparison.
+fn same_etag(a: &str, b: &str) -> bool {
+    let bare = |t: &str| {
+        t.trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_string()
+    };
+    bare(a) == bare(b)
+}
+
 /// Downloads `expected` into `dest`, which must not exist, and returns the SHA-256 of the bytes
 /// when `expected.sha256` asked for it. `body` is a GET already under way for it (made while
 /// looking the object up), read instead of making another. On error `dest` may hold a partial
@@ -114,7 +127,7 @@ pub(crate) async fn object(
     // between. Caching it under the old validator would be wrong.
     let etag_changed = matches!(
         (&result.meta.e_tag, &expected.meta.e_tag),
-        (Some(now), Some(before)) if now != before
+        (Some(now), Some(before)) if !same_etag(now, before)
     );
     if etag_changed || result.meta.size != size {
         return Err(FetchError::Changed { url: url.clone() });
@@ -267,5 +280,12 @@ mod tests {
         );
         assert_eq!(etag_md5(Some("W/\"abc\"")), None);
         assert_eq!(etag_md5(None), None);
+    }
+
+    #[test]
+    fn etags_compare_without_quotes() {
+        assert!(same_etag("0x8DE1A2B3C4D5E6F", "\"0x8DE1A2B3C4D5E6F\""));
+        assert!(same_etag("W/\"abc\"", "abc"));
+        assert!(!same_etag("\"abc\"", "\"abd\""));
     }
 }

@@ -270,6 +270,20 @@ pub(crate) fn from_store(
             reason,
         },
         Class::InvalidPath { detail } => FetchError::UnsafeKey { url, detail },
+        Class::Other { detail } if detail.contains("URL scheme is not allowed") => {
+            FetchError::BadConfig {
+                url,
+                detail: format!(
+                    "the endpoint (set in a credentials file) is plain http://, which is refused \
+                     unless allowed: set {}_ALLOW_HTTP=true",
+                    match target.scheme {
+                        Scheme::Gcs => "GOOGLE",
+                        Scheme::Azure => "AZURE",
+                        _ => "AWS",
+                    }
+                ),
+            }
+        }
         Class::Other { detail } => FetchError::Remote {
             url,
             endpoint: remote.endpoint.clone(),

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::ClientConfigKey;
 use url::Url;
 
 use super::shared::{client_options, retry_config, truthy, without_userinfo};
@@ -115,6 +116,10 @@ pub(super) fn connect(target: &Target, opts: &FetchOptions) -> Result<Remote, Fe
     let endpoint = builder
         .get_config_value(&AzureConfigKey::Endpoint)
         .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+    // An endpoint the user wrote as http:// (Azurite) is allowed as written, as for S3.
+    if endpoint.starts_with("http://") {
+        builder = builder.with_config(AzureConfigKey::Client(ClientConfigKey::AllowHttp), "true");
+    }
     let store = builder.build().map_err(|e| FetchError::BadConfig {
         url: target.url.clone(),
         detail: format!("invalid Azure configuration: {e}"),

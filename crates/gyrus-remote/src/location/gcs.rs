@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::ClientConfigKey;
 
 use super::shared::{client_options, non_empty, retry_config, truthy, without_userinfo};
 use super::{Location, Remote, Target};
@@ -82,6 +83,10 @@ pub(super) fn connect(target: &Target, opts: &FetchOptions) -> Result<Remote, Fe
                    GOOGLE_SKIP_SIGNATURE=true if the bucket is public"
                 .to_string(),
         });
+    }
+    // An endpoint the user wrote as http:// (an emulator) is allowed as written, as for S3.
+    if endpoint.starts_with("http://") {
+        builder = builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
     let store = builder
         .with_bucket_name(&target.bucket)
