@@ -152,3 +152,20 @@ def test_another_homes_daemon_is_refused(hello, tmp_path_factory):
 def test_every_help_has_an_example(command):
     proc = subprocess.run([GYRUS_BIN, *command.split(), "--help"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and ("Examples:" in proc.stdout or "Example:" in proc.stdout), proc.stdout
+
+
+def test_validate_yaml_reads_back_with_pyyaml(gyrus, projects_dir):
+    """`validate -o yaml` is serde-saphyr's YAML: strings a YAML 1.1 reader would take for
+    booleans, numbers, dates or null are quoted, so PyYAML reads back exactly the JSON form."""
+    d = projects_dir / "tricky-yaml"
+    d.mkdir()
+    (d / "p.py").write_text(HELLO)
+    tricky = ["yes", "on", "off", "y", "0x10", "1e3", "012", "null", "~", "2026-12-05", "12:30", "a: b", "#c", "- x", ""]
+    config = {f"k{i}": t for i, t in enumerate(tricky)}
+    (d / "cortex.yaml").write_text(
+        json.dumps([{"name": "tricky", "predictor": {"type": "python", "path": "p.py", "config": config}}])
+    )
+    as_json = json.loads(gyrus.ok("validate", str(d), "-o", "json").stdout)
+    as_yaml = yaml.safe_load(gyrus.ok("validate", str(d), "-o", "yaml").stdout)
+    assert as_yaml == as_json, (as_yaml, as_json)
+    assert as_yaml[0]["predictor"]["config"] == config

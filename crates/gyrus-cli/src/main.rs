@@ -447,7 +447,7 @@ fn validate(dir: Option<PathBuf>, file: Option<PathBuf>, output: SpecOutput) -> 
     let value = serde_json::Value::Array(items);
     match output {
         SpecOutput::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        SpecOutput::Yaml => print!("{}", gyrus_spec::to_yaml(&value)),
+        SpecOutput::Yaml => print!("{}", serde_saphyr::to_string(&value)?),
     }
     Ok(())
 }

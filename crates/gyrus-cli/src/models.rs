@@ -205,7 +205,7 @@ fn created(info: &gyrus_store::ModelInfo) -> String {
 fn print_entries(entries: &[ModelEntry], output: ListOutput) -> Result<()> {
     match output {
         ListOutput::Json => println!("{}", serde_json::to_string_pretty(entries)?),
-        ListOutput::Yaml => print!("{}", gyrus_spec::to_yaml(&serde_json::to_value(entries)?)),
+        ListOutput::Yaml => print!("{}", serde_saphyr::to_string(&entries)?),
         ListOutput::Table => {
             let rows = entries
                 .iter()
@@ -254,10 +254,7 @@ async fn get(client: &DaemonClient, tag: &str, output: GetOutput) -> Result<()> 
     match output {
         GetOutput::Path => println!("{}", entry.path),
         GetOutput::Json => println!("{}", serde_json::to_string_pretty(&entry.info)?),
-        GetOutput::Yaml => print!(
-            "{}",
-            gyrus_spec::to_yaml(&serde_json::to_value(&entry.info)?)
-        ),
+        GetOutput::Yaml => print!("{}", serde_saphyr::to_string(&entry.info)?),
     }
     Ok(())
 }

@@ -8,11 +8,11 @@
 //!
 //! Modules: [`spec`] (the resolved types), [`units`] (CPU, memory, durations,
 //! counts-or-percentages), [`diagnostic`] (diagnostics and [`SpecError`]), `yaml` (reading
-//! marked-yaml nodes), `walker` (the mapping walker), `parse` (the formats), `validate`
-//! (names, endpoints, project paths) and `emit` ([`to_yaml`]).
+//! marked-yaml nodes), `walker` (the mapping walker), `parse` (the formats) and `validate`
+//! (names, endpoints, project paths). Printing specs as YAML is serde-saphyr's, on the
+//! serialized types.
 
 pub mod diagnostic;
-mod emit;
 mod parse;
 pub mod spec;
 pub mod suggest;
@@ -25,7 +25,6 @@ mod yaml;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, SpecError};
-pub use emit::to_yaml;
 pub use spec::{
     ApiKind, ApiSpec, AutoscalingSpec, BatchingSpec, ComputeSpec, ConfigFormat, ExecutionMode,
     ExecutionProviderName, GraphOptimizationLevel, ModelType, ModelsSpec, NamedModel, OnnxOptions,

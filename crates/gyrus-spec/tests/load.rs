@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use gyrus_spec::{
-    load, to_yaml, ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, CountOrPercent,
-    Cpu, DurationSpec, ExecutionMode, ExecutionProviderName, GraphOptimizationLevel, Memory,
-    ModelType, ModelsSpec, NamedModel, OnnxOptions, PredictorSpec, PredictorType, TrackerSpec,
+    load, ApiKind, ApiSpec, AutoscalingSpec, ComputeSpec, ConfigFormat, CountOrPercent, Cpu,
+    DurationSpec, ExecutionMode, ExecutionProviderName, GraphOptimizationLevel, Memory, ModelType,
+    ModelsSpec, NamedModel, OnnxOptions, PredictorSpec, PredictorType, TrackerSpec,
     UpdateStrategySpec,
 };
 use serde_json::json;
@@ -539,10 +539,10 @@ fn json_round_trip_is_exact() {
 }
 
 #[test]
-fn to_yaml_prints_parseable_yaml() {
+fn specs_print_as_parseable_yaml() {
     let apis = load_ok(&format!("{SEED_000}{}", SEED_003.replace("my-api", "b")));
     let value = serde_json::to_value(&apis).unwrap_or_default();
-    let text = to_yaml(&value);
+    let text = serde_saphyr::to_string(&value).unwrap_or_default();
     assert!(text.starts_with("- "), "{text}");
     assert!(text.starts_with("- name: my-api\n"), "{text}");
     assert!(text.contains("\n  kind: RealtimeAPI\n"), "{text}");
@@ -988,10 +988,10 @@ fn onnx_options_round_trip_through_json() {
 }
 
 #[test]
-fn to_yaml_prints_the_onnx_options() {
+fn specs_print_the_onnx_options_as_yaml() {
     let apis = load_ok(&format!("{ONNX_APIS}{SEED_003}"));
     let value = serde_json::to_value(&apis).unwrap_or_default();
-    let text = to_yaml(&value);
+    let text = serde_saphyr::to_string(&value).unwrap_or_default();
     let predictor = |name: &str| {
         let start = text
             .find(&format!("- name: {name}\n"))
@@ -1007,7 +1007,7 @@ fn to_yaml_prints_the_onnx_options() {
         "  predictor:
     type: onnx
     path: null
-    model: \"s3://bucket/iris.onnx\"
+    model: s3://bucket/iris.onnx
     models: null
     config: {}
     python_path: null
@@ -1018,9 +1018,9 @@ fn to_yaml_prints_the_onnx_options() {
       graph_optimization_level: enable_extended
       execution_mode: parallel
     execution_providers:
-      - tensorrt
-      - cuda
-      - cpu
+    - tensorrt
+    - cuda
+    - cpu
     preinstalled_packages: true
 "
     );
@@ -1150,4 +1150,68 @@ fn engine_batching_with_defaults_and_per_model() {
     assert!(!models.paths[1].batching.unwrap().enabled);
     let back: ApiSpec = serde_json::from_value(serde_json::to_value(&api).unwrap()).unwrap();
     assert_eq!(back, api);
+}
+
+/// `gyrus validate -o yaml` prints with serde-saphyr: strings that a YAML reader would take for
+/// something else (booleans of YAML 1.1, numbers, null, markers) come back as the same strings.
+#[test]
+fn yaml_output_keeps_strings_that_look_like_other_things() {
+    let tricky = [
+        "yes",
+        "no",
+        "on",
+        "off",
+        "y",
+        "n",
+        "True",
+        "null",
+        "~",
+        "",
+        "0x10",
+        "0o7",
+        "1e3",
+        "012",
+        ".5",
+        "-",
+        "- x",
+        "a: b",
+        "#c",
+        "x #y",
+        " lead",
+        "trail ",
+        "multi\nline",
+        "'q'",
+        "\"q\"",
+        "@at",
+        "`tick",
+        "%pct",
+        "!tag",
+        "*star",
+        "&amp",
+        "{x}",
+        "[y]",
+        "?",
+        "---",
+        "...",
+        "2026-12-05",
+        "12:30",
+        "\u{e9}t\u{e9}",
+        "tab\there",
+    ];
+    let env: serde_json::Map<String, serde_json::Value> = tricky
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("K{i}"), serde_json::Value::String(t.to_string())))
+        .collect();
+    let value = serde_json::json!([{"config": env, "n": [1, 2.5, -3], "b": true, "z": null}]);
+    let text = serde_saphyr::to_string(&value).unwrap_or_default();
+    let node = marked_yaml::parse_yaml_with_options(
+        0,
+        &text,
+        marked_yaml::LoaderOptions::default()
+            .toplevel_sequence()
+            .prevent_coercion(true),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(yaml_to_json(&node), value, "{text}");
 }
