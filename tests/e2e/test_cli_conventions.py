@@ -169,3 +169,14 @@ def test_validate_yaml_reads_back_with_pyyaml(gyrus, projects_dir):
     as_yaml = yaml.safe_load(gyrus.ok("validate", str(d), "-o", "yaml").stdout)
     assert as_yaml == as_json, (as_yaml, as_json)
     assert as_yaml[0]["predictor"]["config"] == config
+
+
+def test_tables_say_which_daemon_and_home_they_read(hello):
+    g = hello
+    for args in (("get",), ("describe", "hello"), ("models", "list")):
+        proc = g.ok(*args)
+        assert f"daemon {g.addr} · GYRUS_HOME={g.home}" in proc.stderr, (args, proc.stderr)
+        assert "GYRUS_HOME" not in proc.stdout, proc.stdout
+    # Machine-readable output has nothing else on either stream.
+    proc = g.ok("get", "-o", "json")
+    assert proc.stderr == "", proc.stderr

@@ -160,7 +160,16 @@ pub async fn run(command: ModelsCommand) -> Result<()> {
     ) {
         client.ensure_daemon().await?;
     } else {
-        client.require_daemon().await?;
+        let daemon = client.require_daemon().await?;
+        if matches!(
+            command,
+            ModelsCommand::List {
+                output: ListOutput::Table,
+                ..
+            }
+        ) {
+            crate::output::source(&daemon);
+        }
     }
     match command {
         ModelsCommand::Save {

@@ -95,3 +95,9 @@ mod tests {
         assert_eq!(super::bytes(2048), "2.0 KiB");
     }
 }
+
+/// For tables: which daemon and home the figures come from (on stderr, so that the table
+/// stays clean for `grep` and `awk`).
+pub fn source(daemon: &crate::client::Daemon) {
+    eprintln!("daemon {} · GYRUS_HOME={}", daemon.addr, daemon.home);
+}

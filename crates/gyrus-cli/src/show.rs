@@ -9,7 +9,10 @@ use crate::output::{age, print_table};
 
 pub(crate) async fn get(api: Option<String>, output: Output, watch: bool) -> Result<()> {
     let client = DaemonClient::from_env()?;
-    client.require_daemon().await?;
+    let daemon = client.require_daemon().await?;
+    if output == Output::Table {
+        crate::output::source(&daemon);
+    }
     if !watch {
         let infos = fetch(&client, &api).await?;
         return render(&api, &infos, output);
@@ -220,11 +223,12 @@ fn print_scaling(i: &ApiInfo) {
 
 pub(crate) async fn describe(api: &str, output: Output) -> Result<()> {
     let client = DaemonClient::from_env()?;
-    client.require_daemon().await?;
+    let daemon = client.require_daemon().await?;
     let info: ApiInfo = client.get_json(&format!("/apis/{api}")).await?;
     if crate::output::structured(&info, output)? {
         return Ok(());
     }
+    crate::output::source(&daemon);
     println!("name:        {}", info.name);
     if !info.splits.is_empty() {
         println!("kind:        {}", info.kind);
