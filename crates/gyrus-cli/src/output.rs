@@ -86,6 +86,12 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// For tables: which daemon and home the figures come from (on stderr, so that the table
+/// stays clean for `grep` and `awk`).
+pub fn source(daemon: &crate::client::Daemon) {
+    eprintln!("daemon {} · GYRUS_HOME={}", daemon.addr, daemon.home);
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -94,10 +100,4 @@ mod tests {
         assert_eq!(super::bytes(12), "12 B");
         assert_eq!(super::bytes(2048), "2.0 KiB");
     }
-}
-
-/// For tables: which daemon and home the figures come from (on stderr, so that the table
-/// stays clean for `grep` and `awk`).
-pub fn source(daemon: &crate::client::Daemon) {
-    eprintln!("daemon {} · GYRUS_HOME={}", daemon.addr, daemon.home);
 }
