@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from e2e_helpers import to_yaml, wait_until, write_files
 
@@ -85,6 +86,25 @@ def test_shares_follow_the_weights_and_the_shadow_gets_copies(gyrus, split):
     got = copies()
     assert abs(len(got) - 0.5 * REQUESTS) <= 0.05 * REQUESTS, (len(got), gyrus.diag("api-c"))
     assert len(set(got)) == len(got) and all(0 <= int(n) < REQUESTS for n in got), got[:20]
+
+    # /metrics counts what the splitter did: each API's requests, the copies sent and skipped.
+    def counted():
+        text = gyrus.http.get(f"{gyrus.base_url}/metrics", timeout=10).text
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for m in family.samples:
+                if m.name == "gyrus_splitter_requests_total" and m.labels["splitter"] == "split":
+                    out[(m.labels["api"], m.labels["role"])] = m.value
+        return out
+
+    def all_counted():
+        c = counted()
+        return c.get(("api-a", "sent"), 0) + c.get(("api-b", "sent"), 0) == REQUESTS
+
+    wait_until(all_counted, 15, what=lambda: f"the splitter's metrics: {counted()}")
+    c = counted()
+    assert c[("api-a", "sent")] == answered["api-a"] and c[("api-b", "sent")] == answered["api-b"], c
+    assert c[("api-c", "copied")] == len(got) and c.get(("api-c", "copy_skipped"), 0) == 0, c
 
 
 def test_get_shows_the_splitter_and_its_shares(gyrus, split):

@@ -48,7 +48,8 @@ pub fn start_tick(app: Arc<AppState>) {
                 return;
             }
             let apis = views(&app, false);
-            app.telemetry.tick(&apis, app.gateway.refusals());
+            app.telemetry
+                .tick(&apis, app.gateway.refusals(), app.routes.split_counts());
         }
     });
 }

@@ -30,7 +30,9 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use std::time::Duration;
 
-pub use split::{SplitRoute, ANSWERED_BY, SHADOW_BODY_MAX, SHADOW_IN_FLIGHT_MAX};
+pub use split::{
+    SplitCount, SplitRole, SplitRoute, ANSWERED_BY, SHADOW_BODY_MAX, SHADOW_IN_FLIGHT_MAX,
+};
 pub use stall::{is_stalled, BodyStalled, StallGuard};
 
 use gyrus_launch::telemetry::{RejectReason, Route};

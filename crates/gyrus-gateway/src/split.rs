@@ -10,7 +10,7 @@
 //! A splitter's connections are never handed to a replica (the next request on the
 //! connection may belong to another API), so its requests take the proxy path.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,41 @@ pub struct SplitRoute {
     /// Index into `apis` for each of 100 consecutive requests.
     schedule: Vec<usize>,
     next: AtomicUsize,
+    /// Requests sent to each of `apis` (same order), copies sent to the shadow, and copies
+    /// drawn but not sent (too many in flight, a body too large, the shadow not deployed).
+    sent: Vec<AtomicU64>,
+    copied: AtomicU64,
+    copies_skipped: AtomicU64,
+}
+
+/// What a splitter did with a request, for `gyrus_splitter_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SplitRole {
+    /// Sent to an API that answers.
+    Sent,
+    /// Copied to the shadow.
+    Copied,
+    /// Drawn for a copy that was not sent.
+    CopySkipped,
+}
+
+impl SplitRole {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SplitRole::Sent => "sent",
+            SplitRole::Copied => "copied",
+            SplitRole::CopySkipped => "copy_skipped",
+        }
+    }
+}
+
+/// A splitter's count of one API and role since the splitter was (re)deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitCount {
+    pub splitter: String,
+    pub api: String,
+    pub role: SplitRole,
+    pub total: u64,
 }
 
 impl SplitRoute {
@@ -62,10 +97,34 @@ impl SplitRoute {
             name: name.into(),
             endpoint: endpoint.into(),
             schedule: interleave(&weights),
+            sent: apis.iter().map(|_| AtomicU64::new(0)).collect(),
             apis,
             shadow,
             next: AtomicUsize::new(0),
+            copied: AtomicU64::new(0),
+            copies_skipped: AtomicU64::new(0),
         }
+    }
+
+    /// Every count of this splitter.
+    pub fn counts(&self) -> Vec<SplitCount> {
+        let count = |api: &str, role, n: &AtomicU64| SplitCount {
+            splitter: self.name.clone(),
+            api: api.to_string(),
+            role,
+            total: n.load(Ordering::Relaxed),
+        };
+        let mut out: Vec<SplitCount> = self
+            .apis
+            .iter()
+            .zip(&self.sent)
+            .map(|((api, _), n)| count(api, SplitRole::Sent, n))
+            .collect();
+        if let Some((shadow, _)) = &self.shadow {
+            out.push(count(shadow, SplitRole::Copied, &self.copied));
+            out.push(count(shadow, SplitRole::CopySkipped, &self.copies_skipped));
+        }
+        out
     }
 
     /// The API that answers the next request, and whether the request is copied to the shadow.
@@ -74,7 +133,9 @@ impl SplitRoute {
             0 => self.apis.first().map(|(a, _)| a.as_str()).unwrap_or(""),
             n => {
                 let slot = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                self.apis[self.schedule[slot]].0.as_str()
+                let index = self.schedule[slot];
+                self.sent[index].fetch_add(1, Ordering::Relaxed);
+                self.apis[index].0.as_str()
             }
         };
         let shadow = self
@@ -146,6 +207,12 @@ impl RouteTable {
         self.read().values().find(|r| r.api == api).cloned()
     }
 
+    /// Every splitter's counts.
+    pub fn split_counts(&self) -> Vec<SplitCount> {
+        let map = self.splits.read().unwrap_or_else(|e| e.into_inner());
+        map.values().flat_map(|r| r.counts()).collect()
+    }
+
     /// The splitters, for the list of what is deployed.
     pub(crate) fn splits_json(&self) -> Vec<serde_json::Value> {
         let map = self.splits.read().unwrap_or_else(|e| e.into_inner());
@@ -194,12 +261,15 @@ impl Gateway {
             );
         };
         let answered_by = HeaderValue::from_str(api).ok();
-        let shadow = shadow
-            .and_then(|s| self.routes.by_name(s))
-            .and_then(|route| {
-                let permit = self.shadow_slots.clone().try_acquire_owned().ok()?;
-                Some((route, permit))
-            });
+        let shadow = shadow.and_then(|s| {
+            let route = self.routes.by_name(s);
+            let permit = self.shadow_slots.clone().try_acquire_owned().ok();
+            let copy = route.zip(permit);
+            if copy.is_none() {
+                split.copies_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            copy
+        });
         let mut resp = match shadow {
             None => self.forward(req, route, &upstream_path).await,
             Some((shadow_route, permit)) => {
@@ -210,6 +280,7 @@ impl Gateway {
                 };
                 match buffered {
                     Buffered::Whole(bytes) => {
+                        split.copied.fetch_add(1, Ordering::Relaxed);
                         let mut copy = Request::new(Full::new(bytes.clone()));
                         *copy.method_mut() = parts.method.clone();
                         *copy.uri_mut() = parts.uri.clone();
@@ -228,6 +299,7 @@ impl Gateway {
                         self.forward(req, route, &upstream_path).await
                     }
                     Buffered::Partial(prefix, rest) => {
+                        split.copies_skipped.fetch_add(1, Ordering::Relaxed);
                         let body = Resumed {
                             read: Some(prefix),
                             rest,
@@ -361,6 +433,17 @@ mod tests {
             (300..500).contains(&copied),
             "{copied} copies of 1000 at 40%"
         );
+        let counts = split.counts();
+        let sent = |api: &str| {
+            counts
+                .iter()
+                .find(|c| c.api == api && c.role == SplitRole::Sent)
+                .map(|c| c.total)
+        };
+        assert_eq!((sent("a"), sent("b")), (Some(700), Some(300)));
+        assert!(counts
+            .iter()
+            .any(|c| c.api == "c" && c.role == SplitRole::Copied));
         let none = SplitRoute::new("s", "/s", vec![("a".into(), 100)], Some(("c".into(), 0)));
         assert!((0..100).all(|_| none.pick() == ("a", None)));
     }

@@ -40,6 +40,8 @@ struct Inner {
     replicas: HashMap<String, LastReport>,
     /// The gateway's own 503s as last seen (cumulative).
     refusals: HashMap<(String, Route, RejectReason), u64>,
+    /// The splitters' counts as last seen (cumulative since each was deployed).
+    splits: HashMap<(String, String, gyrus_gateway::SplitRole), u64>,
     series: HashMap<String, series::ApiSeries>,
     /// Tracker classes seen per API (the label set is capped per API too).
     classes: HashMap<String, std::collections::BTreeSet<String>>,
@@ -81,7 +83,12 @@ impl Telemetry {
     /// Once a second: closes each API's current second of series, counts the gateway's new
     /// refusals, forgets replicas that stopped reporting, and lets the exporter fold its
     /// histograms (so that memory stays bounded however rarely `/metrics` is read).
-    pub fn tick(&self, apis: &[ApiView], refusals: Vec<(String, Route, RejectReason, u64)>) {
+    pub fn tick(
+        &self,
+        apis: &[ApiView],
+        refusals: Vec<(String, Route, RejectReason, u64)>,
+        splits: Vec<gyrus_gateway::SplitCount>,
+    ) {
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -95,6 +102,19 @@ impl Telemetry {
             if new > 0 {
                 self.exporter.refused(&api, route, reason, new);
                 inner.series.entry(api).or_default().add_refused(route, new);
+            }
+        }
+        for c in splits {
+            let key = (c.splitter.clone(), c.api.clone(), c.role);
+            let before = inner.splits.insert(key, c.total).unwrap_or(0);
+            // Lower than last seen: the splitter was deployed again and counts from zero.
+            let new = if c.total >= before {
+                c.total - before
+            } else {
+                c.total
+            };
+            if new > 0 {
+                self.exporter.split(&c.splitter, &c.api, c.role, new);
             }
         }
         let now = Instant::now();

@@ -134,6 +134,10 @@ impl Exporter {
                 "gyrus_tracker_invalid_total",
                 "Responses the tracker could not read."
             );
+            describe_counter!(
+                "gyrus_splitter_requests_total",
+                "Traffic splitters: requests sent to each API, copies sent to the shadow, copies not sent."
+            );
             describe_gauge!("gyrus_build_info", "The daemon's version.");
         });
     }
@@ -205,6 +209,13 @@ impl Exporter {
                 .increment(n);
             counter!("gyrus_requests_total", "api" => api.to_string(), "route" => route.as_str(), "status" => "5xx")
                 .increment(n);
+        });
+    }
+
+    pub(super) fn split(&self, splitter: &str, api: &str, role: gyrus_gateway::SplitRole, n: u64) {
+        self.with(|| {
+            counter!("gyrus_splitter_requests_total", "splitter" => splitter.to_string(), "api" => api.to_string(), "role" => role.as_str())
+                .increment(n)
         });
     }
 
