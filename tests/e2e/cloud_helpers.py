@@ -30,11 +30,15 @@ class Process:
         log = open(log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_until(
-            lambda: self.proc.poll() is not None or port_open(port),
-            60,
-            what=lambda: f"{what} to listen on {port}\n{self.log()}",
-        )
+        try:
+            wait_until(
+                lambda: self.proc.poll() is not None or port_open(port),
+                60,
+                what=lambda: f"{what} to listen on {port}\n{self.log()}",
+            )
+        except BaseException:
+            self.stop()
+            raise
         if self.proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {self.proc.returncode}:\n{self.log()}")
 

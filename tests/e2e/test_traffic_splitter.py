@@ -17,6 +17,8 @@ class PythonPredictor:
         self.copies = config.get("copies")
 
     def predict(self, payload):
+        if "blob" in payload:
+            return {"api": self.name, "blob": len(payload["blob"]), "tail": payload["blob"][-8:]}
         if self.copies:
             with open(self.copies, "a") as f:
                 f.write(str(payload.get("n")) + "\\n")
@@ -59,16 +61,25 @@ def split(gyrus, projects_dir):
 
 def test_shares_follow_the_weights_and_the_shadow_gets_copies(gyrus, split):
     answered = Counter()
+    order = []
     for n in range(REQUESTS):
         r = gyrus.post("/split", json={"n": n})
         assert r.status_code == 200, gyrus.diag("api-a", "api-b", resp=r)
         by = r.json()["api"]
         assert r.headers["x-gyrus-api"] == by, r.headers
         answered[by] += 1
+        order.append(by)
     # The shadow's answers are dropped: it never answers a client.
     assert set(answered) == {"api-a", "api-b"}, answered
     assert abs(answered["api-a"] - 0.70 * REQUESTS) <= 0.05 * REQUESTS, answered
     assert abs(answered["api-b"] - 0.30 * REQUESTS) <= 0.05 * REQUESTS, answered
+    # Not by chance: these are the first requests of the route, and every 100 consecutive ones
+    # follow the weights exactly, interleaved (no more than 3 of api-a in a row at 70/30).
+    for start in range(0, REQUESTS, 100):
+        window = Counter(order[start : start + 100])
+        assert window == {"api-a": 70, "api-b": 30}, (start, window)
+    longest = max(len(run) for run in "".join("a" if o == "api-a" else "b" for o in order).split("b"))
+    assert longest <= 3, longest
 
     # About half the requests were copied to api-c, each with the request's own body.
     def copies():
@@ -174,9 +185,50 @@ def test_new_weights_apply_at_once_and_survive_a_restart(gyrus, split):
     assert proc.returncode == 0 and "split: up to date" in proc.stderr, gyrus.diag(proc=proc)
 
 
+def test_a_large_body_reaches_the_api_whole_without_a_copy(gyrus, split):
+    """Over 4 MiB the body is streamed on to the answering API (not held for a copy)."""
+    items = split["items"][:3] + [splitter({"api-a": 100}, shadow=("api-c", 100), name="big")]
+    (split["dir"] / "cortex.yaml").write_text(to_yaml(items))
+    proc = gyrus.deploy(split["dir"])
+    assert proc.returncode == 0, gyrus.diag(proc=proc)
+    blob = "x" * (5 * 1024 * 1024) + "the-end!"
+    r = gyrus.post("/big", json={"blob": blob}, timeout=60)
+    assert r.status_code == 200, gyrus.diag("api-a", resp=r)
+    assert r.json() == {"api": "api-a", "blob": len(blob), "tail": "the-end!"}, r.text[:200]
+    # A small one is copied; the copy carries the client's request id with .shadow.
+    r = gyrus.post("/big", json={"n": -1}, headers={"X-Request-ID": "probe-123"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "probe-123", r.headers
+    wait_until(
+        lambda: "probe-123.shadow" in gyrus.api_log("api-c") or "-1" in split["copies"].read_text().split(),
+        15,
+        what=lambda: "the small request's copy",
+    )
+    r = gyrus.http.put(gyrus.url("/big"), json={}, timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST", r.text
+    gyrus.ok("delete", "big")
+
+
+def test_rules_that_keep_a_splitter_reachable(gyrus, split, projects_dir):
+    d = projects_dir / "rules"
+    d.mkdir()
+    write_files(d, {"predictor.py": PREDICTOR})
+    # Under api-a's Open Inference Protocol paths, the splitter could never be reached.
+    (d / "cortex.yaml").write_text(to_yaml([{**splitter({"api-a": 100}, name="under"), "endpoint": "/api-a/v2/x"}]))
+    proc = gyrus.deploy(d)
+    assert proc.returncode != 0 and "under api \"api-a\"'s Open Inference Protocol paths" in proc.stderr, proc.stderr
+    # An API a splitter sends requests to stays a realtime API.
+    batch = {**api("api-b"), "kind": "BatchAPI"}
+    del batch["autoscaling"]
+    (d / "cortex.yaml").write_text(to_yaml([batch]))
+    proc = gyrus.deploy(d)
+    assert proc.returncode != 0 and "must stay a RealtimeAPI" in proc.stderr, proc.stderr
+    assert gyrus.get("api-b")["kind"] == "RealtimeAPI"
+
+
 def test_deleting_the_splitter_frees_its_apis(gyrus, split):
-    gyrus.ok("delete", "split")
+    # Named before the splitter that uses it: deleted once the splitter is gone.
+    proc = gyrus.ok("delete", "api-b", "split")
+    assert proc.stdout.splitlines() == ["deleted split", "deleted api-b"], proc.stdout
     r = gyrus.post("/split", json={})
     assert r.status_code == 404, r.text
-    gyrus.ok("delete", "api-b")
     assert "api-b" not in {i["name"] for i in gyrus.json("get", "-o", "json")}

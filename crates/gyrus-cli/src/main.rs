@@ -573,11 +573,15 @@ fn report_outcome(infos: &[ApiInfo], output: Output) -> Result<()> {
                 println!("{} is live at {}", i.name, i.url);
             }
         } else {
+            // A traffic splitter has no logs: its APIs' status says what is wrong.
+            let see = match i.splits.is_empty() {
+                true => format!("run `gyrus logs {}` for the full output", i.name),
+                false => format!("run `gyrus get {}` for its APIs", i.name),
+            };
             failed.push(format!(
-                "{} failed: {}\n(run `gyrus logs {}` for the full output)",
+                "{} failed: {}\n({see})",
                 i.name,
                 i.error.as_deref().unwrap_or(&i.status),
-                i.name
             ));
         }
     }
@@ -593,17 +597,31 @@ fn report_outcome(infos: &[ApiInfo], output: Output) -> Result<()> {
 async fn delete(apis: &[String]) -> Result<()> {
     let client = DaemonClient::from_env()?;
     client.require_daemon().await?;
-    let mut failed = Vec::new();
-    for api in apis {
-        match client
-            .delete_json::<serde_json::Value>(&format!("/apis/{api}"))
-            .await
-        {
-            Ok(_) => println!("deleted {api}"),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                failed.push(api.as_str());
+    // Names that fail are tried once more after the others: `gyrus delete api-a splitter`
+    // works in either order (an API is refused while a splitter still sends it requests).
+    let mut pending: Vec<&str> = apis.iter().map(String::as_str).collect();
+    let mut failed: Vec<&str> = Vec::new();
+    for last_round in [false, true] {
+        let mut errors = Vec::new();
+        let before = pending.len();
+        for api in std::mem::take(&mut pending) {
+            match client
+                .delete_json::<serde_json::Value>(&format!("/apis/{api}"))
+                .await
+            {
+                Ok(_) => println!("deleted {api}"),
+                Err(e) => {
+                    pending.push(api);
+                    errors.push(e);
+                }
             }
+        }
+        if last_round || pending.is_empty() || pending.len() == before {
+            for e in errors {
+                eprintln!("error: {e:#}");
+            }
+            failed = pending;
+            break;
         }
     }
     if !failed.is_empty() {

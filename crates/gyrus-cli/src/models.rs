@@ -160,16 +160,7 @@ pub async fn run(command: ModelsCommand) -> Result<()> {
     ) {
         client.ensure_daemon().await?;
     } else {
-        let daemon = client.require_daemon().await?;
-        if matches!(
-            command,
-            ModelsCommand::List {
-                output: ListOutput::Table,
-                ..
-            }
-        ) {
-            crate::output::source(&daemon);
-        }
+        client.require_daemon().await?;
     }
     match command {
         ModelsCommand::Save {
@@ -248,6 +239,18 @@ async fn list(client: &DaemonClient, name: Option<String>, output: ListOutput) -
     }
     let resp = request.send().await.map_err(|e| client.unreachable(e))?;
     let entries: Vec<ModelEntry> = client::decode(resp).await?;
+    if output == ListOutput::Table {
+        // After the answer, so that an error stays the only line.
+        if let Some(daemon) = client
+            .probe()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|h| client.accepted(h).ok())
+        {
+            crate::output::source(&daemon);
+        }
+    }
     if entries.is_empty() && output == ListOutput::Table {
         match name {
             Some(n) => println!("no versions of {n} in the store"),

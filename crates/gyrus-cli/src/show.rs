@@ -10,11 +10,16 @@ use crate::output::{age, print_table};
 pub(crate) async fn get(api: Option<String>, output: Output, watch: bool) -> Result<()> {
     let client = DaemonClient::from_env()?;
     let daemon = client.require_daemon().await?;
-    if output == Output::Table {
-        crate::output::source(&daemon);
-    }
+    // Said once, after the first answer (an error stays the only line).
+    let mut said = output != Output::Table;
+    let say = |said: &mut bool| {
+        if !std::mem::replace(said, true) {
+            crate::output::source(&daemon);
+        }
+    };
     if !watch {
         let infos = fetch(&client, &api).await?;
+        say(&mut said);
         return render(&api, &infos, output);
     }
     // Printed again when something a reader watches changes (kubectl's --watch); JSON as one
@@ -22,6 +27,7 @@ pub(crate) async fn get(api: Option<String>, output: Output, watch: bool) -> Res
     let mut last: Option<String> = None;
     loop {
         let infos = fetch(&client, &api).await?;
+        say(&mut said);
         let seen: Vec<_> = infos
             .iter()
             .map(|i| {

@@ -105,6 +105,27 @@ impl Splitters {
     ) -> Result<(), DaemonError> {
         let splitters = self.map();
         for api in &parsed.apis {
+            let users: Vec<&str> = splitters
+                .values()
+                .filter(|s| s.spec.apis.iter().any(|t| t.name == api.name))
+                .map(|s| s.spec.name.as_str())
+                .collect();
+            if api.kind != gyrus_spec::ApiKind::RealtimeAPI && !users.is_empty() {
+                return Err(DaemonError::BadRequest(format!(
+                    "api {:?}: traffic splitter {} sends it requests, so it must stay a RealtimeAPI; change or delete the splitter first",
+                    api.name,
+                    users.join(", ")
+                )));
+            }
+            if let Some(s) = splitters
+                .values()
+                .find(|s| gyrus_spec::is_under_protocol_paths(&api.endpoint, &s.spec.endpoint))
+            {
+                return Err(DaemonError::BadRequest(format!(
+                    "api {:?}: traffic splitter {:?} is at {}, under this API's Open Inference Protocol paths ({}/v2/...); choose another endpoint",
+                    api.name, s.spec.name, s.spec.endpoint, api.endpoint
+                )));
+            }
             if splitters.contains_key(&api.name) {
                 return Err(DaemonError::BadRequest(format!(
                     "api {:?}: a traffic splitter of that name is deployed; delete it first (gyrus delete {})",
@@ -135,6 +156,14 @@ impl Splitters {
                         .find(|s| s.spec.name != *name && s.spec.endpoint == split.endpoint)
                         .map(|s| format!("traffic splitter {:?}", s.spec.name))
                 });
+            if let Some((n, spec)) = deployed.iter().find(|(_, spec)| {
+                gyrus_spec::is_under_protocol_paths(&spec.endpoint, &split.endpoint)
+            }) {
+                return Err(DaemonError::BadRequest(format!(
+                    "traffic splitter {name:?}: endpoint {} is under api {n:?}'s Open Inference Protocol paths ({}/v2/...), which go to that API; choose another endpoint",
+                    split.endpoint, spec.endpoint
+                )));
+            }
             if let Some(other) = other_endpoint {
                 return Err(DaemonError::BadRequest(format!(
                     "traffic splitter {name:?}: endpoint {} is already used by {other}; choose another endpoint",

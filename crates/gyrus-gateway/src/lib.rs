@@ -31,7 +31,8 @@ use serde::Serialize;
 use std::time::Duration;
 
 pub use split::{
-    SplitCount, SplitRole, SplitRoute, ANSWERED_BY, SHADOW_BODY_MAX, SHADOW_IN_FLIGHT_MAX,
+    SplitCount, SplitRole, SplitRoute, ANSWERED_BY, SHADOW_BODY_MAX, SHADOW_HEADER,
+    SHADOW_IN_FLIGHT_MAX,
 };
 pub use stall::{is_stalled, BodyStalled, StallGuard};
 
@@ -429,12 +430,30 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.forward_as(req, route, upstream_path, true).await
+    }
+
+    /// [`Gateway::forward`]; `client` is false for a request no client waits for (a shadow
+    /// copy), whose 503s are not the API's refusals.
+    async fn forward_as<B>(
+        &self,
+        req: Request<B>,
+        route: Arc<ApiRoute>,
+        upstream_path: &str,
+        client: bool,
+    ) -> Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Some(target) = pick_least_in_flight(&route.replicas) else {
-            self.refused(
-                &route.api,
-                route_of(upstream_path),
-                RejectReason::NoReadyReplica,
-            );
+            if client {
+                self.refused(
+                    &route.api,
+                    route_of(upstream_path),
+                    RejectReason::NoReadyReplica,
+                );
+            }
             // A small body is read to its end first, so that the connection stays usable for
             // the client's retry (an unread body would close it under the client's next request).
             let body = http_body_util::Limited::new(req.into_body(), 64 * 1024);
@@ -480,11 +499,13 @@ impl Gateway {
                 serde_json::json!({ "error": stall::BodyStalled(BODY_STALL_TIMEOUT).to_string() }),
             ),
             Err(e) => {
-                self.refused(
-                    &route.api,
-                    route_of(upstream_path),
-                    RejectReason::ReplicaStopped,
-                );
+                if client {
+                    self.refused(
+                        &route.api,
+                        route_of(upstream_path),
+                        RejectReason::ReplicaStopped,
+                    );
+                }
                 json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     serde_json::json!({

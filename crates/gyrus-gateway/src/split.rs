@@ -15,15 +15,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ALLOW};
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
+
+use gyrus_launch::telemetry::RejectReason;
 
 use crate::{json_error, stall, ApiRoute, Gateway, GatewayBody, RouteTable, BODY_STALL_TIMEOUT};
 
 /// Which API answered a request sent to a splitter.
 pub const ANSWERED_BY: HeaderName = HeaderName::from_static("x-gyrus-api");
+
+/// Marks the shadow's copy of a request.
+pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-gyrus-shadow");
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Bodies up to this size are copied to the shadow; a larger one is sent only to the API that
 /// answers (the copy would hold it in memory).
@@ -36,6 +43,8 @@ pub const SHADOW_IN_FLIGHT_MAX: usize = 64;
 /// How long a copy may take before it is dropped.
 pub const SHADOW_TIMEOUT: Duration = Duration::from_secs(60);
 
+static NEXT_ROUTE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// One splitter's route.
 #[derive(Debug)]
 pub struct SplitRoute {
@@ -45,6 +54,8 @@ pub struct SplitRoute {
     pub apis: Vec<(String, u32)>,
     /// The shadow API and the percent of requests copied to it.
     pub shadow: Option<(String, u32)>,
+    /// Unique per route made (see [`SplitCount::route`]).
+    id: u64,
     /// Index into `apis` for each of 100 consecutive requests.
     schedule: Vec<usize>,
     next: AtomicUsize,
@@ -79,6 +90,8 @@ impl SplitRole {
 /// A splitter's count of one API and role since the splitter was (re)deployed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitCount {
+    /// Which installation of the splitter: a new one (a deploy that changed it) counts from 0.
+    pub route: u64,
     pub splitter: String,
     pub api: String,
     pub role: SplitRole,
@@ -96,6 +109,7 @@ impl SplitRoute {
         Self {
             name: name.into(),
             endpoint: endpoint.into(),
+            id: NEXT_ROUTE_ID.fetch_add(1, Ordering::Relaxed),
             schedule: interleave(&weights),
             sent: apis.iter().map(|_| AtomicU64::new(0)).collect(),
             apis,
@@ -106,9 +120,17 @@ impl SplitRoute {
         }
     }
 
+    /// Counts a request sent on to `api` (one of the answering APIs).
+    fn count_sent(&self, api: &str) {
+        if let Some(i) = self.apis.iter().position(|(a, _)| a == api) {
+            self.sent[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Every count of this splitter.
     pub fn counts(&self) -> Vec<SplitCount> {
         let count = |api: &str, role, n: &AtomicU64| SplitCount {
+            route: self.id,
             splitter: self.name.clone(),
             api: api.to_string(),
             role,
@@ -133,9 +155,7 @@ impl SplitRoute {
             0 => self.apis.first().map(|(a, _)| a.as_str()).unwrap_or(""),
             n => {
                 let slot = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                let index = self.schedule[slot];
-                self.sent[index].fetch_add(1, Ordering::Relaxed);
-                self.apis[index].0.as_str()
+                self.apis[self.schedule[slot]].0.as_str()
             }
         };
         let shadow = self
@@ -217,7 +237,7 @@ impl RouteTable {
     pub(crate) fn splits_json(&self) -> Vec<serde_json::Value> {
         let map = self.splits.read().unwrap_or_else(|e| e.into_inner());
         map.values()
-            .map(|r| serde_json::json!({"name": r.name, "endpoint": r.endpoint, "status": "live"}))
+            .map(|r| serde_json::json!({"name": r.name, "endpoint": r.endpoint, "kind": "TrafficSplitter"}))
             .collect()
     }
 }
@@ -253,6 +273,11 @@ impl Gateway {
         };
         let (api, shadow) = split.pick();
         let Some(route) = self.routes.by_name(api) else {
+            self.refused(
+                api,
+                crate::route_of(&upstream_path),
+                RejectReason::NoReadyReplica,
+            );
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({
@@ -260,11 +285,22 @@ impl Gateway {
                 }),
             );
         };
+        split.count_sent(api);
         let answered_by = HeaderValue::from_str(api).ok();
+        // A copy needs the shadow ready, a free slot, and a body small enough to hold (as far
+        // as Content-Length tells; a chunked body is checked as it is read).
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let shadow = shadow.and_then(|s| {
-            let route = self.routes.by_name(s);
-            let permit = self.shadow_slots.clone().try_acquire_owned().ok();
-            let copy = route.zip(permit);
+            let copy = self
+                .routes
+                .by_name(s)
+                .filter(|r| !r.replicas.is_empty())
+                .filter(|_| declared.is_none_or(|n| n <= SHADOW_BODY_MAX as u64))
+                .and_then(|r| Some((r, self.shadow_slots.clone().try_acquire_owned().ok()?)));
             if copy.is_none() {
                 split.copies_skipped.fetch_add(1, Ordering::Relaxed);
             }
@@ -281,17 +317,17 @@ impl Gateway {
                 match buffered {
                     Buffered::Whole(bytes) => {
                         split.copied.fetch_add(1, Ordering::Relaxed);
-                        let mut copy = Request::new(Full::new(bytes.clone()));
-                        *copy.method_mut() = parts.method.clone();
-                        *copy.uri_mut() = parts.uri.clone();
-                        *copy.headers_mut() = parts.headers.clone();
+                        let copy = shadow_copy(&parts, bytes.clone());
                         let gateway = self.clone();
                         let path = upstream_path.clone();
                         tokio::spawn(async move {
                             let _permit = permit;
                             let _ = tokio::time::timeout(SHADOW_TIMEOUT, async {
-                                let resp = gateway.forward(copy, shadow_route, &path).await;
-                                let _ = resp.into_body().collect().await;
+                                // Its answer is read and dropped frame by frame, never held.
+                                let resp =
+                                    gateway.forward_as(copy, shadow_route, &path, false).await;
+                                let mut body = resp.into_body();
+                                while let Some(Ok(_)) = body.frame().await {}
                             })
                             .await;
                         });
@@ -299,6 +335,7 @@ impl Gateway {
                         self.forward(req, route, &upstream_path).await
                     }
                     Buffered::Partial(prefix, rest) => {
+                        drop(permit);
                         split.copies_skipped.fetch_add(1, Ordering::Relaxed);
                         let body = Resumed {
                             read: Some(prefix),
@@ -315,6 +352,25 @@ impl Gateway {
         }
         resp
     }
+}
+
+/// The shadow's copy of a request: the same method, path and headers, marked as a copy, with
+/// a request id of its own (the client's with `.shadow`, so the two logs can be matched).
+fn shadow_copy(parts: &http::request::Parts, body: Bytes) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(Full::new(body));
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.headers_mut() = parts.headers.clone();
+    let headers = copy.headers_mut();
+    headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+    let id = headers
+        .remove(REQUEST_ID)
+        .and_then(|id| HeaderValue::from_bytes(&[id.as_bytes(), b".shadow"].concat()).ok())
+        .filter(|id| gyrus_launch::telemetry::valid_request_id(id.as_bytes()));
+    if let Some(id) = id {
+        headers.insert(REQUEST_ID, id);
+    }
+    copy
 }
 
 /// A request body read up to a limit.
@@ -425,6 +481,7 @@ mod tests {
         let mut copied = 0;
         for _ in 0..1000 {
             let (api, shadow) = split.pick();
+            split.count_sent(api);
             a += usize::from(api == "a");
             copied += usize::from(shadow == Some("c"));
         }

@@ -71,6 +71,8 @@ impl Plan {
 fn file_validator(meta: &ObjectMeta) -> Option<String> {
     let size = meta.size;
     if let Some(e_tag) = &meta.e_tag {
+        // Bare, so a file and a listing of its prefix (quoted, unquoted on Azure) agree.
+        let e_tag = crate::download::bare_etag(e_tag);
         Some(format!("etag\t{e_tag}\t{size}"))
     } else if let Some(version) = &meta.version {
         Some(format!("version\t{version}\t{size}"))

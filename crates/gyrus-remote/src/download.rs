@@ -86,13 +86,12 @@ pub(crate) fn etag_md5(e_tag: Option<&str>) -> Option<String> {
 /// listings (Azure lists `0x8D...` and answers a GET with `"0x8D..."`), so quotes and a weak
 /// marker are not part of the comparison.
 fn same_etag(a: &str, b: &str) -> bool {
-    let bare = |t: &str| {
-        t.trim()
-            .trim_start_matches("W/")
-            .trim_matches('"')
-            .to_string()
-    };
-    bare(a) == bare(b)
+    bare_etag(a) == bare_etag(b)
+}
+
+/// An ETag without quotes or weak marker (see [`same_etag`]).
+pub(crate) fn bare_etag(tag: &str) -> &str {
+    tag.trim().trim_start_matches("W/").trim_matches('"')
 }
 
 /// Downloads `expected` into `dest`, which must not exist, and returns the SHA-256 of the bytes

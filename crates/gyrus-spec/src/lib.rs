@@ -49,6 +49,18 @@ pub fn check_api_name(name: &str) -> Result<(), String> {
     validate::api_name(name)
 }
 
+/// Whether `endpoint` lies in the Open Inference Protocol paths of an API at `api_endpoint`
+/// (`{api_endpoint}/v2` and below), which the gateway and the API's replicas route to that
+/// API: a traffic splitter there could never be reached.
+pub fn is_under_protocol_paths(api_endpoint: &str, endpoint: &str) -> bool {
+    let api = api_endpoint.trim_end_matches('/');
+    let endpoint = endpoint.trim_end_matches('/');
+    endpoint
+        .strip_prefix(api)
+        .and_then(|rest| rest.strip_prefix("/v2"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The APIs of a config file, and the warnings found while reading it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ParsedConfig {

@@ -151,6 +151,7 @@ pub(crate) fn apis(ctx: &mut Ctx<'_>, root: &Node) -> (Vec<ApiSpec>, Vec<Splitte
     }
     duplicates(ctx, &parsed);
     split_targets(ctx, &parsed);
+    splitters_under_protocol_paths(ctx, &parsed);
     let mut apis = Vec::new();
     let mut splitters = Vec::new();
     for item in parsed {
@@ -158,6 +159,33 @@ pub(crate) fn apis(ctx: &mut Ctx<'_>, root: &Node) -> (Vec<ApiSpec>, Vec<Splitte
         splitters.extend(item.split);
     }
     (apis, splitters)
+}
+
+/// A splitter's endpoint must not be in an API's `{endpoint}/v2` paths.
+fn splitters_under_protocol_paths(ctx: &mut Ctx<'_>, items: &[ApiItem]) {
+    for split in items.iter().filter(|i| i.splitter) {
+        let Some((endpoint, at, _)) = &split.endpoint else {
+            continue;
+        };
+        let owner = items.iter().filter(|i| !i.splitter).find_map(|api| {
+            let (api_endpoint, _, _) = api.endpoint.as_ref()?;
+            crate::is_under_protocol_paths(api_endpoint, endpoint)
+                .then(|| (api.name.as_ref().map(|n| n.value.clone()), api_endpoint))
+        });
+        if let Some((name, api_endpoint)) = owner {
+            ctx.api = split.name.as_ref().map(|n| n.value.clone());
+            ctx.error(
+                *at,
+                "endpoint",
+                format!(
+                    "endpoint {} is under {}'s Open Inference Protocol paths ({api_endpoint}/v2/...), which go to that API; choose another endpoint",
+                    quote(endpoint),
+                    name.map(|n| format!("api {}", quote(&n))).unwrap_or_else(|| "an API".into())
+                ),
+            );
+        }
+    }
+    ctx.api = None;
 }
 
 /// A splitter's APIs that are in the same file must be realtime APIs (those that are not are

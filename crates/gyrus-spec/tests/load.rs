@@ -1214,4 +1214,14 @@ fn yaml_output_keeps_strings_that_look_like_other_things() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(yaml_to_json(&node), value, "{text}");
+    // The YAML 1.2 reading above takes these for strings either way (null and ~ it checks);
+    // a YAML 1.1 reader (PyYAML) would not, so they must be quoted.
+    for t in [
+        "yes", "no", "on", "off", "y", "n", "True", "0x10", "0o7", "1e3", "012",
+    ] {
+        assert!(
+            !text.contains(&format!(": {t}\n")),
+            "{t} is not quoted:\n{text}"
+        );
+    }
 }

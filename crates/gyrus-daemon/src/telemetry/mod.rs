@@ -40,8 +40,8 @@ struct Inner {
     replicas: HashMap<String, LastReport>,
     /// The gateway's own 503s as last seen (cumulative).
     refusals: HashMap<(String, Route, RejectReason), u64>,
-    /// The splitters' counts as last seen (cumulative since each was deployed).
-    splits: HashMap<(String, String, gyrus_gateway::SplitRole), u64>,
+    /// The splitters' counts as last seen: the route they come from and its total.
+    splits: HashMap<(String, String, gyrus_gateway::SplitRole), (u64, u64)>,
     series: HashMap<String, series::ApiSeries>,
     /// Tracker classes seen per API (the label set is capped per API too).
     classes: HashMap<String, std::collections::BTreeSet<String>>,
@@ -104,19 +104,20 @@ impl Telemetry {
                 inner.series.entry(api).or_default().add_refused(route, new);
             }
         }
+        let mut seen = HashMap::new();
         for c in splits {
             let key = (c.splitter.clone(), c.api.clone(), c.role);
-            let before = inner.splits.insert(key, c.total).unwrap_or(0);
-            // Lower than last seen: the splitter was deployed again and counts from zero.
-            let new = if c.total >= before {
-                c.total - before
-            } else {
-                c.total
+            // Another route (the splitter deployed again) counts from zero.
+            let new = match inner.splits.get(&key) {
+                Some((route, before)) if *route == c.route => c.total.saturating_sub(*before),
+                _ => c.total,
             };
             if new > 0 {
                 self.exporter.split(&c.splitter, &c.api, c.role, new);
             }
+            seen.insert(key, (c.route, c.total));
         }
+        inner.splits = seen;
         let now = Instant::now();
         inner
             .replicas

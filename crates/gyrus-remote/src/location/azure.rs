@@ -117,7 +117,7 @@ pub(super) fn connect(target: &Target, opts: &FetchOptions) -> Result<Remote, Fe
         .get_config_value(&AzureConfigKey::Endpoint)
         .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
     // An endpoint the user wrote as http:// (Azurite) is allowed as written, as for S3.
-    if endpoint.starts_with("http://") {
+    if endpoint.to_ascii_lowercase().starts_with("http://") {
         builder = builder.with_config(AzureConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
     let store = builder.build().map_err(|e| FetchError::BadConfig {

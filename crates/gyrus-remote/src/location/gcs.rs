@@ -85,7 +85,7 @@ pub(super) fn connect(target: &Target, opts: &FetchOptions) -> Result<Remote, Fe
         });
     }
     // An endpoint the user wrote as http:// (an emulator) is allowed as written, as for S3.
-    if endpoint.starts_with("http://") {
+    if endpoint.to_ascii_lowercase().starts_with("http://") {
         builder = builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
     let store = builder
