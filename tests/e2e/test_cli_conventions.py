@@ -180,3 +180,26 @@ def test_tables_say_which_daemon_and_home_they_read(hello):
     # Machine-readable output has nothing else on either stream.
     proc = g.ok("get", "-o", "json")
     assert proc.stderr == "", proc.stderr
+
+
+def test_get_watch_yaml_is_a_stream_of_documents(hello, project, tmp_path):
+    g = hello
+    out = tmp_path / "watch.yaml"
+    with open(out, "w") as f:
+        watch = subprocess.Popen([GYRUS_BIN, "get", "--watch", "-o", "yaml"], env=g.env, stdout=f, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: out.read_text().startswith("---"), 15, what="the first document")
+        g.deploy_ok(project("watched-yaml", HELLO), "watched-yaml")
+
+        def live_in_last():
+            try:
+                docs = [d for d in yaml.safe_load_all(out.read_text()) if d is not None]
+            except yaml.YAMLError:  # a document half written
+                return False
+            return len(docs) >= 2 and {a["name"]: a["status"] for a in docs[-1]}.get("watched-yaml") == "live"
+
+        wait_until(live_in_last, 30, what=lambda: out.read_text()[-2000:])
+    finally:
+        watch.terminate()
+        watch.wait(timeout=10)
+    g.ok("delete", "watched-yaml")

@@ -45,7 +45,12 @@ pub(crate) async fn get(api: Option<String>, output: Output, watch: bool) -> Res
         if last.as_ref() != Some(&key) {
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&infos)?),
-                _ => {
+                // One YAML document per change, so that a YAML stream reader takes them apart.
+                Output::Yaml => {
+                    println!("---");
+                    render(&api, &infos, output)?;
+                }
+                Output::Table => {
                     if last.is_some() {
                         println!();
                     }
