@@ -21,6 +21,7 @@ class PythonPredictor:
     def predict(self, payload):
         for i in range(payload.get("lines", 1)):
             print(f"line {i} " + "x" * 90)
+        sys.stdout.writelines(["by writelines 1\\n", "by writelines 2\\n"])
         print("to stderr, in two writes: ", end="", file=sys.stderr)
         print("done", file=sys.stderr)
         return "ok"
@@ -47,6 +48,7 @@ def test_every_line_has_its_time(small_logs, project):
     assert not unstamped, unstamped
     # A line printed in two writes gets one time, at its start.
     assert any(line.endswith("Z to stderr, in two writes: done") for line in lines), lines[-5:]
+    assert sum(1 for line in lines if line.endswith("Z by writelines 1") or line.endswith("Z by writelines 2")) == 2
 
 
 def test_logs_rotate_by_size_and_writers_go_on(small_logs):

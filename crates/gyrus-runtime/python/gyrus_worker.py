@@ -1179,6 +1179,10 @@ class _Stamped:
             self._stream.flush()
         return len(text)
 
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
     def flush(self):
         self._stream.flush()
 
