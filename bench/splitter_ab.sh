@@ -15,25 +15,14 @@
 # Needs: the release build (cargo build --release -p gyrus-cli), .venv (scripts/setup-python.sh),
 # wrk and taskset. Listens on 127.0.0.1 only; stops only the daemons it started.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${1:-2}"
 SECS="${2:-5}"
+AB_NAME=splitter-ab
+source "$(dirname "$0")/ab_common.sh"
 G="${GYRUS_BIN:-$ROOT/target/release/gyrus}"
-PY="$ROOT/.venv/bin/python"
-WORK="$(mktemp -d /tmp/gyrus-splitter-ab.XXXXXX)"
-ORT_DYLIB_PATH="$(ls "$ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | tail -1)"
-export ORT_DYLIB_PATH GYRUS_UV="${GYRUS_UV:-$ROOT/.venv/bin/uv}"
-command -v wrk >/dev/null || { echo "splitter_ab: wrk is missing (apt-get install -y wrk)" >&2; exit 1; }
 
-"$PY" "$ROOT/scripts/make_models.py" "$WORK/models" >/dev/null
-mkdir -p "$WORK/iris" && cp "$WORK/models/iris.onnx" "$WORK/iris/model.onnx"
-cat > "$WORK/iris/cortex.yaml" <<'YAML'
-- name: iris
-  predictor:
-    type: onnx
-    model: model.onnx
-    session_options:
-      intra_op_num_threads: 1
+# The common iris project, with a second copy of the API and the two splitters.
+cat >> "$WORK/iris/cortex.yaml" <<'YAML'
 - name: iris-copy
   predictor:
     type: onnx
@@ -50,37 +39,22 @@ cat > "$WORK/iris/cortex.yaml" <<'YAML'
     - {name: iris, weight: 100}
     - {name: iris-copy, weight: 100, shadow: true}
 YAML
-printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' \
-  "'{\"input\": [[5.1, 3.5, 1.4, 0.2]]}'" > "$WORK/iris.lua"
-
-HOME_NOW=""
-cleanup() { [ -n "$HOME_NOW" ] && GYRUS_HOME="$HOME_NOW" "$G" daemon stop >/dev/null 2>&1 || true; }
-trap cleanup EXIT
 
 results="$WORK/results.tsv"
 for round in $(seq "$ROUNDS"); do
   for mode in handoff proxy; do
-    HOME_NOW="$WORK/home-$mode-$round"; mkdir -p "$HOME_NOW"
-    port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    export GYRUS_HOME="$HOME_NOW" GYRUS_ADDR="127.0.0.1:$port"
     handoff=1; [ "$mode" = proxy ] && handoff=0
-    GYRUS_HANDOFF=$handoff taskset -c 0 "$G" daemon > "$HOME_NOW/daemon.out" 2>&1 &
-    for _ in $(seq 100); do curl -sf "http://$GYRUS_ADDR/_gyrus/v1/health" >/dev/null && break; sleep 0.1; done
+    ab_start "$G" "$WORK/home-$mode-$round" GYRUS_HANDOFF=$handoff
     "$G" deploy "$WORK/iris" >/dev/null
     for path in iris iris-split iris-shadow; do
       url="http://$GYRUS_ADDR/$path"
-      taskset -c 1 wrk -t1 -c8 -d1 -s "$WORK/iris.lua" "$url" >/dev/null   # warm-up
+      ab_warm "$url" "$WORK/iris.lua"
       for c in 1 32; do
-        out=$(taskset -c 1 wrk -t1 -c$c -d"$SECS" --latency -s "$WORK/iris.lua" "$url")
-        if grep -q "Non-2xx" <<<"$out"; then echo "splitter_ab: $path answered errors" >&2; exit 1; fi
-        rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
-        p50=$(awk '/ 50%/{print $2}' <<<"$out")
-        p99=$(awk '/ 99%/{print $2}' <<<"$out")
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$path" "$c" "$rps" "$p50" "$p99" >> "$results"
+        printf '%s\t%s\t%s\t%s\n' "$mode" "$path" "$c" "$(ab_cell "$url" "$WORK/iris.lua" "$c" "$SECS")" >> "$results"
       done
     done
     curl -s "http://$GYRUS_ADDR/metrics" | grep '^gyrus_splitter_requests_total' > "$WORK/metrics-$mode-$round.txt" || true
-    "$G" daemon stop >/dev/null; HOME_NOW=""
+    ab_stop
   done
 done
 
