@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from e2e_helpers import free_port, wait_until
+from e2e_helpers import free_port, stop_process, wait_until
 from s3_helpers import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,13 +46,7 @@ class Process:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class Azurite:

@@ -211,6 +211,17 @@ def copy_example(name: str, dest: Path) -> Path:
 # one isolated gyrus environment
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Ends a process this suite started: terminate, then kill."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class Gyrus:
     """An isolated gyrus: its own GYRUS_HOME and GYRUS_ADDR for every command it runs."""
 
@@ -358,13 +369,7 @@ class Gyrus:
             pass
         # Whatever is still alive of what this suite started: terminate, then kill.
         for proc in self._foreground:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
         for pid in self._daemon_pids:
             if pid_alive(pid):
                 try:

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, Thread
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from e2e_helpers import REPO, Gyrus, free_port, wait_until
+from e2e_helpers import REPO, Gyrus, free_port, stop_process, wait_until
 
 S3S_FS = os.environ.get("GYRUS_TEST_S3S_FS") or str(REPO / ".tools" / "bin" / "s3s-fs")
 ACCESS_KEY = "gyrustestak"
@@ -146,13 +146,7 @@ class S3Server:
         return self.client.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 # ------------------------------------------------------------------------------------------

@@ -240,33 +240,25 @@ pub(crate) async fn describe(api: &str, output: Output) -> Result<()> {
         return Ok(());
     }
     crate::output::source(&daemon);
+    // A traffic splitter has no predictor, generation or replicas: its APIs instead.
+    let splitter = !info.splits.is_empty();
     println!("name:        {}", info.name);
-    if !info.splits.is_empty() {
+    if splitter {
         println!("kind:        {}", info.kind);
-        println!("status:      {}", info.status);
-        println!("url:         {}", info.url);
-        println!("created:     {}", info.created_at);
+    } else {
         println!(
-            "updated:     {} ({} ago)",
-            info.updated_at,
-            age(&info.updated_at)
+            "kind:        {} ({} predictor)",
+            info.kind, info.predictor_type
         );
-        if let Some(e) = &info.error {
-            println!("error:       {e}");
-        }
-        print_splits(&info);
-        return Ok(());
     }
-    println!(
-        "kind:        {} ({} predictor)",
-        info.kind, info.predictor_type
-    );
     println!("status:      {}", info.status);
     if let Some(m) = &info.message {
         println!("doing:       {m}");
     }
     println!("url:         {}", info.url);
-    println!("generation:  {}", info.generation);
+    if !splitter {
+        println!("generation:  {}", info.generation);
+    }
     println!("created:     {}", info.created_at);
     println!(
         "updated:     {} ({} ago)",
@@ -275,6 +267,10 @@ pub(crate) async fn describe(api: &str, output: Output) -> Result<()> {
     );
     if let Some(e) = &info.error {
         println!("error:       {e}");
+    }
+    if splitter {
+        print_splits(&info);
+        return Ok(());
     }
     println!();
     let rows = info

@@ -274,20 +274,7 @@ fn item_kind(ctx: &mut Ctx<'_>, item: &Node) -> Option<ItemKind> {
 /// A `kind: deployment` item: its name, which prefixes the legacy APIs' default endpoints.
 fn deployment_item(ctx: &mut Ctx<'_>, item: &Node) -> Option<Spanned<String>> {
     let sec = Section::open(ctx, item, String::new(), "", &DEPLOYMENT)?;
-    match sec.string(ctx, "name") {
-        Got::Absent => {
-            sec.missing(ctx, "name", "required (the deployment's name)");
-            None
-        }
-        Got::Invalid => None,
-        Got::Set(name) => match validate::api_name(&name.value) {
-            Ok(()) => Some(name),
-            Err(message) => {
-                ctx.error(name.at, &name.path, message);
-                None
-            }
-        },
-    }
+    required_name(ctx, &sec, "required (the deployment's name)")
 }
 
 fn api_item(ctx: &mut Ctx<'_>, item: &Node, kind: ItemKind, deployment: Option<&str>) -> ApiItem {
@@ -392,9 +379,15 @@ fn api_item(ctx: &mut Ctx<'_>, item: &Node, kind: ItemKind, deployment: Option<&
 
 /// The item's `name`, when it is there and valid (errors are reported).
 fn item_name(ctx: &mut Ctx<'_>, top: &Section<'_>) -> Option<Spanned<String>> {
-    match top.string(ctx, "name") {
+    required_name(ctx, top, "required")
+}
+
+/// The section's `name`, an API name (names become URLs), when it is there and valid; `missing`
+/// says what it is for when it is not there.
+fn required_name(ctx: &mut Ctx<'_>, sec: &Section<'_>, missing: &str) -> Option<Spanned<String>> {
+    match sec.string(ctx, "name") {
         Got::Absent => {
-            top.missing(ctx, "name", "required");
+            sec.missing(ctx, "name", missing);
             None
         }
         Got::Invalid => None,

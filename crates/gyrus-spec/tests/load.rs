@@ -556,15 +556,20 @@ fn specs_print_as_parseable_yaml() {
         "{text}"
     );
     // It parses back to the same value.
-    let node = marked_yaml::parse_yaml_with_options(
+    let node = parse_back(&text);
+    assert_eq!(yaml_to_json(&node), value, "{text}");
+}
+
+/// What a YAML reader (marked-yaml, without coercion) makes of the printed text.
+fn parse_back(text: &str) -> marked_yaml::Node {
+    marked_yaml::parse_yaml_with_options(
         0,
-        &text,
+        text,
         marked_yaml::LoaderOptions::default()
             .toplevel_sequence()
             .prevent_coercion(true),
     )
-    .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(yaml_to_json(&node), value, "{text}");
+    .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 /// A minimal YAML-to-JSON conversion for the test (core schema for plain scalars).
@@ -1049,14 +1054,7 @@ fn specs_print_the_onnx_options_as_yaml() {
         "{text}"
     );
     // It parses back to the same value, and to the same specs.
-    let node = marked_yaml::parse_yaml_with_options(
-        0,
-        &text,
-        marked_yaml::LoaderOptions::default()
-            .toplevel_sequence()
-            .prevent_coercion(true),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let node = parse_back(&text);
     let back = yaml_to_json(&node);
     assert_eq!(back, value, "{text}");
     let specs: Vec<ApiSpec> = serde_json::from_value(back).unwrap_or_else(|e| panic!("{e}"));
@@ -1205,14 +1203,7 @@ fn yaml_output_keeps_strings_that_look_like_other_things() {
         .collect();
     let value = serde_json::json!([{"config": env, "n": [1, 2.5, -3], "b": true, "z": null}]);
     let text = serde_saphyr::to_string(&value).unwrap_or_default();
-    let node = marked_yaml::parse_yaml_with_options(
-        0,
-        &text,
-        marked_yaml::LoaderOptions::default()
-            .toplevel_sequence()
-            .prevent_coercion(true),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let node = parse_back(&text);
     assert_eq!(yaml_to_json(&node), value, "{text}");
     // The YAML 1.2 reading above takes these for strings either way (null and ~ it checks);
     // a YAML 1.1 reader (PyYAML) would not, so they must be quoted.

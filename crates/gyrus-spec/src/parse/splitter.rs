@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use marked_yaml::Node;
 
 use crate::spec::{SplitTarget, SplitterKind, SplitterSpec};
-use crate::validate;
 use crate::walker::{Ctx, Got, IntRange, Section, Spanned};
 use crate::yaml::{quote, span_pos, Pos};
 
@@ -103,20 +102,7 @@ fn written_endpoint(ctx: &mut Ctx<'_>, top: &Section<'_>) -> Got<String> {
 /// One `{name, weight, shadow}` entry, with where its name and weight are written.
 fn target(ctx: &mut Ctx<'_>, node: &Node, i: usize) -> Option<(SplitTarget, Spanned<String>, Pos)> {
     let sec = Section::open(ctx, node, format!("apis[{i}]"), "apis[]", &SPLITTER)?;
-    let name = match sec.string(ctx, "name") {
-        Got::Absent => {
-            sec.missing(ctx, "name", "required: the name of a realtime API");
-            None
-        }
-        Got::Invalid => None,
-        Got::Set(n) => match validate::api_name(&n.value) {
-            Ok(()) => Some(n),
-            Err(message) => {
-                ctx.error(n.at, &n.path, message);
-                None
-            }
-        },
-    };
+    let name = super::required_name(ctx, &sec, "required: the name of a realtime API");
     let weight = match sec.int(ctx, "weight", IntRange::between(0, 100)) {
         Got::Absent => {
             sec.missing(
