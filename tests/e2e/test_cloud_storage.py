@@ -55,7 +55,7 @@ def test_az_model_file_and_directory(g, azurite, projects_dir, onnx_models):
     "case, expect",
     [
         ("wrong-key", ("access denied", "the credentials were refused")),
-        ("no-blob", ('no such key "nothere.onnx"',)),
+        ("no-blob", ('no such key "nothere.onnx" in container',)),
     ],
 )
 def test_az_failures_are_named(g, azurite, projects_dir, onnx_models, case, expect):

@@ -34,7 +34,7 @@ pub enum FetchError {
         detail: String,
     },
 
-    #[error("no such bucket \"{bucket}\" at {endpoint} (fetching {url})")]
+    #[error("no such {} \"{bucket}\" at {endpoint} (fetching {url})", holder(.url))]
     NoSuchBucket {
         url: String,
         bucket: String,
@@ -42,7 +42,8 @@ pub enum FetchError {
     },
 
     #[error(
-        "no such key \"{key}\" in bucket \"{bucket}\": {url} is neither an object nor a prefix of one"
+        "no such key \"{key}\" in {} \"{bucket}\": {url} is neither an object nor a prefix of one",
+        holder(.url)
     )]
     NoSuchKey {
         url: String,
@@ -232,6 +233,15 @@ pub(crate) enum Step {
 }
 
 /// The `FetchError` for an object_store error met while fetching `target` from `remote`.
+/// What holds the objects at `url`: Azure calls it a container, S3 and GCS a bucket.
+fn holder(url: &str) -> &'static str {
+    let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+    match scheme.as_str() {
+        "az" | "azure" | "abfs" | "abfss" => "container",
+        _ => "bucket",
+    }
+}
+
 pub(crate) fn from_store(
     target: &Target,
     remote: &Remote,
@@ -438,6 +448,20 @@ mod tests {
         );
         assert_eq!(status_in("no status here"), None);
         assert_eq!(xml_tag("<Code></Code>", "Code"), None);
+    }
+
+    #[test]
+    fn azure_says_container() {
+        let key = |url: &str| {
+            FetchError::NoSuchKey {
+                url: url.into(),
+                bucket: "models".into(),
+                key: "k".into(),
+            }
+            .to_string()
+        };
+        assert!(key("az://models/k").contains("in container \"models\""));
+        assert!(key("s3://models/k").contains("in bucket \"models\""));
     }
 
     #[test]
