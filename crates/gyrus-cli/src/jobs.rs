@@ -96,7 +96,7 @@ pub async fn run(command: JobCommand) -> Result<()> {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(
                     gyrus_daemon::api::FETCH_ENV_HEADER,
-                    gyrus_daemon::api::encode_header(&crate::fetch_env())?,
+                    gyrus_daemon::api::encode_header(&crate::apis::fetch_env())?,
                 )
                 .body(body)
                 .send()
